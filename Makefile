@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (the main job on the default model) and `make test` (the suite).
+# Each sets up what it needs: a virtualenv in .venv, the packages, and (on first use) the base model.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first: the CPU build of 2.13.0; any other torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/slmtune models fetch smollm2-135m-instruct
+	$(BIN)/python examples/demo/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests -m "not real_model"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,195 @@
+"""One configuration schema for every entry point.
+
+YAML files, ``--set section.key=value`` flags, CLI shortcuts (``--model``, ``--data`` ...) and, later, the
+service's API body all map into :class:`TrainConfig`. Unknown keys are rejected by name, and every problem is
+collected and reported at once (``method.r: Input should be greater than 0``) before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``problems`` lists every one as ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"invalid configuration{f' in {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Base model: a registry id (see `slmtune models list`) or a local Hugging Face folder.",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Storage dtype of the frozen base weights. Trainable weights and optimizer state stay fp32.",
+    )
+
+
+class DataSection(_Section):
+    train: str | None = Field(None, description="Training JSONL (chat messages or prompt/completion).")
+    validation: str | None = Field(None, description="Validation JSONL in the same format (optional).")
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Hold out this fraction of `train` for validation when no file is given."
+    )
+    max_seq_length: int = Field(1024, gt=8, description="Tokens per example after the chat template.")
+    truncate: bool = Field(
+        False, description="Truncate over-long examples instead of rejecting them before training."
+    )
+
+
+class MethodSection(_Section):
+    name: str = Field("lora", description="Fine-tuning method (see `slmtune.methods.METHODS`).")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but the head)."
+    )
+
+
+class TrainSection(_Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step (before gradient accumulation).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps for linear warmup.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping (0 disables).")
+    seed: int = Field(42, description="Seed for weights init, data order and dropout.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
+    save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
+
+
+class RunSection(_Section):
+    output: str = Field("runs/latest", description="Run directory (created).")
+    overwrite: bool = Field(False, description="Allow writing into a non-empty run directory without resume.")
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs. ``slmtune train --help`` and docs/config.md describe each key."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    method: MethodSection = Field(default_factory=MethodSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    run: RunSection = Field(default_factory=RunSection)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> TrainConfig:
+        from slmtune.methods import METHODS
+
+        if self.method.name not in METHODS:
+            raise ValueError(
+                f"method.name: unknown method {self.method.name!r}; choose one of {', '.join(sorted(METHODS))}"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+            if not path and ": " in msg:
+                path, msg = msg.split(": ", 1)
+        problems.append(f"{path}: {msg}" if path else msg)
+    return problems
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a ``--set`` value the way YAML would (``3`` → int, ``true`` → bool, ``[a, b]`` → list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a raw config dict, returning a new dict."""
+    out = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"{item}: expected section.key=value")
+            continue
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                problems.append(f"{key}: {p} is not a section")
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = _parse_value(value)
+    if problems:
+        raise ConfigError(problems, source="--set")
+    return out
+
+
+def build_config(raw: dict | None = None, overrides: list[str] | None = None, source: str | None = None) -> TrainConfig:
+    """Validate a raw dict (plus overrides) into a TrainConfig, raising ConfigError listing every problem."""
+    raw = apply_overrides(raw or {}, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err), source=source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config file (optional) and apply overrides."""
+    raw: dict = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError([f"cannot read: {e.strerror}"], source=source) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "?"
+            raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"], source=source) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(["top level must be a mapping of sections"], source=source)
+    return build_config(raw, overrides, source=source)
+
+
+def coerce_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
+    """Accept a TrainConfig, a raw dict or a YAML path (the Python API takes any of them)."""
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return build_config(config)
+    return load_config(config)

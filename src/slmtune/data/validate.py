@@ -1,0 +1,83 @@
+"""Check a data file the way training will read it, and report statistics (``slmtune data validate``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmtune.data.formats import DataError, Problem, read_jsonl
+from slmtune.data.tokenize import Encoded, TemplateError, encode_example
+
+
+@dataclass
+class Report:
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    encoded: list[Encoded] = field(default_factory=list)
+    n_truncated: int = 0
+    max_seq_length: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def stats(self, epochs: float = 1.0) -> dict:
+        lens = [e.n_tokens for e in self.encoded]
+        trained = [e.n_trained for e in self.encoded]
+        total = sum(lens)
+        return {
+            "examples": len(self.encoded),
+            "tokens_total": total,
+            "tokens_min": min(lens) if lens else 0,
+            "tokens_mean": round(total / len(lens), 1) if lens else 0,
+            "tokens_max": max(lens) if lens else 0,
+            "trained_tokens": sum(trained),
+            "would_be_truncated": self.n_truncated,
+            "max_seq_length": self.max_seq_length,
+            "epochs": epochs,
+            "billed_tokens": int(total * epochs),
+        }
+
+
+def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, truncate: bool = False) -> Report:
+    """Read, check and (with a tokenizer) encode a data file, collecting every problem.
+
+    Over-long examples are problems unless ``truncate`` is set; they are counted either way.
+    """
+    examples, problems = read_jsonl(path)
+    report = Report(file=str(path), problems=list(problems), max_seq_length=max_seq_length)
+    if tokenizer is None:
+        return report
+    for ex in examples:
+        try:
+            enc = encode_example(tokenizer, ex)
+        except TemplateError as e:
+            report.problems.append(Problem(str(path), ex.line, "messages", str(e)))
+            continue
+        if enc.n_tokens > max_seq_length:
+            report.n_truncated += 1
+            if not truncate:
+                report.problems.append(
+                    Problem(
+                        str(path), ex.line, "messages" if ex.kind == "chat" else "completion",
+                        f"too long after tokenization: {enc.n_tokens} tokens > max_seq_length {max_seq_length} "
+                        "(raise data.max_seq_length or set data.truncate: true)",
+                    )
+                )
+            enc = Encoded(enc.input_ids[:max_seq_length], enc.labels[:max_seq_length], enc.line, True)
+            if enc.n_trained == 0:
+                report.problems.append(
+                    Problem(str(path), ex.line, "messages", "no trained token left after truncation")
+                )
+                continue
+        report.encoded.append(enc)
+    report.problems.sort(key=lambda p: p.line)
+    return report
+
+
+def load_encoded(path: str | Path, tokenizer, max_seq_length: int, truncate: bool) -> Report:
+    """Like :func:`check_file` but raises :class:`DataError` listing every problem (used before training)."""
+    report = check_file(path, tokenizer, max_seq_length, truncate)
+    if report.problems:
+        raise DataError(report.problems)
+    return report

@@ -1,0 +1,5 @@
+"""Base models: registry ids → local folders (fetch, convert, build), and loading for training/inference."""
+
+from slmtune.models.registry import REGISTRY, ModelNotAvailable, fetch_model, list_models, resolve
+
+__all__ = ["REGISTRY", "ModelNotAvailable", "fetch_model", "list_models", "resolve"]

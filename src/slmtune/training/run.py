@@ -1,0 +1,290 @@
+"""The training recipe, top to bottom: check → resolve model → load data → build method → Trainer → save.
+
+``train(config)`` is the one entry point: the CLI, the Python API and the service worker all call it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slmtune import events as ev
+from slmtune.config import ConfigError, TrainConfig, coerce_config
+from slmtune.data.formats import DataError, Problem
+from slmtune.data.tokenize import PadCollator, SFTDataset
+from slmtune.data.validate import load_encoded
+
+RESULT_FILE = "result.json"
+
+
+class RunDirError(ValueError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    status: str  # "succeeded" | "interrupted"
+    global_step: int
+    total_steps: int
+    train_loss: float | None
+    valid_loss: float | None
+    valid_mean_token_accuracy: float | None
+    trained_tokens: int
+    tokens_per_second: float
+    train_runtime_s: float
+    artifact: str | None
+    last_checkpoint: str | None
+    history: list[dict] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("history")
+        return json.dumps(d, indent=2)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Checks that need no model or data loading; every problem at once."""
+    from slmtune.methods import get
+
+    problems = []
+    method = get(cfg.method.name)
+    if cfg.model.precision not in method.precisions:
+        problems.append(
+            f"model.precision: {cfg.model.precision!r} is not supported by method {method.name!r}; "
+            f"allowed: {', '.join(method.precisions)}"
+        )
+    if not cfg.data.train:
+        problems.append("data.train: required (a JSONL file; --data on the command line)")
+    for key in ("train", "validation"):
+        p = getattr(cfg.data, key)
+        if p and not Path(p).is_file():
+            problems.append(f"data.{key}: no such file: {p}")
+    if cfg.data.validation and cfg.data.validation_split:
+        problems.append("data.validation_split: give either data.validation or data.validation_split, not both")
+    if problems:
+        raise ConfigError(problems)
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.run.output)
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start the run without --resume")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+        raise RunDirError(
+            f"{run_dir}: run directory exists and is not empty; continue it with --resume, choose another "
+            "--output, or set run.overwrite=true to start over in it"
+        )
+    elif run_dir.exists() and cfg.run.overwrite:
+        import shutil
+
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _split(encoded: list, fraction: float, seed: int):
+    idx = list(range(len(encoded)))
+    random.Random(seed).shuffle(idx)
+    n_val = max(1, int(round(len(idx) * fraction)))
+    val = set(idx[:n_val])
+    return [e for i, e in enumerate(encoded) if i not in val], [e for i, e in enumerate(encoded) if i in val]
+
+
+def train(
+    config: TrainConfig | dict | str | Path,
+    *,
+    resume: bool = False,
+    sinks: list[ev.Sink] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune a model as ``config`` says; return a :class:`TrainResult`.
+
+    ``config`` is a TrainConfig, a dict of sections or a YAML path. ``resume=True`` continues from the last
+    checkpoint in ``run.output``. ``sinks`` receive every :class:`slmtune.events.Event`; ``progress=True`` adds the
+    terminal progress display. The run directory always gets ``events.jsonl`` and ``metrics.csv``.
+    """
+    cfg = coerce_config(config)
+    check_config(cfg)
+    run_dir = prepare_run_dir(cfg, resume)
+
+    from slmtune.training.trainer import list_checkpoints
+
+    ckpt = None
+    if resume:
+        ckpts = list_checkpoints(run_dir)
+        ckpt = ckpts[-1] if ckpts else None
+
+    bus = ev.EventBus(sinks or [])
+    if progress:
+        from slmtune.display import ConsoleSink
+
+        bus.add(ConsoleSink())
+    bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
+    bus.add(ev.MetricsCsvSink(run_dir / "metrics.csv", resume_step=ckpt[0] if ckpt else (0 if resume else None)))
+    try:
+        return _train(cfg, run_dir, ckpt, bus)
+    except (DataError, ConfigError, RunDirError) as e:
+        bus.emit(ev.message(str(e), level="error"))
+        raise
+    except KeyboardInterrupt:
+        bus.emit(ev.message("Aborted (second interrupt); the last saved checkpoint is intact", level="error"))
+        raise
+    except Exception as e:
+        bus.emit(ev.message(f"Training failed: {type(e).__name__}: {e}", level="error"))
+        raise
+    finally:
+        bus.close()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResult:
+    import torch
+    from transformers import TrainingArguments, set_seed
+
+    from slmtune.methods import get
+    from slmtune.models.loading import load_base_model, load_tokenizer
+    from slmtune.models.registry import resolve
+    from slmtune.training.trainer import EventCallback, SLMTrainer, list_checkpoints
+
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if ckpt:
+        bus.emit(ev.message(f"Resuming from {ckpt[1].relative_to(run_dir)} (step {ckpt[0]})", step=ckpt[0]))
+
+    # --- model source and data (data first: a bad file fails before any weights load) ---------------------------
+    model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
+    tokenizer = load_tokenizer(model_dir)
+    d = cfg.data
+    train_rep = load_encoded(d.train, tokenizer, d.max_seq_length, d.truncate)
+    train_set = train_rep.encoded
+    val_set = []
+    if d.validation:
+        val_set = load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate).encoded
+    elif d.validation_split:
+        train_set, val_set = _split(train_set, d.validation_split, cfg.train.seed)
+    if len(train_set) < 1:
+        raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
+    if train_rep.n_truncated:
+        bus.emit(ev.message(f"{train_rep.n_truncated} training example(s) truncated to {d.max_seq_length} tokens",
+                            level="warn"))
+    n_tok = sum(e.n_tokens for e in train_set)
+    bus.emit(ev.message(
+        f"Data: {len(train_set)} training examples ({n_tok} tokens), {len(val_set)} validation examples",
+        train_examples=len(train_set), train_tokens=n_tok, validation_examples=len(val_set),
+    ))
+
+    # --- model + method ---------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    method = get(cfg.method.name)
+    model = load_base_model(model_dir, cfg.model.precision)
+    model.config.use_cache = False
+    set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
+    peft_config = method.build(cfg.method)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    bus.emit(ev.message(
+        f"Model {cfg.model.name} ({total / 1e6:.1f}M params, {cfg.model.precision}) with {method.name}: "
+        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), loaded in {time.perf_counter() - t0:.1f}s",
+        trainable_params=trainable, total_params=total,
+    ))
+
+    # --- trainer ----------------------------------------------------------------------------------------------
+    t = cfg.train
+    has_val = bool(val_set)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=1,
+        eval_strategy=("steps" if t.eval_every else "epoch") if has_val else "no",
+        eval_steps=t.eval_every or None,
+        save_strategy="steps" if t.save_every else "epoch",
+        save_steps=t.save_every or 500,
+        save_total_limit=None,  # rotation is ours (checkpoints are renamed to step-N)
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=SFTDataset(train_set),
+        eval_dataset=SFTDataset(val_set) if has_val else None,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+    )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    callback = EventCallback(bus, run_dir, t.save_total_limit)
+    callback.trainer = trainer
+    trainer.add_callback(callback)
+
+    started = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(ckpt[1]) if ckpt else None)
+    runtime = time.perf_counter() - started
+    state = trainer.state
+
+    status = "interrupted" if callback.interrupted else "succeeded"
+    if has_val and status == "succeeded" and callback.last_eval.get("step") != state.global_step:
+        trainer.evaluate()  # the last evaluation always reflects the final weights
+        callback._flush()
+
+    artifact = None
+    if status == "succeeded":
+        artifact = run_dir / method.artifact
+        trainer.model.save_pretrained(str(artifact))
+        tokenizer.save_pretrained(str(artifact))  # the same chat template and EOS at serving time
+
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    ckpts = list_checkpoints(run_dir)
+    result = TrainResult(
+        run_dir=str(run_dir),
+        status=status,
+        global_step=state.global_step,
+        total_steps=state.max_steps,
+        train_loss=train_losses[-1] if train_losses else None,
+        valid_loss=callback.last_eval.get("valid_loss"),
+        valid_mean_token_accuracy=callback.last_eval.get("valid_mean_token_accuracy"),
+        trained_tokens=trainer.trained_tokens,
+        tokens_per_second=round(trainer.tokens_seen / runtime, 2) if runtime else 0.0,
+        train_runtime_s=round(runtime, 2),
+        artifact=str(artifact) if artifact else None,
+        last_checkpoint=str(ckpts[-1][1]) if ckpts else None,
+        history=list(state.log_history),
+    )
+    (run_dir / RESULT_FILE).write_text(result.to_json())
+    if status == "interrupted":
+        bus.emit(ev.message(
+            f"Stopped at step {state.global_step}; resume with: slmtune train --resume {run_dir}",
+            level="warn", step=state.global_step,
+        ))
+    else:
+        bus.emit(ev.message(
+            f"The job has successfully completed: {artifact}", step=state.global_step, artifact=str(artifact),
+            trained_tokens=trainer.trained_tokens, kind="done",
+        ))
+    del out
+    return result

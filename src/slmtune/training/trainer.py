@@ -1,0 +1,208 @@
+"""transformers ``Trainer`` with the few things a fine-tuning run needs on top of it.
+
+* token accuracy (train and validation) and a token-weighted validation loss, computed from the logits the
+  model returns anyway, logged under the OpenAI metric names;
+* tokens/s counted from the batches actually trained (non-padding and loss-carrying tokens);
+* events out: each step becomes one ``metrics`` event (validation merged into the step it ran at);
+* checkpoints renamed to ``checkpoints/step-N`` (each a plain PEFT adapter plus optimizer state), rotated;
+* Ctrl-C: the first one saves a checkpoint at the end of the current step and stops; a second one aborts.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from slmtune import events as ev
+from slmtune.data.tokenize import IGNORE_INDEX
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class SLMTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._acc = {"train": [0, 0], "eval": [0, 0]}  # correct, total
+        self._eval_loss = [0.0, 0]  # sum of token losses, tokens
+        self.tokens_seen = 0  # non-padding tokens trained on, this session
+        self.trained_tokens = 0  # loss-carrying tokens, this session
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        mode = "train" if model.training else "eval"
+        with torch.no_grad():
+            labels = inputs["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            n = int(mask.sum())
+            logits = outputs.logits[:, :-1]
+            correct = int(((logits.argmax(-1) == labels) & mask).sum())
+            self._acc[mode][0] += correct
+            self._acc[mode][1] += n
+            if mode == "train":
+                self.tokens_seen += int(inputs["attention_mask"].sum())
+                self.trained_tokens += n
+            else:
+                self._eval_loss[0] += float(loss) * n
+                self._eval_loss[1] += n
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if any(k.startswith("eval_") for k in logs):
+            c, n = self._acc["eval"]
+            logs["eval_mean_token_accuracy"] = c / n if n else float("nan")
+            s, n = self._eval_loss
+            if n:
+                logs["eval_loss"] = s / n  # token-weighted, not a mean of batch means
+            self._acc["eval"] = [0, 0]
+            self._eval_loss = [0.0, 0]
+        elif "loss" in logs:
+            c, n = self._acc["train"]
+            logs["mean_token_accuracy"] = c / n if n else float("nan")
+            self._acc["train"] = [0, 0]
+        super().log(logs, start_time)
+
+
+class EventCallback(TrainerCallback):
+    """Turns Trainer callbacks into slmtune events, checkpoints into ``step-N`` folders, and handles Ctrl-C."""
+
+    def __init__(self, bus: ev.EventBus, run_dir: Path, save_total_limit: int, total_tokens_hint: int = 0):
+        self.bus = bus
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.save_total_limit = save_total_limit
+        self.trainer: SLMTrainer | None = None
+        self.pending: dict | None = None
+        self.interrupted = False
+        self._last_t = None
+        self._last_tokens = 0
+        self._last_trained = 0
+        self._old_handler = None
+        self.last_eval: dict = {}
+
+    # --- Ctrl-C -------------------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        if self.interrupted:  # second Ctrl-C: give up at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.bus.emit(ev.message("Interrupt received: saving a checkpoint after this step (Ctrl-C again to abort)",
+                                 level="warn"))
+
+    def on_train_begin(self, args, state, control, **kw):
+        try:
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not in the main thread (e.g. a service worker thread): no signal handling
+            self._old_handler = None
+        self._last_t = time.perf_counter()
+        self.bus.emit(ev.message(
+            f"Training for {state.max_steps} steps", total_steps=state.max_steps, step=state.global_step,
+        ))
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._flush()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    # --- metrics --------------------------------------------------------------------------------------------
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        t = self.trainer
+        if "loss" in logs:
+            now = time.perf_counter()
+            dt = max(now - self._last_t, 1e-9)
+            tps = (t.tokens_seen - self._last_tokens) / dt
+            trained_tps = (t.trained_tokens - self._last_trained) / dt
+            self._last_t, self._last_tokens, self._last_trained = now, t.tokens_seen, t.trained_tokens
+            self._flush()
+            self.pending = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": round(state.epoch or 0.0, 4),
+                "train_loss": logs["loss"],
+                "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_second": round(tps, 2),
+                "trained_tokens_per_second": round(trained_tps, 2),
+            }
+        elif "eval_loss" in logs:
+            valid = {
+                "valid_loss": logs["eval_loss"],
+                "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
+            }
+            self.last_eval = {"step": state.global_step, **valid}
+            if self.pending is not None and self.pending["step"] == state.global_step:
+                self.pending.update(valid)
+            else:  # evaluation outside a logged step (e.g. the final one): its own event
+                self._flush()
+                self.pending = {"step": state.global_step, "total_steps": state.max_steps, **valid}
+            self._flush()
+            # evaluation time is not training time
+            self._last_t = time.perf_counter()
+
+    def _flush(self):
+        if self.pending is None:
+            return
+        d = self.pending
+        self.pending = None
+        parts = [f"Step {d['step']}/{d['total_steps']}"]
+        if d.get("train_loss") is not None:
+            parts.append(f"training loss={d['train_loss']:.4f}")
+        if d.get("valid_loss") is not None:
+            parts.append(f"validation loss={d['valid_loss']:.4f}")
+        self.bus.emit(ev.metrics(": ".join([parts[0], ", ".join(parts[1:])]), **d))
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def on_save(self, args, state, control, **kw):
+        self._flush()
+        src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        dst = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        if src.exists():
+            if dst.exists():
+                shutil.rmtree(dst)
+            src.rename(dst)
+        self._rotate()
+        self.bus.emit(ev.message(
+            f"Checkpoint saved: {dst.relative_to(self.run_dir)}", step=state.global_step, checkpoint=str(dst),
+            kind="checkpoint",
+        ))
+
+    def _rotate(self):
+        ckpts = list_checkpoints(self.run_dir)
+        for _, path in ckpts[: max(0, len(ckpts) - self.save_total_limit)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def on_train_end(self, args, state, control, **kw):
+        self._flush()
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of a run's complete checkpoints, oldest first."""
+    out = []
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists():
+                try:
+                    out.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+                except ValueError:
+                    continue
+    return sorted(out)
+
+
+def finite_or_none(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
