@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmtune import events as ev
+from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem
 from slmtune.data.tokenize import PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
-
-RESULT_FILE = "result.json"
 
 
 class RunDirError(ValueError):
@@ -113,8 +112,6 @@ def train(
     check_config(cfg)
     run_dir = prepare_run_dir(cfg, resume)
 
-    from slmtune.training.trainer import list_checkpoints
-
     ckpt = None
     if resume:
         ckpts = list_checkpoints(run_dir)
@@ -149,7 +146,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     from slmtune.methods import get
     from slmtune.models.loading import load_base_model, load_tokenizer
     from slmtune.models.registry import resolve
-    from slmtune.training.trainer import EventCallback, SLMTrainer, list_checkpoints
+    from slmtune.training.trainer import EventCallback, SLMTrainer
 
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     if ckpt:

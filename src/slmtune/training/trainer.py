@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import time
@@ -20,9 +19,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from slmtune import events as ev
+from slmtune.artifacts import CHECKPOINT_PREFIX, list_checkpoints
 from slmtune.data.tokenize import IGNORE_INDEX
 
-CHECKPOINT_PREFIX = "step-"
 
 
 class SLMTrainer(Trainer):
@@ -188,21 +187,3 @@ class EventCallback(TrainerCallback):
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
             self._old_handler = None
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of a run's complete checkpoints, oldest first."""
-    out = []
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists():
-                try:
-                    out.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
-                except ValueError:
-                    continue
-    return sorted(out)
-
-
-def finite_or_none(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

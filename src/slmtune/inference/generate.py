@@ -1,0 +1,157 @@
+"""Load a base model, a run, an adapter or a checkpoint, and chat with it (PyTorch)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from slmtune.artifacts import list_checkpoints
+from slmtune.models.loading import default_device, load_base_model, load_tokenizer
+from slmtune.models.registry import resolve
+
+
+@dataclass
+class Source:
+    """What a user pointed at, resolved to a base model folder and an optional adapter or full model."""
+
+    base: str  # registry id or path of the base model
+    base_dir: Path
+    adapter_dir: Path | None = None
+    model_dir: Path | None = None  # a fully fine-tuned model (replaces base weights)
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.model_dir or self.base_dir
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        for d in (self.adapter_dir, self.model_dir):
+            if d is not None and (d / "tokenizer_config.json").exists():
+                return d
+        return self.base_dir
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def _base_from_adapter(adapter_dir: Path) -> str:
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def locate(path_or_id: str | Path) -> Source:
+    """Find out what ``path_or_id`` is: a run directory, an adapter/checkpoint folder, a model folder or an id."""
+    p = Path(path_or_id).expanduser()
+    if p.is_dir() and (p / "config.yaml").exists() and not (p / "config.json").exists():
+        base = yaml.safe_load((p / "config.yaml").read_text())["model"]["name"]
+        base_dir = resolve(base)
+        if (p / "adapter" / "adapter_config.json").exists():
+            return Source(base, base_dir, adapter_dir=p / "adapter")
+        if (p / "model" / "config.json").exists():
+            return Source(base, base_dir, model_dir=p / "model")
+        ckpt = _latest_checkpoint(p)
+        if ckpt is not None:
+            return locate(ckpt) if (ckpt / "adapter_config.json").exists() else Source(base, base_dir, model_dir=ckpt)
+        raise FileNotFoundError(f"{p}: run directory has no adapter/, model/ or checkpoint yet")
+    if p.is_dir() and (p / "adapter_config.json").exists():
+        base = _base_from_adapter(p)
+        return Source(base, resolve(base), adapter_dir=p)
+    return Source(str(path_or_id), resolve(path_or_id))
+
+
+class ChatModel:
+    """A loaded model ready to chat: ``slmtune.load(path_or_id).chat(messages)``."""
+
+    def __init__(self, source: Source, precision: str = "fp32", device: str | torch.device | None = None):
+        self.source = source
+        self.device = torch.device(device) if device else default_device()
+        self.tokenizer = load_tokenizer(source.tokenizer_dir)
+        model = load_base_model(source.weights_dir, precision, self.device)
+        if source.adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(source.adapter_dir))
+        model.eval()
+        self.model = model
+
+    # --- generation -----------------------------------------------------------------------------------------
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        kw = dict(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if temperature and temperature > 0:
+            if seed is not None:
+                torch.manual_seed(seed)
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _prompt_ids(self, messages: list[dict]) -> torch.Tensor:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+
+    @torch.inference_mode()
+    def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None) -> str:
+        """Answer a conversation (OpenAI-style message dicts); greedy unless ``temperature > 0``."""
+        return self.chat_batch([messages], max_new_tokens, temperature, top_p, seed)[0]
+
+    @torch.inference_mode()
+    def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """Answer several conversations in one left-padded batch."""
+        tok = self.tokenizer
+        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
+        finally:
+            tok.padding_side = old_side
+        out = self.model.generate(**enc, **self._gen_kwargs(max_new_tokens, temperature, top_p, seed))
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+                    top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer as text pieces while it is generated."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        ids = self._prompt_ids(messages)
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kw)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                streamer.end()
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        yield from streamer
+        th.join()
+        if errors:
+            raise errors[0]
+
+
+def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = None) -> ChatModel:
+    """Load a model id, model folder, run directory, adapter or checkpoint for chat and evaluation."""
+    return ChatModel(locate(path_or_id), precision=precision, device=device)
