@@ -79,6 +79,10 @@ def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slmtune.models.loading import quiet_transformers
+
+    quiet_transformers()
+
     with _lock(f"fetch-{spec.id}"):
         if is_cached(spec.id):
             return out_dir

@@ -20,6 +20,22 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def fast_bf16() -> bool:
+    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, supported: tuple[str, ...] = ("fp32", "bf16")) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if "bf16" in supported and fast_bf16() else "fp32"
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -51,7 +51,7 @@ def check_config(cfg: TrainConfig) -> None:
 
     problems = []
     method = get(cfg.method.name)
-    if cfg.model.precision not in method.precisions:
+    if cfg.model.precision != "auto" and cfg.model.precision not in method.precisions:
         problems.append(
             f"model.precision: {cfg.model.precision!r} is not supported by method {method.name!r}; "
             f"allowed: {', '.join(method.precisions)}"
@@ -108,7 +108,7 @@ def train(
     checkpoint in ``run.output``. ``sinks`` receive every :class:`slmtune.events.Event`; ``progress=True`` adds the
     terminal progress display. The run directory always gets ``events.jsonl`` and ``metrics.csv``.
     """
-    cfg = coerce_config(config)
+    cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
     run_dir = prepare_run_dir(cfg, resume)
 
@@ -148,7 +148,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     from slmtune.models.registry import resolve
     from slmtune.training.trainer import EventCallback, SLMTrainer
 
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    from slmtune.models.loading import resolve_precision
+
+    method = get(cfg.method.name)
+    cfg.model.precision = resolve_precision(cfg.model.precision, method.precisions)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())  # fully resolved: "auto" is written as what it chose
     if ckpt:
         bus.emit(ev.message(f"Resuming from {ckpt[1].relative_to(run_dir)} (step {ckpt[0]})", step=ckpt[0]))
 
@@ -176,7 +180,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
 
     # --- model + method ---------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    method = get(cfg.method.name)
     model = load_base_model(model_dir, cfg.model.precision)
     model.config.use_cache = False
     set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
