@@ -65,7 +65,7 @@ def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, tru
                     )
                 )
             enc = Encoded(enc.input_ids[:max_seq_length], enc.labels[:max_seq_length], enc.line, True)
-            if enc.n_trained == 0:
+            if truncate and enc.n_trained == 0:
                 report.problems.append(
                     Problem(str(path), ex.line, "messages", "no trained token left after truncation")
                 )

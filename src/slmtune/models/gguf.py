@@ -123,5 +123,5 @@ def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             stage.rename(out_dir)
-        mark_complete(out_dir)
+        mark_complete(out_dir, spec.revision)
     return out_dir

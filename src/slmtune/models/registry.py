@@ -29,6 +29,7 @@ class ModelSpec:
     wheel_sha256: str | None = None
     gguf_member: str | None = None
     gguf_sha256: str | None = None
+    revision: int = 1  # bump when the conversion/build changes, so stale caches are rebuilt
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -61,6 +62,7 @@ register(
         id="tiny-llama",
         description="Tiny seeded Llama (2 layers, hidden 64) with an in-process BPE tokenizer, for tests",
         source="tiny",
+        revision=2,
         architecture="llama",
         params="~0.1M",
     )
@@ -70,14 +72,11 @@ register(
         id="tiny-phi3",
         description="Tiny seeded Phi-3 (2 layers, hidden 64) with an in-process BPE tokenizer, for tests",
         source="tiny",
+        revision=2,
         architecture="phi3",
         params="~0.1M",
     )
 )
-
-# Bump when the conversion changes, so stale caches are rebuilt.
-CACHE_FORMAT = 1
-
 
 def cache_dir(model_id: str) -> Path:
     return paths.models_dir() / model_id
@@ -85,7 +84,7 @@ def cache_dir(model_id: str) -> Path:
 
 def is_cached(model_id: str) -> bool:
     marker = cache_dir(model_id) / ".slmtune-complete"
-    return marker.exists() and marker.read_text().strip() == str(CACHE_FORMAT)
+    return marker.exists() and marker.read_text().strip() == str(REGISTRY[model_id].revision)
 
 
 def is_local_model_dir(path: Path) -> bool:
@@ -140,15 +139,15 @@ def fetch_model(model_id: str, *, force: bool = False, progress=None) -> Path:
     elif spec.source == "tiny":
         from slmtune.models.tiny import build_tiny_model
 
-        build_tiny_model(spec.architecture, cache_dir(model_id))
+        build_tiny_model(spec.architecture, cache_dir(model_id), revision=spec.revision)
     else:  # pragma: no cover - guarded by register()
         raise ValueError(f"unknown source {spec.source}")
     return cache_dir(model_id)
 
 
-def mark_complete(out_dir: Path) -> None:
-    """Written last by every builder: a cache folder without it is incomplete and gets rebuilt."""
-    (out_dir / ".slmtune-complete").write_text(str(CACHE_FORMAT))
+def mark_complete(out_dir: Path, revision: int) -> None:
+    """Written last by every builder: a cache folder without it (or with an older revision) gets rebuilt."""
+    (out_dir / ".slmtune-complete").write_text(str(revision))
 
 
 def list_models() -> list[dict]:

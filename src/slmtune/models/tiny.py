@@ -52,7 +52,7 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0, revision: int = 0) -> Path:
     """Build, seed and save a tiny model + tokenizer into ``out_dir`` (atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Phi3Config
@@ -67,7 +67,7 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=2048, initializer_range=0.1,  # larger than the 0.02 default so LoRA visibly learns in a few steps
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -91,5 +91,5 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         stage.rename(out_dir)
-    mark_complete(out_dir)
+    mark_complete(out_dir, revision)
     return out_dir

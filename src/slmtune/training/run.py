@@ -124,6 +124,8 @@ def train(
         bus.add(ConsoleSink())
     bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
     bus.add(ev.MetricsCsvSink(run_dir / "metrics.csv", resume_step=ckpt[0] if ckpt else (0 if resume else None)))
+    if resume and not ckpt:
+        bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
         return _train(cfg, run_dir, ckpt, bus)
     except (DataError, ConfigError, RunDirError) as e:

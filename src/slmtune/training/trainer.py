@@ -24,7 +24,37 @@ from slmtune.data.tokenize import IGNORE_INDEX
 
 
 
+class EpochLengthGroupedSampler(torch.utils.data.Sampler):
+    """Length-grouped order that depends only on (seed, epoch).
+
+    transformers' LengthGroupedSampler draws from the global RNG, so a run resumed mid-way would see another data
+    order than the uninterrupted run; this one is reseeded each epoch (accelerate calls ``set_epoch``).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
 class SLMTrainer(Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
+            bs = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochLengthGroupedSampler(ds.lengths, bs, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._acc = {"train": [0, 0], "eval": [0, 0]}  # correct, total
