@@ -30,7 +30,7 @@ data_app = typer.Typer(help="Training data: validate JSONL files.", no_args_is_h
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 

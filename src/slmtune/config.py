@@ -70,7 +70,9 @@ class MethodSection(_Section):
 class TrainSection(_Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    batch_size: int = Field(8, gt=0, description="Examples per optimizer step (before gradient accumulation).")
+    batch_size: int = Field(
+        8, gt=0, description="Examples per forward/backward pass; an optimizer step sees batch_size × grad_accum."
+    )
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
