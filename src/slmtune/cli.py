@@ -275,6 +275,89 @@ def eval_(
     out.print(table)
 
 
+# --- service ----------------------------------------------------------------------------------------------------
+keys_app = typer.Typer(help="API keys of the service (stored hashed; each belongs to a project).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite under $SLMTUNE_HOME/service; "
+                                                       "postgresql://user@host/db for scale-out).")]
+
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored "
+                                                                     "(default $SLMTUNE_HOME/service).")]
+LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
+
+
+def _settings(db: str | None, data_dir: Path | None = None, **kw):
+    from slmtune.service.settings import Settings
+
+    return Settings(**({"db_url": db} if db else {}), **({"data_dir": data_dir} if data_dir else {}), **kw)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option(help="Job workers run inside the server process.")] = 1,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no worker here (use `slmtune worker`).")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")] = False,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
+    max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
+    lease_seconds: LeaseOpt = 30.0,
+) -> None:
+    """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
+    import uvicorn
+
+    from slmtune.service.app import create_app
+
+    settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                         max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds)
+    err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
+              f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
+    uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0) -> None:
+    """Run a job worker against the service database (more workers = more jobs at once).
+
+    Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS).
+    """
+    import signal as _signal
+
+    from slmtune.service.db import Database
+    from slmtune.service.worker import Worker
+
+    settings = _settings(db, data_dir, lease_seconds=lease_seconds)
+    database = Database(settings.db_url)
+    database.create_all()
+    w = Worker(settings, database)
+    _signal.signal(_signal.SIGTERM, lambda *_: w.shutdown())
+    err.print(f"slmtune worker {w.id}: polling {settings.db_url.split('@')[-1]}")
+    try:
+        w.run_forever()
+    except KeyboardInterrupt:
+        w.shutdown()
+
+
+@keys_app.command("create")
+def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")],
+                db: DbOpt = None) -> None:
+    """Create an API key for a project and print it (it is shown only once)."""
+    from slmtune.service.auth import create_key
+    from slmtune.service.db import Database
+
+    database = Database(_settings(db).db_url)
+    database.create_all()
+    try:
+        with database.session() as s:
+            key = create_key(s, project)
+    except ValueError as e:
+        _fail(str(e), 2)
+    print(key)
+
+
 def main() -> None:
     app()
 

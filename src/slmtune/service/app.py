@@ -1,0 +1,102 @@
+"""Assembles the FastAPI app: settings, database, workers, inference, routes under /v1, error envelope."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slmtune.service.db import Database, new_id
+from slmtune.service.errors import APIError
+from slmtune.service.settings import Settings
+
+log = logging.getLogger("slmtune.service")
+
+
+def _envelope(status: int, message: str, *, type_: str = "invalid_request_error", param=None, code=None,
+              headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
+    settings = settings or Settings()
+    db = Database(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from slmtune.inference.multi import MultiAdapterServer
+        from slmtune.service.auth import ensure_project
+        from slmtune.service.worker import start_worker_threads
+
+        db.create_all()
+        if not settings.auth:
+            with db.session() as s:
+                ensure_project(s, settings.default_project)
+        app.state.inference = MultiAdapterServer(cache_size=settings.adapter_cache_size)
+        app.state.workers = start_worker_threads(settings, db, workers)
+        yield
+        for w in app.state.workers:
+            w.shutdown()
+        db.dispose()
+
+    app = FastAPI(
+        title="slmtune",
+        version=__import__("slmtune").__version__,
+        description="Fine-tuning service wire-compatible with the OpenAI fine-tuning API "
+        "(files, fine_tuning/jobs, events, checkpoints, models, chat/completions).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+
+    from slmtune.service.routes import chat, files, jobs, models
+
+    for r in (files.router, jobs.router, models.router, chat.router):
+        app.include_router(r, prefix="/v1")
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["x-request-id"] = new_id("req_")
+        return response
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        headers = {"x-should-retry": "false"} if exc.status < 500 and exc.status != 429 else None
+        return _envelope(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        if first.get("type") == "extra_forbidden":
+            msg = f"Unrecognized request argument supplied: {param} (extra inputs are not permitted)"
+        else:
+            msg = f"Invalid value for '{param}': {first.get('msg', 'invalid request')}" if param else first.get(
+                "msg", "Invalid request")
+        return _envelope(400, msg, param=param, code="invalid_request_error" if param else None,
+                         headers={"x-should-retry": "false"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        msg = "Invalid URL" if exc.status_code == 404 else str(exc.detail)
+        return _envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _envelope(500, f"The server had an error while processing your request: {type(exc).__name__}",
+                         type_="server_error")
+
+    @app.get("/health", include_in_schema=False)
+    def health():
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,46 @@
+"""API keys: ``slmtune keys create --project NAME`` prints a key once; only its sha256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from sqlalchemy.orm import Session
+
+from slmtune.service.db import ApiKey, Project
+from slmtune.service.errors import Unauthorized
+
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ensure_project(session: Session, project: str) -> Project:
+    if not PROJECT_RE.match(project):
+        raise ValueError(f"project name {project!r}: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit")
+    row = session.get(Project, project)
+    if row is None:
+        row = Project(id=project)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def create_key(session: Session, project: str) -> str:
+    ensure_project(session, project)
+    key = "sk-slm-" + secrets.token_urlsafe(32)
+    session.add(ApiKey(key_hash=hash_key(key), project_id=project, prefix=key[:12]))
+    return key
+
+
+def project_for_key(session: Session, authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized("You didn't provide an API key. Send 'Authorization: Bearer YOUR_KEY'.")
+    key = authorization.split(" ", 1)[1].strip()
+    row = session.get(ApiKey, hash_key(key))
+    if row is None:
+        raise Unauthorized(f"Incorrect API key provided: {key[:10]}***.")
+    return row.project_id

@@ -1,0 +1,35 @@
+"""Request dependencies: one database session per request, and the caller's project from the API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from slmtune.service.auth import project_for_key
+from slmtune.service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as s:
+        yield s
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_project(settings: SettingsDep, session: SessionDep,
+                authorization: Annotated[str | None, Header()] = None) -> str:
+    if not settings.auth:
+        return settings.default_project
+    return project_for_key(session, authorization)
+
+
+ProjectDep = Annotated[str, Depends(get_project)]

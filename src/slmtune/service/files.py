@@ -1,0 +1,112 @@
+"""Files: stored on disk per project, metadata in the database. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from slmtune.service.db import FileRow, new_id, now
+from slmtune.service.errors import BadRequest, NotFound, TooLarge
+from slmtune.service.schemas import FileObject
+from slmtune.service.settings import Settings
+
+UPLOAD_PURPOSES = {"fine-tune", "batch", "assistants", "vision", "user_data", "evals"}
+
+
+def check_jsonl(content: bytes, filename: str) -> int:
+    """Syntax check at upload: UTF-8 (BOM allowed), every non-blank line a JSON object. Returns the line count."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = content[: e.start].count(b"\n") + 1
+        raise BadRequest(f"Invalid file format for fine-tuning: {filename} line {line} is not valid UTF-8.",
+                         param="file", code="invalid_file_format") from None
+    n = 0
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadRequest(
+                f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON dictionary; "
+                f"{filename} line {i}: {e.msg} (column {e.colno}).", param="file", code="invalid_file_format",
+            ) from None
+        if not isinstance(obj, dict):
+            raise BadRequest(
+                f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON dictionary; "
+                f"{filename} line {i} is a {type(obj).__name__}.", param="file", code="invalid_file_format",
+            )
+        n += 1
+    if n == 0:
+        raise BadRequest(f"Invalid file format for fine-tuning: {filename} has no examples.", param="file",
+                         code="invalid_file_format")
+    return n
+
+
+def create_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
+                content: bytes) -> FileRow:
+    if purpose not in UPLOAD_PURPOSES:
+        raise BadRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(sorted(UPLOAD_PURPOSES))}.",
+                         param="purpose")
+    if len(content) > settings.max_upload_bytes:
+        raise TooLarge(f"File is {len(content)} bytes; the limit is {settings.max_upload_bytes} bytes.", param="file",
+                       code="file_too_large")
+    if purpose == "fine-tune":
+        if not filename.endswith(".jsonl"):
+            raise BadRequest(f"Invalid file format for fine-tuning: {filename!r} must be a .jsonl file.", param="file",
+                             code="invalid_file_format")
+        check_jsonl(content, filename)
+    return store_file(session=session, settings=settings, project=project, filename=filename, purpose=purpose,
+                      content=content)
+
+
+def store_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
+               content: bytes) -> FileRow:
+    file_id = new_id("file-")
+    path = settings.files_dir / project / file_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(content)
+    tmp.replace(path)  # the row is only committed after the bytes are on disk
+    row = FileRow(id=file_id, project_id=project, filename=Path(filename).name or "upload", purpose=purpose,
+                  bytes=len(content), status="processed", created_at=now(), path=str(path))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(*, session: Session, project: str, file_id: str, param: str = "id") -> FileRow:
+    row = session.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.project_id == project,
+                                               FileRow.deleted.is_(False)))
+    if row is None:
+        raise NotFound("file", file_id, param=param)
+    return row
+
+
+def list_files(*, session: Session, project: str, purpose: str | None, limit: int, order: str,
+               after: str | None) -> tuple[list[FileRow], bool]:
+    q = select(FileRow).where(FileRow.project_id == project, FileRow.deleted.is_(False))
+    if purpose:
+        q = q.where(FileRow.purpose == purpose)
+    if after:
+        anchor = get_file(session=session, project=project, file_id=after, param="after")
+        q = q.where(FileRow.seq < anchor.seq if order == "desc" else FileRow.seq > anchor.seq)
+    q = q.order_by(FileRow.seq.desc() if order == "desc" else FileRow.seq.asc()).limit(limit + 1)
+    rows = list(session.scalars(q))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_file(*, session: Session, project: str, file_id: str) -> None:
+    row = get_file(session=session, project=project, file_id=file_id)
+    row.deleted = True
+    Path(row.path).unlink(missing_ok=True)
+
+
+def to_public(row: FileRow) -> FileObject:
+    return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
+                      purpose=row.purpose, status=row.status, expires_at=row.expires_at,
+                      status_details=row.status_details)

@@ -1,0 +1,262 @@
+"""Fine-tuning jobs, events and checkpoints: plain data functions (no HTTP), shared by routes and the worker."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id, now
+from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
+from slmtune.service.files import get_file
+from slmtune.service.schemas import (
+    FineTuningJob,
+    FineTuningJobCreate,
+    JobCheckpoint,
+    JobError,
+    JobEvent,
+)
+from slmtune.service.settings import Settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+ACTIVE = {"validating_files", "queued", "running", "paused"}
+HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+BASE_LR = 2e-4  # learning_rate_multiplier scales this (the LoRA default of the CLI)
+
+
+def base_models(settings: Settings) -> list[str]:
+    from slmtune.models.registry import REGISTRY
+
+    return [m for m, spec in REGISTRY.items() if spec.source != "tiny" or settings.test_models]
+
+
+# --- create -------------------------------------------------------------------------------------------------------
+def create_job(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> JobRow:
+    if req.model not in base_models(settings):
+        if req.model.startswith("ft:"):
+            raise NotImplementedYet("Continued training from a fine-tuned model is not supported yet.", param="model",
+                                    code="model_not_supported")
+        raise BadRequest(f"Model {req.model!r} is not available for fine-tuning; available: "
+                         f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
+    for param, fid in (("training_file", req.training_file), ("validation_file", req.validation_file)):
+        if fid is not None:
+            f = get_file(session=session, project=project, file_id=fid, param=param)
+            if f.purpose != "fine-tune":
+                raise BadRequest(f"File {fid} has purpose {f.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+                                 param=param, code="invalid_file_purpose")
+    method = _method_dict(req)
+    if req.integrations:
+        raise NotImplementedYet("Integrations are not supported yet.", param="integrations")
+    if req.metadata is not None:
+        if len(req.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in req.metadata.items()):
+            raise BadRequest("metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.",
+                             param="metadata")
+    active = session.scalar(select(func.count()).select_from(JobRow).where(
+        JobRow.project_id == project, JobRow.status.in_(ACTIVE)))
+    if active >= settings.max_active_jobs_per_project:
+        raise RateLimited(f"This project already has {active} active fine-tuning jobs (limit "
+                          f"{settings.max_active_jobs_per_project}); wait for one to finish or cancel one.",
+                          code="rate_limit_exceeded")
+    job = JobRow(
+        id=new_id("ftjob-"), project_id=project, created_at=now(), model=req.model,
+        training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
+        seed=req.seed if req.seed is not None else secrets.randbelow(2**31), metadata_=req.metadata,
+        method=method, status="validating_files", result_files=[],
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}", key="created")
+    return job
+
+
+def _method_dict(req: FineTuningJobCreate) -> dict:
+    """Normalise ``hyperparameters`` (deprecated) and ``method`` into one method dict, with "auto" defaults."""
+    if req.method is not None and req.method.type != "supervised":
+        raise NotImplementedYet(f"Method {req.method.type!r} is not supported yet; use 'supervised'.",
+                                param="method.type", code="method_not_supported")
+    hp = None
+    if req.method is not None and req.method.supervised is not None:
+        hp = req.method.supervised.hyperparameters
+    if hp is not None and req.hyperparameters is not None:
+        raise BadRequest("Give hyperparameters either at the top level or in method.supervised, not both.",
+                         param="hyperparameters")
+    hp = hp or req.hyperparameters
+    values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS}
+    if hp is not None:
+        values.update(hp.model_dump())
+    checks = {"batch_size": (1, 256), "n_epochs": (1, 50)}
+    for key, (lo, hi) in checks.items():
+        v = values[key]
+        if v != "auto" and not (lo <= v <= hi):
+            raise BadRequest(f"hyperparameters.{key} must be 'auto' or an integer from {lo} to {hi}.",
+                             param=f"hyperparameters.{key}")
+    lrm = values["learning_rate_multiplier"]
+    if lrm != "auto" and not lrm > 0:
+        raise BadRequest("hyperparameters.learning_rate_multiplier must be 'auto' or > 0.",
+                         param="hyperparameters.learning_rate_multiplier")
+    return {"type": "supervised", "supervised": {"hyperparameters": values}}
+
+
+def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
+    """OpenAI's "auto" heuristic: 3 epochs, clamped so examples × epochs lies in [100, 25000], epochs in [1, 25]."""
+    out = dict(hp)
+    if out["n_epochs"] == "auto":
+        epochs = 3
+        if n_examples * epochs < 100:
+            epochs = min(25, -(-100 // max(n_examples, 1)))
+        elif n_examples * epochs > 25000:
+            epochs = max(1, 25000 // n_examples)
+        out["n_epochs"] = epochs
+    if out["batch_size"] == "auto":
+        out["batch_size"] = max(1, min(8, n_examples // 10 or 1))
+    if out["learning_rate_multiplier"] == "auto":
+        out["learning_rate_multiplier"] = 1.0 if n_examples >= 100 else 5.0  # small files need a larger step
+    return out
+
+
+# --- read ---------------------------------------------------------------------------------------------------------
+def get_job(*, session: Session, project: str, job_id: str, lock: bool = False) -> JobRow:
+    q = select(JobRow).where(JobRow.id == job_id, JobRow.project_id == project)
+    if lock:
+        q = q.with_for_update()
+    row = session.scalar(q)
+    if row is None:
+        raise NotFound("job", job_id)
+    return row
+
+
+def list_jobs(*, session: Session, project: str, after: str | None, limit: int,
+              metadata: dict[str, str] | None, metadata_null: bool = False) -> tuple[list[JobRow], bool]:
+    q = select(JobRow).where(JobRow.project_id == project)
+    if after:
+        anchor = get_job(session=session, project=project, job_id=after)
+        q = q.where(JobRow.seq < anchor.seq)
+    q = q.order_by(JobRow.seq.desc())
+    rows = list(session.scalars(q))
+    if metadata_null:
+        rows = [r for r in rows if not r.metadata_]
+    elif metadata:
+        rows = [r for r in rows if r.metadata_ and all(r.metadata_.get(k) == v for k, v in metadata.items())]
+    return rows[:limit], len(rows) > limit
+
+
+def to_public(job: JobRow) -> FineTuningJob:
+    method = job.method
+    hp = method.get(method["type"], {}).get("hyperparameters", {})
+    return FineTuningJob(
+        id=job.id, created_at=job.created_at,
+        error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=None if job.model_deleted else job.fine_tuned_model,
+        finished_at=job.finished_at, hyperparameters=hp, model=job.model, organization_id=f"org-{job.project_id}",
+        result_files=list(job.result_files or []), seed=job.seed, status=job.status,
+        trained_tokens=job.trained_tokens, training_file=job.training_file, validation_file=job.validation_file,
+        estimated_finish=job.estimated_finish if job.status == "running" else None, integrations=None,
+        metadata=job.metadata_, method=method, user_provided_suffix=job.suffix,
+    )
+
+
+# --- state changes requested by users -------------------------------------------------------------------------------
+def cancel_job(*, session: Session, project: str, job_id: str) -> JobRow:
+    job = get_job(session=session, project=project, job_id=job_id, lock=True)
+    if job.status in TERMINAL:
+        raise BadRequest(f"Job {job_id} is already {job.status} and cannot be cancelled.", param="id",
+                         code="invalid_state")
+    job.status = "cancelled"
+    job.finished_at = now()
+    job.pause_requested = False
+    add_event(session, job.id, "Job cancelled", key="cancelled")
+    return job
+
+
+def pause_job(*, session: Session, project: str, job_id: str) -> JobRow:
+    job = get_job(session=session, project=project, job_id=job_id, lock=True)
+    if job.status != "running":
+        raise BadRequest(f"Job {job_id} is {job.status}; only a running job can be paused.", param="id",
+                         code="invalid_state")
+    if not job.pause_requested:
+        job.pause_requested = True
+        add_event(session, job.id, "Pause requested: saving a checkpoint")
+    return job
+
+
+def resume_job(*, session: Session, project: str, job_id: str) -> JobRow:
+    job = get_job(session=session, project=project, job_id=job_id, lock=True)
+    if job.status != "paused":
+        raise BadRequest(f"Job {job_id} is {job.status}; only a paused job can be resumed.", param="id",
+                         code="invalid_state")
+    job.status = "queued"
+    job.pause_requested = False
+    add_event(session, job.id, "Job resumed: moving job to queued state")
+    return job
+
+
+# --- events and checkpoints -----------------------------------------------------------------------------------------
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None, key: str | None = None) -> EventRow | None:
+    """Insert an event. With ``key``, an event already stored under that key is kept and this one dropped."""
+    row = EventRow(id=new_id("ftevent-"), job_id=job_id, created_at=now(), level=level, type=type, message=message,
+                   data=data if data is not None else {}, dedupe_key=key)
+    if key is None:
+        session.add(row)
+        session.flush()
+        return row
+    exists = session.scalar(select(EventRow.seq).where(EventRow.job_id == job_id, EventRow.dedupe_key == key))
+    if exists is not None:
+        return None
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # a concurrent writer stored it first
+        return None
+    return row
+
+
+def list_events(*, session: Session, project: str, job_id: str, after: str | None,
+                limit: int) -> tuple[list[EventRow], bool]:
+    get_job(session=session, project=project, job_id=job_id)
+    q = select(EventRow).where(EventRow.job_id == job_id)
+    if after:
+        anchor = session.scalar(select(EventRow).where(EventRow.id == after, EventRow.job_id == job_id))
+        if anchor is None:
+            raise NotFound("event", after, param="after")
+        q = q.where(EventRow.seq < anchor.seq)
+    rows = list(session.scalars(q.order_by(EventRow.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def event_to_public(row: EventRow) -> JobEvent:
+    return JobEvent(id=row.id, created_at=row.created_at, level=row.level, message=row.message, type=row.type,
+                    data=row.data)
+
+
+def list_checkpoints(*, session: Session, project: str, job_id: str, after: str | None,
+                     limit: int) -> tuple[list[CheckpointRow], bool]:
+    get_job(session=session, project=project, job_id=job_id)
+    q = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+    if after:
+        anchor = session.scalar(select(CheckpointRow).where(CheckpointRow.id == after,
+                                                            CheckpointRow.job_id == job_id))
+        if anchor is None:
+            raise NotFound("checkpoint", after, param="after")
+        q = q.where(CheckpointRow.step_number < anchor.step_number)
+    rows = list(session.scalars(q.order_by(CheckpointRow.step_number.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def checkpoint_to_public(row: CheckpointRow) -> JobCheckpoint:
+    return JobCheckpoint(id=row.id, created_at=row.created_at, fine_tuning_job_id=row.job_id,
+                         fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint, step_number=row.step_number,
+                         metrics=row.metrics)
+
+
+def fine_tuned_model_name(job: JobRow) -> str:
+    return f"ft:{job.model}:{job.project_id}:{job.suffix or ''}:{job.id[-8:]}"
+
+
+def files_of(session: Session, job: JobRow) -> tuple[FileRow, FileRow | None]:
+    train = session.scalar(select(FileRow).where(FileRow.id == job.training_file))
+    val = session.scalar(select(FileRow).where(FileRow.id == job.validation_file)) if job.validation_file else None
+    return train, val

@@ -1,0 +1,64 @@
+"""Models a project can use: base models, its fine-tuned models and their checkpoints. No HTTP here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from slmtune.service.db import CheckpointRow, JobRow, now
+from slmtune.service.errors import NotFound
+from slmtune.service.jobs import base_models
+from slmtune.service.schemas import ModelObject
+from slmtune.service.settings import Settings
+
+_STARTED = now()
+
+
+def list_models(*, session: Session, settings: Settings, project: str) -> list[ModelObject]:
+    out = [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in base_models(settings)]
+    jobs = session.scalars(select(JobRow).where(JobRow.project_id == project, JobRow.status == "succeeded",
+                                                JobRow.model_deleted.is_(False)).order_by(JobRow.seq))
+    for job in jobs:
+        out.append(ModelObject(id=job.fine_tuned_model, created=job.finished_at or job.created_at,
+                               owned_by=f"org-{project}"))
+    ckpts = session.scalars(select(CheckpointRow).join(JobRow, JobRow.id == CheckpointRow.job_id)
+                            .where(JobRow.project_id == project, JobRow.model_deleted.is_(False))
+                            .order_by(CheckpointRow.seq))
+    for c in ckpts:
+        out.append(ModelObject(id=c.fine_tuned_model_checkpoint, created=c.created_at, owned_by=f"org-{project}"))
+    return out
+
+
+def get_model(*, session: Session, settings: Settings, project: str, model_id: str) -> ModelObject:
+    for m in list_models(session=session, settings=settings, project=project):
+        if m.id == model_id:
+            return m
+    raise NotFound("model", model_id, param="model")
+
+
+def delete_model(*, session: Session, project: str, model_id: str) -> None:
+    job = session.scalar(select(JobRow).where(JobRow.fine_tuned_model == model_id, JobRow.project_id == project,
+                                              JobRow.model_deleted.is_(False)))
+    if job is None:
+        raise NotFound("model", model_id, param="model")
+    job.model_deleted = True
+
+
+def resolve_for_chat(*, session: Session, settings: Settings, project: str,
+                     model_id: str) -> tuple[str, tuple[str, Path] | None]:
+    """(base model id, (adapter key, adapter folder) or None) for a chat request."""
+    if model_id in base_models(settings):
+        return model_id, None
+    job = session.scalar(select(JobRow).where(JobRow.fine_tuned_model == model_id, JobRow.project_id == project,
+                                              JobRow.model_deleted.is_(False), JobRow.status == "succeeded"))
+    if job is not None:
+        return job.model, (model_id, Path(job.run_dir) / "run" / "adapter")
+    ckpt = session.scalar(select(CheckpointRow).join(JobRow, JobRow.id == CheckpointRow.job_id).where(
+        CheckpointRow.fine_tuned_model_checkpoint == model_id, JobRow.project_id == project,
+        JobRow.model_deleted.is_(False)))
+    if ckpt is not None and Path(ckpt.path).exists():
+        job = session.scalar(select(JobRow).where(JobRow.id == ckpt.job_id))
+        return job.model, (model_id, Path(ckpt.path))
+    raise NotFound("model", model_id, param="model")

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from slmtune.service import files
+from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
+from slmtune.service.schemas import Deleted, FileList, FileObject
+
+router = APIRouter(tags=["files"])
+
+
+@router.post("/files", response_model=FileObject)
+async def upload_file(session: SessionDep, settings: SettingsDep, project: ProjectDep,
+                      file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]) -> FileObject:
+    """Upload a file; fine-tune files must be JSONL (checked line by line, 400 naming the bad line)."""
+    content = await file.read()
+    row = files.create_file(session=session, settings=settings, project=project, filename=file.filename or "upload",
+                            purpose=purpose, content=content)
+    return files.to_public(row)
+
+
+@router.get("/files", response_model=FileList)
+def list_files(session: SessionDep, project: ProjectDep, purpose: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 10000, order: Literal["asc", "desc"] = "desc",
+               after: str | None = None) -> FileList:
+    """List files, newest first by default."""
+    rows, more = files.list_files(session=session, project=project, purpose=purpose, limit=limit, order=order,
+                                  after=after)
+    data = [files.to_public(r) for r in rows]
+    return FileList(data=data, has_more=more, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None)
+
+
+@router.get("/files/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, session: SessionDep, project: ProjectDep) -> FileObject:
+    """One file's metadata."""
+    return files.to_public(files.get_file(session=session, project=project, file_id=file_id))
+
+
+@router.get("/files/{file_id}/content", response_class=Response)
+def file_content(file_id: str, session: SessionDep, project: ProjectDep) -> Response:
+    """The file's bytes (result files are base64-encoded CSV, as OpenAI serves them)."""
+    row = files.get_file(session=session, project=project, file_id=file_id)
+    with open(row.path, "rb") as fh:
+        return Response(fh.read(), media_type="application/octet-stream")
+
+
+@router.delete("/files/{file_id}", response_model=Deleted)
+def delete_file(file_id: str, session: SessionDep, project: ProjectDep) -> Deleted:
+    """Delete a file (jobs that already started keep their own copy)."""
+    files.delete_file(session=session, project=project, file_id=file_id)
+    return Deleted(id=file_id, object="file")

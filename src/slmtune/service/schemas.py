@@ -1,0 +1,248 @@
+"""Wire models, in the order of the OpenAI API reference (shared/specs/finetuning-api.md).
+
+Input models reject unknown fields with a 400 naming the field (as OpenAI does); vendor extras that clients are
+known to send (Azure's ``trainingType``) are listed explicitly. Output models list every field, nullable ones
+included, so a response is always complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- files ----------------------------------------------------------------------------------------------------
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"]
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+# --- fine-tuning jobs -------------------------------------------------------------------------------------------
+class SupervisedHyperparameters(_In):
+    batch_size: Literal["auto"] | int = Field("auto", description="Examples per step, 1–256.")
+    learning_rate_multiplier: Literal["auto"] | float = Field("auto", description="Scales the method's base LR.")
+    n_epochs: Literal["auto"] | int = Field("auto", description="Passes over the training file, 1–50.")
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Literal["auto"] | float = "auto"
+
+
+class SupervisedMethod(_In):
+    hyperparameters: SupervisedHyperparameters | None = None
+
+
+class DpoMethod(_In):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class Method(_In):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict | None = None
+
+
+class FineTuningJobCreate(_In):
+    """``POST /v1/fine_tuning/jobs`` (https://platform.openai.com/docs/api-reference/fine-tuning/create)."""
+
+    model: str
+    training_file: str
+    hyperparameters: SupervisedHyperparameters | None = None
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    validation_file: str | None = None
+    integrations: list[dict] | None = None
+    seed: int | None = Field(None, ge=0, le=2147483647)
+    method: Method | None = None
+    metadata: dict[str, str] | None = None
+    # --- vendor extras (accepted, not used) ---
+    trainingType: str | None = Field(None, description="Azure OpenAI extra; accepted and ignored.")  # noqa: N815
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[dict] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    user_provided_suffix: str | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None = None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEvent]
+    has_more: bool
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuning_job_id: str
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, float | None]
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobCheckpoint]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+# --- models -----------------------------------------------------------------------------------------------------
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+# --- chat completions ---------------------------------------------------------------------------------------------
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` (https://platform.openai.com/docs/api-reference/chat/create).
+
+    Sampling fields that the engine does not implement (penalties, logit_bias, logprobs, tools ...) are accepted and
+    ignored so that SDK defaults never fail a call; ``n`` must be 1.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    frequency_penalty: float | None = None
+    logit_bias: dict | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    metadata: dict | None = None
+    n: int | None = Field(None, ge=1)
+    presence_penalty: float | None = None
+    response_format: dict | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    tools: list[dict] | None = None
+    tool_choice: Any = None
+    user: str | None = None
+
+    def text_messages(self) -> list[dict]:
+        out = []
+        for m in self.messages:
+            content = m.content
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+            role = "system" if m.role == "developer" else m.role
+            out.append({"role": role, "content": content or ""})
+        return out
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None

@@ -1,0 +1,46 @@
+"""Service settings, checked at startup."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmtune import paths
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{paths.home() / 'service' / 'slmtune.db'}"
+
+
+@dataclass
+class Settings:
+    db_url: str = field(default_factory=default_db_url)
+    data_dir: Path = field(default_factory=lambda: paths.home() / "service")
+    auth: bool = True
+    default_project: str = "default"  # used when auth is off
+    max_upload_bytes: int = 512 * 1024 * 1024
+    min_examples: int = 10
+    max_examples: int = 100_000
+    max_active_jobs_per_project: int = 8
+    job_nproc: int = 1
+    adapter_cache_size: int = 8
+    lease_seconds: float = 30.0
+    test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.db_url.startswith("postgres://"):
+            self.db_url = "postgresql://" + self.db_url[len("postgres://"):]
+        if self.db_url.startswith("postgresql://"):
+            self.db_url = "postgresql+psycopg://" + self.db_url[len("postgresql://"):]
+        if self.max_upload_bytes <= 0 or self.lease_seconds <= 0:
+            raise ValueError("max_upload_bytes and lease_seconds must be positive")
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
