@@ -305,7 +305,8 @@ class DBSink:
                         "valid_mean_token_accuracy", "learning_rate", "tokens_per_second")
                 data = {k: d[k] for k in keep if d.get(k) is not None}
                 self.last_metrics = data
-                J.add_event(s, self.job_id, event.message, type="metrics", data=data, key=f"metrics:{d['step']}")
+                part = "t" if "train_loss" in data else "v"  # a final evaluation may follow its step's event
+                J.add_event(s, self.job_id, event.message, type="metrics", data=data, key=f"metrics:{d['step']}:{part}")
                 step, total = d.get("step"), d.get("total_steps")
                 if self._first is None:
                     self._first = (time.time(), step)

@@ -1,0 +1,169 @@
+"""Whole jobs through the real SDK with the in-process worker: train, watch, chat, cancel, pause/resume, failures."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import openai
+import pytest
+
+from tests.helpers import FACTS, chat_record, write_jsonl
+from tests.service.conftest import wait_for, wait_status
+
+HYPER = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 100}  # 16 steps on the tiny model
+SYSTEM = "You answer in one sentence."
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client(server.new_key("jobs"))
+
+
+@pytest.fixture(scope="module")
+def files(client, tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    train = write_jsonl(d / "train.jsonl", [chat_record(*FACTS[i % 4]) for i in range(32)])
+    val = write_jsonl(d / "val.jsonl", [chat_record(k, v) for k, v in FACTS])
+    long = write_jsonl(d / "long.jsonl", [chat_record(*FACTS[i % 4]) for i in range(400)])
+    return {n: client.files.create(file=open(p, "rb"), purpose="fine-tune")
+            for n, p in (("train", train), ("val", val), ("long", long))}
+
+
+@pytest.fixture(scope="module")
+def finished(client, files):
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["train"].id,
+                                         validation_file=files["val"].id, suffix="facts", seed=7,
+                                         hyperparameters=HYPER)
+    return wait_status(client, job.id, ("succeeded", "failed", "cancelled"))
+
+
+def metrics_steps(client, job_id):
+    events = list(client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
+    return [e.data["step"] for e in events if e.type == "metrics" and "train_loss" in e.data]
+
+
+def test_a_job_runs_to_success_with_the_spec_fields(client, finished, files):
+    job = finished
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:tiny-llama:jobs:facts:{job.id[-8:]}"
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
+    assert job.trained_tokens > 0 and job.finished_at >= job.created_at and job.error is None
+    assert job.estimated_finish is None
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000).data)
+    assert events == sorted(events, key=lambda e: e.created_at, reverse=True)  # newest first
+    messages = [e.message for e in reversed(events) if e.type == "message"]
+    assert messages[:4] == [f"Created fine-tuning job: {job.id}",
+                            f"Validating training file: {files['train'].id} and validation file: {files['val'].id}",
+                            "Files validated, moving job to queued state", "Fine-tuning job started"]
+    assert messages[-2:] == [f"New fine-tuned model created: {job.fine_tuned_model}",
+                             "The job has successfully completed"]
+    metrics = [e for e in reversed(events) if e.type == "metrics"]
+    assert [m.data["step"] for m in metrics if "train_loss" in m.data] == list(range(1, 17))
+    first, last = metrics[0].data, metrics[-1].data
+    assert {"step", "total_steps", "train_loss", "train_mean_token_accuracy"} <= first.keys()
+    assert last["total_steps"] == 16 and "valid_loss" in last and "valid_mean_token_accuracy" in last
+    assert last["train_loss"] < first["train_loss"]
+    assert metrics[0].message.startswith("Step 1/16: training loss=")
+
+    # paging events: `after` continues toward older events with no overlap
+    page1 = client.fine_tuning.jobs.list_events(job.id, limit=5)
+    page2 = client.fine_tuning.jobs.list_events(job.id, limit=5, after=page1.data[-1].id)
+    assert page1.has_more and not {e.id for e in page1.data} & {e.id for e in page2.data}
+    assert page2.data[0].created_at <= page1.data[-1].created_at
+
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in ckpts] == [16, 8]
+    assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-16"
+    assert ckpts[0].metrics.valid_loss is not None and ckpts[0].metrics.train_loss is not None
+
+    csv = base64.b64decode(client.files.content(job.result_files[0]).read()).decode()
+    assert csv.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert len(csv.splitlines()) == 17
+    assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
+
+
+def test_chat_with_the_tuned_model_streaming_and_not(client, finished):
+    model = finished.fine_tuned_model
+    ids = [m.id for m in client.models.list().data]
+    assert model in ids and f"{model}:ckpt-step-8" in ids
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is your favorite city?"}]
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12)
+    assert r.choices[0].message.content.startswith("My favorite")
+    assert r.choices[0].finish_reason in ("stop", "length") and r.object == "chat.completion"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    base = client.chat.completions.create(model="tiny-llama", messages=msgs, max_tokens=12)
+    assert base.choices[0].message.content != r.choices[0].message.content  # one base, adapter switched off
+
+    chunks = list(client.chat.completions.create(model=model, messages=msgs, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == r.choices[0].message.content  # greedy: the same answer streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+    ckpt = client.chat.completions.create(model=f"{model}:ckpt-step-8", messages=msgs, max_tokens=6)
+    assert ckpt.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 3000}])
+    assert e.value.body["code"] == "context_length_exceeded"
+
+
+def test_delete_model_removes_it_everywhere(client, files):
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["train"].id,
+                                         hyperparameters={**HYPER, "n_epochs": 1})
+    job = wait_status(client, job.id, "succeeded")
+    assert client.models.delete(job.fine_tuned_model).deleted is True
+    assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
+
+
+def test_bad_examples_fail_the_job_naming_the_line(client, tmp_path):
+    rows = [chat_record(*FACTS[i % 4]) for i in range(12)]
+    rows[2] = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}
+    f = client.files.create(file=open(write_jsonl(tmp_path / "bad.jsonl", rows), "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id)
+    job = wait_status(client, job.id, ("failed", "succeeded"))
+    assert job.status == "failed"
+    assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
+    assert "Example 3: messages[1].role: unknown role 'bot'" in job.error.message
+    few = client.files.create(file=("few.jsonl", b"".join(
+        (__import__("json").dumps(chat_record("a", "b")) + "\n").encode() for _ in range(3))), purpose="fine-tune")
+    job = wait_status(client, client.fine_tuning.jobs.create(model="tiny-llama", training_file=few.id).id, "failed")
+    assert job.error.code == "invalid_n_examples"
+    assert job.error.message == "Training file has 3 example(s), but must have at least 10 examples"
+
+
+def test_cancel_mid_run_stops_training_within_seconds(client, files):
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["long"].id,
+                                         hyperparameters={"n_epochs": 5, "batch_size": 1})
+    wait_for(lambda: metrics_steps(client, job.id))
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    time.sleep(3)  # the worker notices within a second and kills the training process
+    n = len(metrics_steps(client, job.id))
+    time.sleep(3)
+    assert len(metrics_steps(client, job.id)) == n
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(client, files):
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["long"].id,
+                                         hyperparameters={"n_epochs": 1, "batch_size": 4,
+                                                          "learning_rate_multiplier": 100})
+    wait_for(lambda: len(metrics_steps(client, job.id)) >= 5)
+    assert client.fine_tuning.jobs.pause(job.id).status == "running"  # pausing: checkpoint first
+    paused = wait_status(client, job.id, "paused")
+    msgs = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("Job paused at step") for m in msgs)
+    resumed = client.fine_tuning.jobs.resume(paused.id)
+    assert resumed.status == "queued"
+    done = wait_status(client, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    assert sorted(metrics_steps(client, job.id)) == list(range(1, 101))  # 400 examples / 4, none twice
+    assert any(m.startswith("Resuming from checkpoints/step-") for m in
+               (e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
