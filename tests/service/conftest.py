@@ -17,6 +17,7 @@ import pytest
 
 os.environ["SLMTUNE_TEST_MODELS"] = "1"
 
+_SCHEMAS: list[str] = []
 BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("SLMTUNE_TEST_POSTGRES_URL") else [])
 
 
@@ -35,6 +36,7 @@ def make_db_url(backend: str, tmp: Path) -> str:
     schema = "t_" + secrets.token_hex(6)
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
+    _SCHEMAS.append(schema)
     sep = "&" if "?" in base else "?"
     return f"{base}{sep}options=-csearch_path%3D{schema}"
 
@@ -85,6 +87,17 @@ def start_server(backend: str, tmp: Path, workers: int = 1, auth: bool = True, *
 
     settings = Settings(db_url=make_db_url(backend, tmp), data_dir=tmp / "data", auth=auth, lease_seconds=3.0, **kw)
     return Server(settings, workers).start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas():
+    yield
+    if _SCHEMAS:
+        import psycopg
+
+        with psycopg.connect(os.environ["SLMTUNE_TEST_POSTGRES_URL"], autocommit=True) as conn:
+            for schema in _SCHEMAS:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
