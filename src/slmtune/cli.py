@@ -78,7 +78,8 @@ def train(
     model: Annotated[str | None, typer.Option(help="model.name: registry id or local model folder.")] = None,
     data: Annotated[str | None, typer.Option(help="data.train: training JSONL.")] = None,
     validation: Annotated[str | None, typer.Option(help="data.validation: validation JSONL.")] = None,
-    method: Annotated[str | None, typer.Option(help="method.name: lora, dora, full.")] = None,
+    method: Annotated[str | None, typer.Option(help="method.name: lora, dora, qlora, ia3, prompt_tuning, "
+                                               "prefix_tuning, p_tuning, adalora, loha, lokr, vera, full.")] = None,
     epochs: Annotated[float | None, typer.Option(help="train.epochs.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=value (repeatable).")] = None,
@@ -273,6 +274,29 @@ def eval_(
             row += [f"{b:.4f}", f"{100 * (results['model'][key] - b) / b:+.1f}%" if b else "-"]
         table.add_row(*row)
     out.print(table)
+
+
+# --- export -----------------------------------------------------------------------------------------------------
+export_app = typer.Typer(help="Export tuned models: merged transformers folders.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("merge")
+@_handle_errors
+def export_merge(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged model (created).")],
+) -> None:
+    """Fold the adapter into the base weights and write a plain transformers model (+ tokenizer, chat template)."""
+    from slmtune.export.merge import MergeError, merge
+
+    try:
+        with err.status(f"merging {target}"):
+            path = merge(target, out)
+    except MergeError as e:
+        _fail(str(e), 1)
+    out_console = Console(soft_wrap=True)
+    out_console.print(f"merged model written to {path} (load it with AutoModelForCausalLM.from_pretrained)")
 
 
 # --- service ----------------------------------------------------------------------------------------------------

@@ -34,11 +34,11 @@ class ModelSection(_Section):
         "smollm2-135m-instruct",
         description="Base model: a registry id (see `slmtune models list`) or a local Hugging Face folder.",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "bf16-mixed"] = Field(
         "auto",
-        description="Storage dtype of the frozen base weights; trainable weights and optimizer state stay fp32. "
-        "'auto': bf16 where the hardware has fast bf16 matmuls (AMX/AVX512-BF16 CPUs, recent GPUs) and the method "
-        "supports it, else fp32.",
+        description="'bf16': frozen base weights stored in bf16, trainable weights and optimizer state fp32; "
+        "'bf16-mixed': fp32 weights with bf16 autocast; 'fp32'. 'auto': bf16 where the hardware has fast bf16 "
+        "matmuls (AMX/AVX512-BF16 CPUs, recent GPUs) and the method supports it, else fp32.",
     )
 
 
@@ -55,16 +55,54 @@ class DataSection(_Section):
 
 
 class MethodSection(_Section):
-    name: str = Field("lora", description="Fine-tuning method (see `slmtune.methods.METHODS`).")
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    """Options of every method; each method reads only its own (see ``slmtune.methods``), others are errors."""
+
+    name: str = Field("lora", description="Fine-tuning method: " + ", ".join(
+        ["lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "adalora", "loha", "lokr",
+         "vera", "full"]) + ".")
+    r: int = Field(16, gt=0, description="Adapter rank (adalora: target rank; vera: defaults to 256).")
+    alpha: float = Field(32.0, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0,
-        description="Dropout on the LoRA input (0 by default: on CPU the dropout masks cost ~30% of a step).",
+        description="Dropout on the adapter input (0 by default: on CPU the dropout masks cost ~30% of a step).",
     )
     target_modules: list[str] | str = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but the head)."
+        "all-linear", description="Linear layer names to adapt, or 'all-linear' (every linear layer but the head)."
     )
+    rslora: bool = Field(False, description="lora/dora/qlora: rank-stabilised scaling alpha / sqrt(r).")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="lora/dora/qlora: adapter initialisation."
+    )
+    bits: Literal[4, 8] = Field(4, description="qlora: base weights in 4-bit NF4 (double quantized) or 8-bit.")
+    num_virtual_tokens: int = Field(20, gt=0, description="prompt_tuning/prefix_tuning/p_tuning: virtual tokens.")
+    init_r: int | None = Field(None, gt=0, description="adalora: starting rank (default 1.5 × r).")
+    feedforward_modules: list[str] | None = Field(
+        None, description="ia3: which target modules are feed-forward (scaled on their input)."
+    )
+
+    @model_validator(mode="after")
+    def _known_method_and_options(self) -> MethodSection:
+        from slmtune.methods import METHODS, option_defaults
+
+        method = METHODS.get(self.name)
+        if method is None:
+            raise ValueError(f"name: unknown method {self.name!r}; choose one of {', '.join(sorted(METHODS))}")
+        extra = sorted(self.model_fields_set - {"name", *method.options})
+        if extra:
+            allowed = ", ".join(method.options) or "none"
+            raise ValueError(f"{extra[0]}: not an option of method {self.name!r}; its options: {allowed}")
+        for key, value in option_defaults(self.name).items():
+            if key not in self.model_fields_set:
+                object.__setattr__(self, key, value)
+        if self.name == "adalora" and self.init_r is None:
+            object.__setattr__(self, "init_r", max(self.r, int(self.r * 1.5)))
+        return self
+
+    def relevant(self) -> dict:
+        """The options this method reads (what config.yaml records)."""
+        from slmtune.methods import METHODS
+
+        return {"name": self.name, **{k: getattr(self, k) for k in METHODS[self.name].options}}
 
 
 class TrainSection(_Section):
@@ -86,6 +124,9 @@ class TrainSection(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")
     group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% more time."
+    )
 
 
 class RunSection(_Section):
@@ -102,18 +143,10 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     run: RunSection = Field(default_factory=RunSection)
 
-    @model_validator(mode="after")
-    def _check_method(self) -> TrainConfig:
-        from slmtune.methods import METHODS
-
-        if self.method.name not in METHODS:
-            raise ValueError(
-                f"method.name: unknown method {self.method.name!r}; choose one of {', '.join(sorted(METHODS))}"
-            )
-        return self
-
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        data["method"] = self.method.relevant()
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _format_errors(err: ValidationError) -> list[str]:
@@ -125,8 +158,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key"
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-            if not path and ": " in msg:
-                path, msg = msg.split(": ", 1)
+            if ": " in msg:
+                sub, msg = msg.split(": ", 1)
+                path = f"{path}.{sub}" if path else sub
         problems.append(f"{path}: {msg}" if path else msg)
     return problems
 

@@ -153,3 +153,25 @@ def test_validation_split_holds_out_part_of_train(tiny_config, tmp_path):
     started = [e for e in read_events(tmp_path / "run" / "events.jsonl") if "train_examples" in e.data][0]
     assert (started.data["train_examples"], started.data["validation_examples"]) == (24, 8)
     assert r.valid_loss is not None
+
+
+def test_bf16_mixed_and_gradient_checkpointing_train_the_same_model(tiny_config, tmp_path):
+    ref = slmtune.train(tiny_config(run={"output": str(tmp_path / "ref")}))
+    ckpt = slmtune.train(tiny_config(run={"output": str(tmp_path / "gc")}, train={"gradient_checkpointing": True}))
+    assert train_losses(tmp_path / "gc") == pytest.approx(train_losses(tmp_path / "ref"), abs=1e-4)
+    mixed = slmtune.train(tiny_config(run={"output": str(tmp_path / "mixed")}, model={"precision": "bf16-mixed"}))
+    assert mixed.valid_loss == pytest.approx(ref.valid_loss, rel=0.03)
+    assert ckpt.valid_loss == pytest.approx(ref.valid_loss, abs=1e-4)
+
+
+def test_export_merge_cli(tiny_config, tmp_path):
+    from tests.helpers import run_cli
+
+    slmtune.train(tiny_config(train={"max_steps": 3}))
+    r = run_cli("export", "merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    slmtune.train(tiny_config(method={"name": "prompt_tuning", "num_virtual_tokens": 4}, train={"max_steps": 2},
+                              run={"output": str(tmp_path / "pt")}) | {"method": {"name": "prompt_tuning"}})
+    r = run_cli("export", "merge", str(tmp_path / "pt"), "--out", str(tmp_path / "m2"))
+    assert r.returncode == 1 and "cannot be merged: it adds virtual tokens" in r.stderr

@@ -24,7 +24,8 @@ def evaluate_encoded(model, tokenizer, encoded, batch_size: int = 8) -> dict:
         items = [encoded[i] for i in order[start:start + batch_size]]
         batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, -batch["input_ids"].shape[1]:][:, :-1].float()  # prompt tuning prepends virtual tokens
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX
         loss = torch.nn.functional.cross_entropy(

@@ -24,6 +24,7 @@ class Source:
     base_dir: Path
     adapter_dir: Path | None = None
     model_dir: Path | None = None  # a fully fine-tuned model (replaces base weights)
+    quantize_bits: int | None = None  # the adapter was trained on a bitsandbytes-quantized base (qlora)
 
     @property
     def weights_dir(self) -> Path:
@@ -54,15 +55,19 @@ def locate(path_or_id: str | Path) -> Source:
     """Find out what ``path_or_id`` is: a run directory, an adapter/checkpoint folder, a model folder or an id."""
     p = Path(path_or_id).expanduser()
     if p.is_dir() and (p / "config.yaml").exists() and not (p / "config.json").exists():
-        base = yaml.safe_load((p / "config.yaml").read_text())["model"]["name"]
+        saved = yaml.safe_load((p / "config.yaml").read_text())
+        base = saved["model"]["name"]
         base_dir = resolve(base)
+        bits = saved["method"].get("bits") if saved["method"]["name"] == "qlora" else None
         if (p / "adapter" / "adapter_config.json").exists():
-            return Source(base, base_dir, adapter_dir=p / "adapter")
+            return Source(base, base_dir, adapter_dir=p / "adapter", quantize_bits=bits)
         if (p / "model" / "config.json").exists():
             return Source(base, base_dir, model_dir=p / "model")
         ckpt = _latest_checkpoint(p)
         if ckpt is not None:
-            return locate(ckpt) if (ckpt / "adapter_config.json").exists() else Source(base, base_dir, model_dir=ckpt)
+            if (ckpt / "adapter_config.json").exists():
+                return Source(base, base_dir, adapter_dir=ckpt, quantize_bits=bits)
+            return Source(base, base_dir, model_dir=ckpt)
         raise FileNotFoundError(f"{p}: run directory has no adapter/, model/ or checkpoint yet")
     if p.is_dir() and (p / "adapter_config.json").exists():
         base = _base_from_adapter(p)
@@ -77,7 +82,7 @@ class ChatModel:
         self.source = source
         self.device = torch.device(device) if device else default_device()
         self.tokenizer = load_tokenizer(source.tokenizer_dir)
-        model = load_base_model(source.weights_dir, precision, self.device)
+        model = load_base_model(source.weights_dir, precision, self.device, quantize_bits=source.quantize_bits)
         if source.adapter_dir is not None:
             from peft import PeftModel
 

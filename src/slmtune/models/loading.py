@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Storage dtype of the base weights per precision ("bf16-mixed" keeps fp32 weights and autocasts).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-mixed": torch.float32}
 
 
 def quiet_transformers() -> None:
@@ -55,12 +56,43 @@ def load_tokenizer(model_dir: str | Path):
     return tok
 
 
-def load_base_model(model_dir: str | Path, precision: str = "fp32", device: torch.device | str | None = None):
+def bitsandbytes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def load_base_model(model_dir: str | Path, precision: str = "fp32", device: torch.device | str | None = None,
+                    quantize_bits: int | None = None):
+    """Load a causal LM; ``quantize_bits`` (4: NF4 with double quantization, 8: LLM.int8) goes through bitsandbytes."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     dtype = DTYPES[precision]
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    kw: dict = {"dtype": dtype}
+    if quantize_bits:
+        from transformers import BitsAndBytesConfig
+
+        if quantize_bits == 4:
+            kw["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype)
+        else:
+            kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if device is not None and torch.device(device).type == "cuda":
+            kw["device_map"] = {"": torch.device(device).index or 0}
+        device = None  # bitsandbytes places quantized weights itself
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kw)
     if device is not None:
         model.to(device)
     return model
+
+
+def linear_names(model) -> list[str]:
+    """Leaf names of the linear layers (bitsandbytes ones included), the output head excluded."""
+    names = set()
+    for full, module in model.named_modules():
+        leaf = full.rsplit(".", 1)[-1]
+        if isinstance(module, torch.nn.Linear) and leaf not in ("lm_head", "score", "classifier"):
+            names.add(leaf)
+    return sorted(names)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,12 @@ def check_config(cfg: TrainConfig) -> None:
 
     problems = []
     method = get(cfg.method.name)
+    if method.quantized:
+        from slmtune.models.loading import bitsandbytes_available
+
+        if not bitsandbytes_available():
+            problems.append(f"method.name: {method.name} needs the bitsandbytes package (pip install bitsandbytes); "
+                            "or choose lora, which needs no quantization")
     if cfg.model.precision != "auto" and cfg.model.precision not in method.precisions:
         problems.append(
             f"model.precision: {cfg.model.precision!r} is not supported by method {method.name!r}; "
@@ -145,10 +152,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from slmtune.methods import get
-    from slmtune.models.loading import load_base_model, load_tokenizer
+    from slmtune.methods import BuildContext, get
+    from slmtune.models.loading import linear_names, load_base_model, load_tokenizer
     from slmtune.models.registry import resolve
-    from slmtune.training.trainer import EventCallback, SLMTrainer
+    from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
 
     from slmtune.models.loading import resolve_precision
 
@@ -182,10 +189,22 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
 
     # --- model + method ---------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    model = load_base_model(model_dir, cfg.model.precision)
+    model = load_base_model(model_dir, cfg.model.precision,
+                            quantize_bits=cfg.method.bits if method.quantized else None)
     model.config.use_cache = False
+    t = cfg.train
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / t.batch_size) / t.grad_accum)
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    ctx = BuildContext(linear_names=linear_names(model), total_steps=total_steps)
     set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
-    peft_config = method.build(cfg.method)
+    try:
+        peft_config = method.build(cfg.method, ctx)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    if method.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
     if peft_config is not None:
         from peft import get_peft_model
 
@@ -199,7 +218,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     ))
 
     # --- trainer ----------------------------------------------------------------------------------------------
-    t = cfg.train
     has_val = bool(val_set)
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -229,6 +247,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         report_to=[],
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.model.precision == "bf16-mixed",
+        gradient_checkpointing=t.gradient_checkpointing and not method.quantized,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
     trainer = SLMTrainer(
         model=model,
@@ -243,6 +264,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     callback = EventCallback(bus, run_dir, t.save_total_limit)
     callback.trainer = trainer
     trainer.add_callback(callback)
+    if method.name == "adalora":
+        trainer.add_callback(AdaLoraBudget())
 
     started = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(ckpt[1]) if ckpt else None)

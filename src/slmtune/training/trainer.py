@@ -71,7 +71,8 @@ class SLMTrainer(Trainer):
             labels = inputs["labels"][:, 1:]
             mask = labels != IGNORE_INDEX
             n = int(mask.sum())
-            logits = outputs.logits[:, :-1]
+            # prompt-learning methods prepend virtual tokens: align on the last positions
+            logits = outputs.logits[:, -inputs["labels"].shape[1]:][:, :-1]
             correct = int(((logits.argmax(-1) == labels) & mask).sum())
             self._acc[mode][0] += correct
             self._acc[mode][1] += n
@@ -97,6 +98,17 @@ class SLMTrainer(Trainer):
             logs["mean_token_accuracy"] = c / n if n else float("nan")
             self._acc["train"] = [0, 0]
         super().log(logs, start_time)
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA reallocates rank after each optimizer step, before gradients are zeroed (PEFT's contract)."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kw):
+        peft_model = model
+        while peft_model is not None and not hasattr(peft_model, "base_model"):
+            peft_model = getattr(peft_model, "module", None)
+        if peft_model is not None:
+            peft_model.base_model.update_and_allocate(state.global_step)
 
 
 class EventCallback(TrainerCallback):

@@ -1,0 +1,1 @@
+"""Export: merge adapters into plain transformers models."""
