@@ -37,5 +37,12 @@ def evaluate(path_or_model, data, max_seq_length: int = 1024, batch_size: int = 
     return evaluate_file(model, data, max_seq_length=max_seq_length, batch_size=batch_size)
 
 
+def plan(config, **kw):
+    """Predict peak memory, tokens/s, wall time and cost of a run. See :func:`slmtune.planner.plan`."""
+    from slmtune.planner import plan as _plan
+
+    return _plan(config, **kw)
+
+
 __all__ = ["ConfigError", "DataError", "Event", "ModelNotAvailable", "TrainConfig", "evaluate", "load",
-           "load_config", "train"]
+           "load_config", "plan", "train"]

@@ -276,6 +276,50 @@ def eval_(
     out.print(table)
 
 
+# --- plan -------------------------------------------------------------------------------------------------------
+@app.command("plan")
+@_handle_errors
+def plan_cmd(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (its method is marked in the table).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override section.key=value.")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Memory limit (default: what this machine has free).")] = None,
+    price_per_hour: Annotated[float | None, typer.Option(help="Machine price, for the cost column.")] = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only these methods (repeatable; default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Predict peak memory, tokens/s, wall time and cost for each method, before training.
+
+    Methods that fit the memory limit come first, fastest first; the others say why they do not fit.
+    """
+    from slmtune.config import build_config, load_config
+    from slmtune.planner import plan_methods
+
+    cfg = load_config(config, set_ or []) if config else build_config({}, set_ or [])
+    with err.status("planning (builds the model on the meta device, probes matmul speed once)"):
+        plans = plan_methods(cfg, memory_limit_mb=memory_gb * 1024 if memory_gb else None,
+                             price_per_hour=price_per_hour, methods=method)
+    if as_json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        return
+    p0 = plans[0]
+    table = Table(title=f"{cfg.model.name}: {p0.steps} steps, ~{p0.tokens_total:,} tokens, batch {cfg.train.batch_size}")
+    for col in ("method", "precision", "trainable", "peak memory", "tokens/s", "time", "cost", "fits"):
+        table.add_column(col)
+    for p in plans:
+        mark = " (config)" if p.method == cfg.method.name else ""
+        table.add_row(p.method + mark, p.precision, f"{p.trainable_params:,}", f"{p.peak_memory_mb / 1024:.2f} GB",
+                      f"{p.tokens_per_second:.0f}", _duration(p.wall_seconds),
+                      "-" if p.cost is None else f"{p.cost:.4f}", "yes" if p.fits else f"no: {p.reason}")
+    out.print(table)
+    out.print("[dim]Calibrated on a 2-core AMX Xeon (docs/methods.md shows predicted vs measured).[/]")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 # --- export -----------------------------------------------------------------------------------------------------
 export_app = typer.Typer(help="Export tuned models: merged transformers folders.", no_args_is_help=True)
 app.add_typer(export_app, name="export")

@@ -124,6 +124,11 @@ class TrainSection(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")
     group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
+    objective: Literal["sft", "dpo"] = Field(
+        "sft", description="'sft': supervised on assistant turns; 'dpo': direct preference optimisation (TRL) on "
+        "preference data, with any adapter method."
+    )
+    dpo_beta: float = Field(0.1, gt=0, le=2, description="dpo: strength of the pull toward the reference model.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more time."
     )

@@ -128,7 +128,10 @@ def test_bad_data_fails_before_training_naming_every_line(tiny_config, tiny_data
 
 @pytest.mark.parametrize("model,method", [("tiny-phi3", "lora"), ("tiny-llama", "dora"), ("tiny-phi3", "full")])
 def test_methods_and_architectures_train_and_reload(tiny_config, tmp_path, model, method):
-    result = slmtune.train(tiny_config(model={"name": model}, method={"name": method}))
+    cfg = tiny_config(model={"name": model}, method={"name": method})
+    if method == "full":
+        cfg["method"] = {"name": "full"}
+    result = slmtune.train(cfg)
     losses = train_losses(tmp_path / "run")
     assert losses[24] < losses[1]
     artifact = tmp_path / "run" / ("model" if method == "full" else "adapter")

@@ -109,8 +109,12 @@ def test_request_errors_name_the_field(client, train_file):
     assert e.value.body["param"] == "hyperparameters.n_epochs"
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
-                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+                                       method={"type": "reinforcement", "reinforcement": {"grader": {}}})
     assert "not supported yet" in e.value.message and e.value.body["param"] == "method.type"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
+                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}})
+    assert e.value.body["param"] == "hyperparameters.beta"
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train_file.id)
     assert e.value.body["param"] == "model"

@@ -167,3 +167,21 @@ def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(clien
     assert sorted(metrics_steps(client, job.id)) == list(range(1, 101))  # 400 examples / 4, none twice
     assert any(m.startswith("Resuming from checkpoints/step-") for m in
                (e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+
+
+def test_dpo_job_through_the_sdk(client, tmp_path):
+    from tests.integration.test_dpo import pref
+
+    rows = [pref(k, v, "sorry") for k, v in FACTS] * 3
+    f = client.files.create(file=open(write_jsonl(tmp_path / "pref.jsonl", rows), "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 1, "batch_size": 4}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
+    done = wait_status(client, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    assert done.method.dpo.hyperparameters.learning_rate_multiplier == 5.0  # resolved from "auto"
+    sft_data = client.files.create(file=("sft.jsonl", b"".join(
+        (__import__("json").dumps(chat_record("a", "b")) + "\n").encode() for _ in range(12))), purpose="fine-tune")
+    bad = wait_status(client, client.fine_tuning.jobs.create(model="tiny-llama", training_file=sft_data.id,
+                                                             method={"type": "dpo"}).id, ("failed", "succeeded"))
+    assert bad.status == "failed" and "needs preference records" in bad.error.message

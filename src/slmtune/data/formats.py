@@ -3,6 +3,8 @@
 * chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1?}, ...]}``
   as in the OpenAI fine-tuning API. ``weight: 0`` on an assistant turn keeps it as context without training on it.
 * completion: ``{"prompt": str, "completion": str}``; the loss covers the completion and the end-of-sequence token.
+* preference (DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": ...}],
+  "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
 
 Every problem is reported as ``FILE:LINE: field.path: message`` and reading never stops at the first one.
 """
@@ -32,10 +34,12 @@ class Problem:
 @dataclass
 class Example:
     line: int
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "preference"]
     messages: list[dict] = field(default_factory=list)
     prompt: str = ""
     completion: str = ""
+    chosen: str = ""  # preference: the preferred assistant reply to ``messages``
+    rejected: str = ""
 
 
 class DataError(ValueError):
@@ -151,6 +155,54 @@ def _check_completion(obj: dict, add) -> tuple[str, str] | None:
     return (obj["prompt"], obj["completion"]) if ok else None
 
 
+def _check_preference(obj: dict, add) -> tuple[list[dict], str, str] | None:
+    ok = True
+    for key in obj:
+        if key not in ("input", "preferred_output", "non_preferred_output"):
+            add(key, "unknown key")
+            ok = False
+    inp = obj.get("input")
+    msgs = None
+    if not isinstance(inp, dict) or "messages" not in inp:
+        add("input", "expected an object with 'messages'")
+        ok = False
+    else:
+        msgs = inp["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            add("input.messages", "expected a non-empty list of messages")
+            ok = False
+        else:
+            for i, m in enumerate(msgs):
+                if not isinstance(m, dict) or m.get("role") not in ROLES:
+                    add(f"input.messages[{i}].role", f"expected one of {', '.join(ROLES)}")
+                    ok = False
+                elif _content_text(m.get("content")) is None or not _content_text(m.get("content")).strip():
+                    add(f"input.messages[{i}].content", "missing or empty")
+                    ok = False
+            if ok and msgs[-1].get("role") != "user":
+                add(f"input.messages[{len(msgs) - 1}].role", "the prompt must end with a user message")
+                ok = False
+    replies = []
+    for key in ("preferred_output", "non_preferred_output"):
+        out = obj.get(key)
+        if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)):
+            add(key, "expected a list with exactly one assistant message")
+            ok = False
+            continue
+        if out[0].get("role") != "assistant":
+            add(f"{key}[0].role", "must be 'assistant'")
+            ok = False
+        text = _content_text(out[0].get("content"))
+        if text is None or not text.strip():
+            add(f"{key}[0].content", "missing or empty")
+            ok = False
+        replies.append(text)
+    if not ok:
+        return None
+    prompt = [{"role": m["role"], "content": _content_text(m["content"]), "weight": 1} for m in msgs]
+    return prompt, replies[0], replies[1]
+
+
 def parse_lines(lines, file: str) -> tuple[list[Example], list[Problem]]:
     """Parse JSONL lines (an iterable of str) into examples, collecting every problem."""
     examples: list[Example] = []
@@ -183,13 +235,20 @@ def parse_lines(lines, file: str) -> tuple[list[Example], list[Problem]]:
             msgs = _check_chat(obj, add)
             if msgs is not None and not extra and "tools" not in obj:
                 examples.append(Example(line=lineno, kind="chat", messages=msgs))
+        elif "input" in obj or "preferred_output" in obj:
+            kind = "preference"
+            pref = _check_preference(obj, add)
+            if pref is not None:
+                examples.append(Example(line=lineno, kind="preference", messages=pref[0], chosen=pref[1],
+                                        rejected=pref[2]))
         elif "prompt" in obj or "completion" in obj:
             kind = "completion"
             pc = _check_completion(obj, add)
             if pc is not None:
                 examples.append(Example(line=lineno, kind="completion", prompt=pc[0], completion=pc[1]))
         else:
-            add("(root)", "expected 'messages' (chat format) or 'prompt' and 'completion' keys")
+            add("(root)", "expected 'messages' (chat format), 'prompt' and 'completion', or 'input' with "
+                "'preferred_output' and 'non_preferred_output' (preference format)")
             continue
         if first_kind is None:
             first_kind = (kind, lineno)

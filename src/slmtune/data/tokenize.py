@@ -88,6 +88,8 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int
 def encode_example(tokenizer, ex: Example, max_seq_length: int | None = None) -> Encoded:
     if ex.kind == "chat":
         ids, labels = encode_chat(tokenizer, ex.messages)
+    elif ex.kind == "preference":  # length and SFT-style loss of the preferred reply
+        ids, labels = encode_chat(tokenizer, [*ex.messages, {"role": "assistant", "content": ex.chosen}])
     else:
         ids, labels = encode_completion(tokenizer, ex.prompt, ex.completion)
     truncated = False

@@ -74,19 +74,27 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
 
 def _method_dict(req: FineTuningJobCreate) -> dict:
     """Normalise ``hyperparameters`` (deprecated) and ``method`` into one method dict, with "auto" defaults."""
-    if req.method is not None and req.method.type != "supervised":
-        raise NotImplementedYet(f"Method {req.method.type!r} is not supported yet; use 'supervised'.",
+    kind = req.method.type if req.method is not None else "supervised"
+    if kind not in ("supervised", "dpo"):
+        raise NotImplementedYet(f"Method {kind!r} is not supported yet; use 'supervised' or 'dpo'.",
                                 param="method.type", code="method_not_supported")
     hp = None
-    if req.method is not None and req.method.supervised is not None:
-        hp = req.method.supervised.hyperparameters
+    sub = getattr(req.method, kind, None) if req.method is not None else None
+    if sub is not None:
+        hp = sub.hyperparameters
+    if kind == "dpo" and req.hyperparameters is not None:
+        raise BadRequest("DPO hyperparameters go in method.dpo.hyperparameters.", param="hyperparameters")
     if hp is not None and req.hyperparameters is not None:
         raise BadRequest("Give hyperparameters either at the top level or in method.supervised, not both.",
                          param="hyperparameters")
     hp = hp or req.hyperparameters
     values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS}
+    if kind == "dpo":
+        values["beta"] = "auto"
     if hp is not None:
         values.update(hp.model_dump())
+    if kind == "dpo" and values["beta"] != "auto" and not 0 < values["beta"] <= 2:
+        raise BadRequest("hyperparameters.beta must be 'auto' or in (0, 2].", param="hyperparameters.beta")
     checks = {"batch_size": (1, 256), "n_epochs": (1, 50)}
     for key, (lo, hi) in checks.items():
         v = values[key]
@@ -97,7 +105,7 @@ def _method_dict(req: FineTuningJobCreate) -> dict:
     if lrm != "auto" and not lrm > 0:
         raise BadRequest("hyperparameters.learning_rate_multiplier must be 'auto' or > 0.",
                          param="hyperparameters.learning_rate_multiplier")
-    return {"type": "supervised", "supervised": {"hyperparameters": values}}
+    return {"type": kind, kind: {"hyperparameters": values}}
 
 
 def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
@@ -112,6 +120,8 @@ def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
         out["n_epochs"] = epochs
     if out["batch_size"] == "auto":
         out["batch_size"] = max(1, min(8, n_examples // 10 or 1))
+    if out.get("beta") == "auto":
+        out["beta"] = 0.1
     if out["learning_rate_multiplier"] == "auto":
         out["learning_rate_multiplier"] = 1.0 if n_examples >= 100 else 5.0  # small files need a larger step
     return out

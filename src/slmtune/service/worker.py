@@ -157,6 +157,17 @@ class Worker:
                 job = s.scalar(select(JobRow).where(JobRow.id == job_id))
                 if job.status == "cancelled":
                     return False
+                if not rep.problems:
+                    from slmtune.data.formats import Problem, read_jsonl
+
+                    want = "preference" if job.method["type"] == "dpo" else None
+                    for ex in read_jsonl(path)[0]:
+                        if (want and ex.kind != want) or (not want and ex.kind == "preference"):
+                            rep.problems.append(Problem(str(path), ex.line, "(root)", (
+                                f"{ex.kind} format, but method {job.method['type']} needs "
+                                + ("preference records (input, preferred_output, non_preferred_output)" if want
+                                   else "chat or prompt/completion records"))))
+                            break
                 if rep.problems:
                     p = rep.problems[0]
                     more = f" ({len(rep.problems) - 1} more problem(s) in the file)" if len(rep.problems) > 1 else ""
@@ -202,7 +213,8 @@ class Worker:
                 "method": {"name": "lora"},
                 "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
                           "learning_rate": J.BASE_LR * hp["learning_rate_multiplier"], "seed": job.seed % (2**31),
-                          "save_total_limit": 3},
+                          "save_total_limit": 3,
+                          **({"objective": "dpo", "dpo_beta": hp["beta"]} if job.method["type"] == "dpo" else {})},
                 "run": {"output": str(run_dir / "run")},
             }
             resume = bool(list_checkpoints(run_dir / "run"))

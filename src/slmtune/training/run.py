@@ -75,17 +75,25 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(problems)
 
 
+def _holds_training(run_dir: Path) -> bool:
+    """A run directory is in use once it has a checkpoint or an artifact; one whose start failed (bad data, a
+    missing model) holds only config.yaml and events.jsonl and can be reused."""
+    names = {"checkpoints", "adapter", "model", RESULT_FILE}
+    return any((run_dir / n).exists() for n in names) or any(
+        p.name not in {"config.yaml", "events.jsonl", "metrics.csv"} for p in run_dir.iterdir())
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     run_dir = Path(cfg.run.output)
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start the run without --resume")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+    elif run_dir.exists() and _holds_training(run_dir) and not cfg.run.overwrite:
         raise RunDirError(
             f"{run_dir}: run directory exists and is not empty; continue it with --resume, choose another "
             "--output, or set run.overwrite=true to start over in it"
         )
-    elif run_dir.exists() and cfg.run.overwrite:
+    elif run_dir.exists() and any(run_dir.iterdir()):  # overwrite, or a start that failed before any training
         import shutil
 
         for child in run_dir.iterdir():
@@ -100,6 +108,30 @@ def _split(encoded: list, fraction: float, seed: int):
     n_val = max(1, int(round(len(idx) * fraction)))
     val = set(idx[:n_val])
     return [e for i, e in enumerate(encoded) if i not in val], [e for i, e in enumerate(encoded) if i in val]
+
+
+def _examples_for_objective(cfg: TrainConfig, train_set: list, val_set: list):
+    """DPO trains on preference records (re-read as examples); SFT refuses them. Every mismatch is named."""
+    from slmtune.data.formats import read_jsonl
+
+    problems = []
+    wanted = {"dpo": ("preference",), "sft": ("chat", "completion")}[cfg.train.objective]
+    out = []
+    for key, subset in (("train", train_set), ("validation", val_set)):
+        path = getattr(cfg.data, key) or cfg.data.train
+        examples, _ = read_jsonl(path)
+        lines = {e.line for e in subset}
+        examples = [e for e in examples if e.line in lines]
+        bad = [e for e in examples if e.kind not in wanted]
+        if bad:
+            hint = ("set train.objective: dpo to train on preference data" if cfg.train.objective == "sft"
+                    else "dpo needs preference records: input.messages, preferred_output, non_preferred_output")
+            problems.append(Problem(path, bad[0].line, "(root)", f"{bad[0].kind} format with train.objective "
+                                    f"{cfg.train.objective}: {hint}"))
+        out.append(examples)
+    if problems:
+        raise DataError(problems)
+    return out[0], out[1]
 
 
 def train(
@@ -178,6 +210,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         train_set, val_set = _split(train_set, d.validation_split, cfg.train.seed)
     if len(train_set) < 1:
         raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
+    train_examples, val_examples = _examples_for_objective(cfg, train_set, val_set)
     if train_rep.n_truncated:
         bus.emit(ev.message(f"{train_rep.n_truncated} training example(s) truncated to {d.max_seq_length} tokens",
                             level="warn"))
@@ -219,7 +252,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
 
     # --- trainer ----------------------------------------------------------------------------------------------
     has_val = bool(val_set)
-    args = TrainingArguments(
+    arg_kw = dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -251,13 +284,21 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         gradient_checkpointing=t.gradient_checkpointing and not method.quantized,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
-    trainer = SLMTrainer(
-        model=model,
-        args=args,
-        train_dataset=SFTDataset(train_set),
-        eval_dataset=SFTDataset(val_set) if has_val else None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-    )
+    if t.objective == "dpo":
+        from slmtune.training.dpo import build_dpo_trainer
+
+        if peft_config is None:
+            raise ConfigError(["train.objective: dpo needs an adapter method (its reference model is the base "
+                               "with the adapter off); method 'full' is not supported with dpo yet"])
+        trainer = build_dpo_trainer(cfg, model, tokenizer, train_examples, val_examples, arg_kw)
+    else:
+        trainer = SLMTrainer(
+            model=model,
+            args=TrainingArguments(**arg_kw),
+            train_dataset=SFTDataset(train_set),
+            eval_dataset=SFTDataset(val_set) if has_val else None,
+            data_collator=PadCollator(tokenizer.pad_token_id),
+        )
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints

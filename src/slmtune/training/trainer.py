@@ -47,13 +47,8 @@ class EpochLengthGroupedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
-class SLMTrainer(Trainer):
-    def _get_train_sampler(self, train_dataset=None):
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
-            bs = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return EpochLengthGroupedSampler(ds.lengths, bs, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
+class TrainerMetricsMixin:
+    """Counters and metric names shared by the SFT trainer and the DPO trainer."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,6 +56,33 @@ class SLMTrainer(Trainer):
         self._eval_loss = [0.0, 0]  # sum of token losses, tokens
         self.tokens_seen = 0  # non-padding tokens trained on, this session
         self.trained_tokens = 0  # loss-carrying tokens, this session
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if any(k.startswith("eval_") for k in logs):
+            c, n = self._acc["eval"]
+            if n:
+                logs["eval_mean_token_accuracy"] = c / n
+            s, n = self._eval_loss
+            if n:
+                logs["eval_loss"] = s / n  # token-weighted, not a mean of batch means
+            self._acc["eval"] = [0, 0]
+            self._eval_loss = [0.0, 0]
+        elif "loss" in logs:
+            c, n = self._acc["train"]
+            if n:
+                logs["mean_token_accuracy"] = c / n
+            self._acc["train"] = [0, 0]
+        super().log(logs, start_time)
+
+
+
+class SLMTrainer(TrainerMetricsMixin, Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(ds, "lengths"):
+            bs = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochLengthGroupedSampler(ds.lengths, bs, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(
@@ -83,21 +105,6 @@ class SLMTrainer(Trainer):
                 self._eval_loss[0] += float(loss) * n
                 self._eval_loss[1] += n
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if any(k.startswith("eval_") for k in logs):
-            c, n = self._acc["eval"]
-            logs["eval_mean_token_accuracy"] = c / n if n else float("nan")
-            s, n = self._eval_loss
-            if n:
-                logs["eval_loss"] = s / n  # token-weighted, not a mean of batch means
-            self._acc["eval"] = [0, 0]
-            self._eval_loss = [0.0, 0]
-        elif "loss" in logs:
-            c, n = self._acc["train"]
-            logs["mean_token_accuracy"] = c / n if n else float("nan")
-            self._acc["train"] = [0, 0]
-        super().log(logs, start_time)
 
 
 class AdaLoraBudget(TrainerCallback):
@@ -166,7 +173,9 @@ class EventCallback(TrainerCallback):
             trained_tps = (t.trained_tokens - self._last_trained) / dt
             self._last_t, self._last_tokens, self._last_trained = now, t.tokens_seen, t.trained_tokens
             self._flush()
+            dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items() if k.startswith("rewards/")}
             self.pending = {
+                **dpo,
                 "step": state.global_step,
                 "total_steps": state.max_steps,
                 "epoch": round(state.epoch or 0.0, 4),

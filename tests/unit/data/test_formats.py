@@ -43,7 +43,7 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
         "F:6: messages[1].weight: must be 0 or 1, got 2",
         "F:7: messages: expected a list of messages, got str",
         "F:8: (root): expected a JSON object, got list",
-        "F:9: (root): expected 'messages' (chat format) or 'prompt' and 'completion' keys",
+        "F:9: (root): expected 'messages' (chat format), 'prompt' and 'completion', or 'input' with 'preferred_output' and 'non_preferred_output' (preference format)",
         "F:10: messages: every assistant message has weight 0: nothing to train on",
         "F:11: messages[0].weight: only assistant messages can have a weight",
         "F:12: messages[0].content: missing",

@@ -1,0 +1,158 @@
+"""The measured method table: every method on the default model, same data, same token budget.
+
+    .venv/bin/python benchmarks/methods.py [--steps 12] [--methods lora,dora,...]   # writes docs/methods.md
+
+Each method runs in its own process (so peak RSS is that run's alone) on the demo data (examples/demo/), batch 8,
+``--steps`` optimizer steps, and is evaluated on the held-out split. For every row the planner's prediction
+(``slmtune.plan``) is printed beside the measurement with the relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+LR = {"ia3": 1e-2, "prompt_tuning": 3e-2, "prefix_tuning": 1e-2, "p_tuning": 1e-2, "vera": 1e-2, "full": 5e-5,
+      "adalora": 2e-3}
+ORDER = ["lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "adalora", "loha", "lokr",
+         "vera", "full"]
+
+
+def config(method: str, steps: int, out: Path) -> dict:
+    return {
+        "model": {"name": "smollm2-135m-instruct"},
+        "data": {"train": str(DEMO / "train.jsonl"), "validation": str(DEMO / "val.jsonl"), "max_seq_length": 256},
+        "method": {"name": method},
+        "train": {"max_steps": steps, "batch_size": 8, "learning_rate": LR.get(method, 1e-3), "warmup_ratio": 0.1,
+                  "eval_every": 0, "save_total_limit": 1, "seed": 0},
+        "run": {"output": str(out), "overwrite": True},
+    }
+
+
+def run_one(method: str, steps: int, out: Path) -> dict:
+    """In a child process: train, then report what was measured."""
+    import slmtune
+    from slmtune.events import read_events
+
+    t0 = time.perf_counter()
+    result = slmtune.train(config(method, steps, out))
+    wall = time.perf_counter() - t0
+    started = [e for e in read_events(out / "events.jsonl") if "trainable_params" in e.data][0]
+    metrics = [e.data for e in read_events(out / "events.jsonl") if e.type == "metrics" and "train_loss" in e.data]
+    steady = [m["tokens_per_second"] for m in metrics[2:]] or [result.tokens_per_second]
+    artifact = Path(result.artifact)
+    size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file() and "tokenizer" not in f.name)
+    return {
+        "method": method, "trainable_params": started.data["trainable_params"],
+        "total_params": started.data["total_params"], "peak_rss_mb": resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss / 1024, "tokens_per_second": sorted(steady)[len(steady) // 2],
+        "train_runtime_s": result.train_runtime_s, "wall_s": wall, "valid_loss": result.valid_loss,
+        "artifact_mb": size / 1e6, "precision": slmtune.load_config(out / "config.yaml").model.precision,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--methods", default=",".join(ORDER))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--work", default="runs/bench-methods")
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "methods.md"))
+    ap.add_argument("--replan", action="store_true",
+                    help="re-predict from the measurements saved in WORK/rows.json and rewrite the doc (no training)")
+    args = ap.parse_args()
+    work = Path(args.work)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args.steps, work / args.one)))
+        return
+
+    import slmtune
+
+    base_eval = None
+    rows = []
+    if args.replan:
+        saved = json.loads((work / "rows.json").read_text())
+        for row in saved["rows"]:
+            if "error" not in row:
+                p = slmtune.plan(config(row["method"], saved["steps"], work / row["method"]))
+                row["pred_peak_rss_mb"], row["pred_tokens_per_second"] = p.peak_memory_mb, p.tokens_per_second
+        write_doc(Path(args.doc), saved["rows"], saved["steps"], saved["base_eval"])
+        return
+    for method in args.methods.split(","):
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--one", method, "--steps", str(args.steps), "--work",
+                               str(work)], capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(f"{method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            rows.append({"method": method, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"})
+            continue
+        row = json.loads(line[0][len("RESULT "):])
+        plan = slmtune.plan(config(method, args.steps, work / method))
+        row["pred_peak_rss_mb"] = plan.peak_memory_mb
+        row["pred_tokens_per_second"] = plan.tokens_per_second
+        rows.append(row)
+        print(f"{method:14s} {row['tokens_per_second']:7.0f} tok/s (pred {plan.tokens_per_second:5.0f})  "
+              f"RSS {row['peak_rss_mb']:6.0f} MB (pred {plan.peak_memory_mb:6.0f})  valid_loss {row['valid_loss']:.3f}"
+              f"  [{time.perf_counter() - t:.0f}s]", flush=True)
+    if base_eval is None:
+        base_eval = slmtune.evaluate("smollm2-135m-instruct", DEMO / "val.jsonl")["loss"]
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "rows.json").write_text(json.dumps({"steps": args.steps, "base_eval": base_eval, "rows": rows}, indent=2))
+    write_doc(Path(args.doc), rows, args.steps, base_eval)
+
+
+def write_doc(path: Path, rows: list[dict], steps: int, base_eval: float) -> None:
+    import platform
+
+    lines = [
+        "# Methods, measured",
+        "",
+        "Every method of `slmtune.methods` on the default model (smollm2-135m-instruct, 135M parameters) on this "
+        "project's machine (2 cores, Xeon with AMX-BF16, no GPU): the demo data (examples/demo/), batch 8, "
+        f"{steps} optimizer steps (~{steps * 8 * 81 // 1000}k tokens), the same seed; eval loss on the held-out split "
+        f"(base model before training: {base_eval:.3f}). Precision is `auto` (bf16 base weights where the method "
+        "allows it). Each run is its own process, so peak RSS is that run's.",
+        "",
+        "    .venv/bin/python benchmarks/methods.py --steps " + str(steps),
+        "",
+        "| method | precision | trainable params | % of model | peak RSS MB | tokens/s | eval loss | artifact MB | "
+        "planner RSS MB (err) | planner tokens/s (err) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    errs_m, errs_t = [], []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | | | |")
+            continue
+        em = (r["pred_peak_rss_mb"] - r["peak_rss_mb"]) / r["peak_rss_mb"]
+        et = (r["pred_tokens_per_second"] - r["tokens_per_second"]) / r["tokens_per_second"]
+        errs_m.append(abs(em))
+        errs_t.append(abs(et))
+        lines.append(
+            f"| `{r['method']}` | {r['precision']} | {r['trainable_params']:,} | "
+            f"{100 * r['trainable_params'] / r['total_params']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['tokens_per_second']:.0f} | {r['valid_loss']:.3f} | {r['artifact_mb']:.1f} | "
+            f"{r['pred_peak_rss_mb']:.0f} ({100 * em:+.0f}%) | {r['pred_tokens_per_second']:.0f} ({100 * et:+.0f}%) |"
+        )
+    if errs_m:
+        lines += [
+            "",
+            f"Planner error over these rows: peak memory mean {100 * sum(errs_m) / len(errs_m):.0f}% "
+            f"(max {100 * max(errs_m):.0f}%), tokens/s mean {100 * sum(errs_t) / len(errs_t):.0f}% "
+            f"(max {100 * max(errs_t):.0f}%). Targets: memory within 15%, time within 30%.",
+        ]
+    lines += ["", f"Python {platform.python_version()}, {platform.machine()}.", ""]
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Predict peak memory, throughput, wall time and cost of a training run before running it.
+
+``slmtune plan CONFIG`` / ``slmtune.plan(config)``. Parameter counts are exact: the model is built on the ``meta``
+device (no weights loaded) and the method applied to it. Memory is weights + trainable state (fp32 weight, grad
+and two AdamW moments) + activations of the longest batch + logits + a fixed runtime overhead. Throughput is the
+run's FLOPs per token divided by this machine's measured matmul speed (a short probe, cached in
+``$SLMTUNE_HOME/probe.json``) times an efficiency factor. The runtime overhead, the activation factor and the
+efficiency factors are calibrated against ``benchmarks/methods.py`` on this project's machine; docs/methods.md
+prints predicted against measured for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from slmtune import paths
+from slmtune.config import TrainConfig, coerce_config
+
+MB = 1024 * 1024
+# Calibrated on the project machine (benchmarks/methods.py, smollm2-135m-instruct, batch 8): see docs/methods.md.
+RUNTIME_OVERHEAD_MB = 700.0  # python + torch + transformers + peft + tokenizer, before any weight
+ACTIVATION_ELEMS = (10.0, 5.0)  # saved elements per token per layer ≈ a·hidden + b·intermediate
+LOGIT_COPIES = 4.0  # fp32 logits, log-softmax, its gradient, the bf16/fp32 cast
+EFFICIENCY = {"fp32": 0.55, "bf16": 0.10, "bf16-mixed": 0.07}  # achieved / probed matmul FLOP/s, per precision
+METHOD_SPEED = {  # extra per-token work some methods do beyond their FLOPs (measured, relative to lora)
+    "dora": 0.75, "qlora": 0.55, "prefix_tuning": 1.0, "vera": 0.85, "adalora": 0.9, "loha": 0.8, "lokr": 0.8,
+}
+BYTES = {"fp32": 4, "bf16": 2, "bf16-mixed": 4}
+
+
+@dataclass
+class Plan:
+    method: str
+    precision: str
+    total_params: int
+    trainable_params: int
+    peak_memory_mb: float
+    memory_breakdown_mb: dict
+    tokens_per_second: float
+    tokens_total: int
+    steps: int
+    wall_seconds: float
+    cost: float | None
+    fits: bool
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- machine probe -----------------------------------------------------------------------------------------------
+def probe(force: bool = False) -> dict:
+    """Measured matmul FLOP/s in fp32 and bf16 with the current thread count (cached per CPU and threads)."""
+    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|threads={torch.get_num_threads()}"
+    cache = paths.home() / "probe.json"
+    data = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in data and not force:
+        return data[key]
+    out = {}
+    m, k, n = 1024, 576, 1536
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        best = math.inf
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(10):
+                a @ b
+            best = min(best, (time.perf_counter() - t) / 10)
+        out[name] = 2 * m * k * n / best
+    out["bf16-mixed"] = out["bf16"]
+    data[key] = out
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(data, indent=2))
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def available_memory_mb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / MB
+
+
+# --- model and data facts -----------------------------------------------------------------------------------------
+def _meta_model(model_dir: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slmtune.models.loading import quiet_transformers
+
+    quiet_transformers()
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg), cfg
+
+
+def _counts(model_dir: Path, cfg: TrainConfig) -> dict:
+    from slmtune.methods import BuildContext, get
+    from slmtune.models.loading import linear_names
+
+    model, mcfg = _meta_model(model_dir)
+    total = sum(p.numel() for p in model.parameters())
+    lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    method = get(cfg.method.name)
+    method_cfg = cfg.method
+    if getattr(method_cfg, "init", "default") != "default":
+        method_cfg = method_cfg.model_copy(update={"init": "default"})  # pissa/olora need real weights (SVD)
+    peft_config = method.build(method_cfg, BuildContext(linear_names=linear_names(model), total_steps=100))
+    if peft_config is None:
+        trainable = total
+    else:
+        from peft import get_peft_model
+
+        try:
+            pm = get_peft_model(model, peft_config)
+            trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+        except Exception:  # noqa: BLE001 - a method that cannot initialise on meta: count LoRA-like
+            trainable = int(0.03 * total)
+    return {"total": total, "linear": lin, "trainable": trainable, "hidden": mcfg.hidden_size,
+            "intermediate": getattr(mcfg, "intermediate_size", 4 * mcfg.hidden_size),
+            "layers": mcfg.num_hidden_layers, "vocab": mcfg.vocab_size}
+
+
+def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
+    from slmtune.data.formats import read_jsonl
+    from slmtune.data.tokenize import encode_example
+
+    if not cfg.data.train or not Path(cfg.data.train).exists():
+        return {"examples": 1000, "mean": 256, "max": min(512, cfg.data.max_seq_length), "assumed": True}
+    examples, _ = read_jsonl(cfg.data.train)
+    sample = examples[:: max(1, len(examples) // 2000)]
+    lens = [min(encode_example(tokenizer, e).n_tokens, cfg.data.max_seq_length) for e in sample]
+    return {"examples": len(examples), "mean": sum(lens) / max(1, len(lens)), "max": max(lens, default=1),
+            "assumed": False}
+
+
+# --- the plan -----------------------------------------------------------------------------------------------------
+def plan(config, *, method: str | None = None, memory_limit_mb: float | None = None,
+         price_per_hour: float | None = None, nproc: int = 1) -> Plan:
+    """Predict memory, speed, time and cost of ``config`` (optionally with another ``method``)."""
+    from slmtune.methods import get
+    from slmtune.models.loading import load_tokenizer, resolve_precision
+    from slmtune.models.registry import resolve
+
+    cfg = coerce_config(config).model_copy(deep=True)
+    if method is not None and method != cfg.method.name:
+        cfg.method = type(cfg.method).model_validate({"name": method})
+    m = get(cfg.method.name)
+    precision = resolve_precision(cfg.model.precision, m.precisions)
+    model_dir = resolve(cfg.model.name)
+    c = _counts(model_dir, cfg)
+    data = _data_stats(cfg, load_tokenizer(model_dir))
+    t = cfg.train
+
+    # memory
+    wbytes = BYTES[precision]
+    if m.quantized:
+        qbits = cfg.method.bits
+        weights = c["linear"] * (qbits / 8 * 1.06) + (c["total"] - c["linear"]) * wbytes
+    else:
+        weights = c["total"] * wbytes
+    trainable_state = c["trainable"] * (12 if m.name == "full" else 16)  # (+weight when not part of the base) grad, m, v
+    seq = data["max"] + (cfg.method.num_virtual_tokens if m.name in ("prompt_tuning", "p_tuning") else 0)
+    tokens_peak = t.batch_size * seq
+    act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
+    per_token = c["layers"] * (ACTIVATION_ELEMS[0] * c["hidden"] + ACTIVATION_ELEMS[1] * c["intermediate"])
+    if t.gradient_checkpointing:
+        per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
+    activations = tokens_peak * per_token * act_bytes
+    logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
+    breakdown = {
+        "runtime": RUNTIME_OVERHEAD_MB,
+        "weights": weights / MB,
+        "trainable_state": trainable_state / MB,
+        "activations": activations / MB,
+        "logits": logits / MB,
+    }
+    peak = sum(breakdown.values())
+
+    # speed
+    tokens_mean = data["mean"]
+    n_mm = c["linear"] + (c["vocab"] * c["hidden"])  # the head is a matmul even when tied to the embedding
+    fwd = 2 * n_mm + 4 * c["layers"] * tokens_mean * c["hidden"]
+    flops = 3 * fwd if m.name == "full" else 2 * fwd + 6 * c["trainable"]
+    if t.gradient_checkpointing:
+        flops += fwd
+    peak_flops = probe()[precision]
+    speed = EFFICIENCY[precision] * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
+    steps_per_epoch = math.ceil(math.ceil(data["examples"] / (t.batch_size * nproc)) / t.grad_accum)
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * tokens_mean)
+    wall = tokens_total / speed + 10.0  # + model load and first-step warm-up
+    limit = memory_limit_mb if memory_limit_mb is not None else available_memory_mb()
+    fits = peak <= limit
+    reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
+    notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
+    return Plan(method=m.name, precision=precision, total_params=c["total"], trainable_params=c["trainable"],
+                peak_memory_mb=round(peak, 1), memory_breakdown_mb={k: round(v, 1) for k, v in breakdown.items()},
+                tokens_per_second=round(speed, 1), tokens_total=tokens_total, steps=steps, wall_seconds=round(wall, 1),
+                cost=round(wall / 3600 * price_per_hour, 4) if price_per_hour is not None else None, fits=fits,
+                reason=reason, notes=notes)
+
+
+def plan_methods(config, *, memory_limit_mb: float | None = None, price_per_hour: float | None = None,
+                 methods: list[str] | None = None) -> list[Plan]:
+    """Plans for every method (or ``methods``), those that fit first, fastest (cheapest) first."""
+    from slmtune.methods import METHODS
+
+    plans = []
+    for name in methods or list(METHODS):
+        plans.append(plan(config, method=name, memory_limit_mb=memory_limit_mb, price_per_hour=price_per_hour))
+    return sorted(plans, key=lambda p: (not p.fits, p.wall_seconds))
