@@ -15,6 +15,7 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     encoded: list[Encoded] = field(default_factory=list)
     n_truncated: int = 0
+    n_dropped: int = 0  # truncate=True: examples whose trained tokens were all cut off, left out
     max_seq_length: int | None = None
 
     @property
@@ -33,6 +34,7 @@ class Report:
             "tokens_max": max(lens) if lens else 0,
             "trained_tokens": sum(trained),
             "would_be_truncated": self.n_truncated,
+            "dropped_after_truncation": self.n_dropped,
             "max_seq_length": self.max_seq_length,
             "epochs": epochs,
             "billed_tokens": int(total * epochs),
@@ -66,9 +68,7 @@ def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, tru
                 )
             enc = Encoded(enc.input_ids[:max_seq_length], enc.labels[:max_seq_length], enc.line, True)
             if truncate and enc.n_trained == 0:
-                report.problems.append(
-                    Problem(str(path), ex.line, "messages", "no trained token left after truncation")
-                )
+                report.n_dropped += 1  # nothing left to learn from: leave it out (counted, reported)
                 continue
         report.encoded.append(enc)
     report.problems.sort(key=lambda p: p.line)

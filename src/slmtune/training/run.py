@@ -212,8 +212,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
     train_examples, val_examples = _examples_for_objective(cfg, train_set, val_set)
     if train_rep.n_truncated:
-        bus.emit(ev.message(f"{train_rep.n_truncated} training example(s) truncated to {d.max_seq_length} tokens",
-                            level="warn"))
+        dropped = (f"; {train_rep.n_dropped} of them left out, no trained token was left"
+                   if train_rep.n_dropped else "")
+        bus.emit(ev.message(f"{train_rep.n_truncated} training example(s) truncated to {d.max_seq_length} tokens"
+                            f"{dropped}", level="warn"))
     n_tok = sum(e.n_tokens for e in train_set)
     bus.emit(ev.message(
         f"Data: {len(train_set)} training examples ({n_tok} tokens), {len(val_set)} validation examples",

@@ -96,9 +96,9 @@ def test_validate_counts_tokens_and_flags_too_long_examples(tiny_tok, tmp_path):
     rep = check_file(path, tiny_tok, max_seq_length=64)
     assert [str(p).split(": ")[0] for p in rep.problems] == [f"{path}:2"]
     assert "too long after tokenization" in rep.problems[0].message
-    # truncation would cut the only assistant turn: reported even with truncate=True
+    # truncation would cut the only assistant turn: with truncate=True that example is left out, and counted
     rep = check_file(path, tiny_tok, max_seq_length=64, truncate=True)
-    assert "no trained token left after truncation" in rep.problems[0].message
+    assert rep.problems == [] and rep.n_dropped == 1 and len(rep.encoded) == 2
     stats = check_file(path, tiny_tok, max_seq_length=4096).stats(epochs=2)
     assert stats["examples"] == 3 and stats["would_be_truncated"] == 0
     assert stats["tokens_min"] < stats["tokens_mean"] < stats["tokens_max"]
