@@ -129,6 +129,10 @@ class TrainSection(_Section):
         "preference data, with any adapter method."
     )
     dpo_beta: float = Field(0.1, gt=0, le=2, description="dpo: strength of the pull toward the reference model.")
+    sparse_head: bool = Field(
+        True, description="Compute the output head and loss only at positions followed by a trained token (same "
+        "loss, less work on chat data)."
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more time."
     )

@@ -301,6 +301,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
             eval_dataset=SFTDataset(val_set) if has_val else None,
             data_collator=PadCollator(tokenizer.pad_token_id),
         )
+    if isinstance(trainer, SLMTrainer):
+        # logits only at label positions; not for prompt-learning methods, whose virtual tokens shift positions
+        trainer.sparse_head = t.sparse_head and method.name not in ("prompt_tuning", "prefix_tuning", "p_tuning")
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints

@@ -1,0 +1,152 @@
+"""CPU training throughput: slmtune's defaults against a plain TRL SFTTrainer + PEFT script, same data and budget.
+
+    .venv/bin/python benchmarks/throughput.py [--steps 8] [--levers]      # prints Markdown for docs/benchmarks.md
+
+Each run is a separate process (peak RSS is its own): the default model, LoRA r 16 / alpha 32 on all linear
+layers, batch 8, the same number of optimizer steps on the same examples, learning rate 1e-3. The baseline is
+what a user copies from the TRL docs: `SFTTrainer(model=path, train_dataset=..., peft_config=LoraConfig(...),
+args=SFTConfig(...))` with library defaults otherwise (fp32, LoRA dropout 0.05, loss on every token, no packing).
+Both adapters are then scored by the same evaluation (assistant tokens of the held-out split).
+MFU = FLOPs per token (4 × matmul parameters for a frozen base + attention) × tokens/s, divided by the bf16
+matmul peak measured in the same run with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+MODEL = "smollm2-135m-instruct"
+
+
+def long_data(out: Path) -> Path:
+    """A longer-sequence set: the demo's conversations joined four at a time into multi-turn chats."""
+    rows = [json.loads(line) for line in (DEMO / "train.jsonl").read_text().splitlines()]
+    with out.open("w") as fh:
+        for i in range(0, len(rows) - 3, 4):
+            msgs = [rows[i]["messages"][0]]
+            for r in rows[i:i + 4]:
+                msgs += [m for m in r["messages"][1:] if "weight" not in m or m["weight"] == 1][-2:]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    return out
+
+
+def run_trl(train: Path, steps: int, out: Path) -> dict:
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from slmtune.models.registry import resolve
+
+    ds = load_dataset("json", data_files=str(train), split="train")
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=1024)
+    trainer = SFTTrainer(model=str(resolve(MODEL)), train_dataset=ds, args=args,
+                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+    tokens = [0]
+    orig = trainer.compute_loss
+
+    def counting(model, inputs, *a, **kw):
+        tokens[0] += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        return orig(model, inputs, *a, **kw)
+
+    trainer.compute_loss = counting
+    t = time.perf_counter()
+    trainer.train()
+    dt = time.perf_counter() - t
+    trainer.model.save_pretrained(str(out / "adapter"))
+    return {"tokens": tokens[0], "seconds": dt}
+
+
+def run_slmtune(train: Path, steps: int, out: Path, overrides: dict) -> dict:
+    import slmtune
+
+    cfg = {"model": {"name": MODEL}, "data": {"train": str(train), "max_seq_length": 1024},
+           "method": {"name": "lora", "r": 16, "alpha": 32},
+           "train": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-3, "seed": 0, "save_total_limit": 1,
+                     "warmup_ratio": 0.0, "lr_scheduler": "linear"},
+           "run": {"output": str(out), "overwrite": True}}
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    r = slmtune.train(cfg)
+    return {"seconds": r.train_runtime_s, "tps": r.tokens_per_second}
+
+
+def child(kind: str, train: Path, steps: int, out: Path, overrides: dict) -> None:
+    res = run_trl(train, steps, out) if kind == "trl" else run_slmtune(train, steps, out, overrides)
+    adapter = out / "adapter"
+    from slmtune.evaluation.loss import evaluate_file
+    from slmtune.inference.generate import ChatModel, Source
+    from slmtune.models.registry import resolve
+
+    model = ChatModel(Source(MODEL, resolve(MODEL), adapter_dir=adapter))
+    res["eval_loss"] = evaluate_file(model, DEMO / "val.jsonl")["loss"]
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if res.get("tps") is None:
+        res["tps"] = res["tokens"] / res["seconds"]
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--levers", action="store_true", help="also one row per lever, switched off one at a time")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, Path(args.data), args.steps, Path(args.out), json.loads(args.overrides))
+        return
+
+    from slmtune.planner import probe
+
+    work = ROOT / "runs" / "bench-throughput"
+    work.mkdir(parents=True, exist_ok=True)
+    peak = probe(force=True)
+    sets = {"demo (chat, ~80 tokens)": DEMO / "train.jsonl", "long (4-turn chats, ~300 tokens)":
+            long_data(work / "long.jsonl")}
+    runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {}), ("slmtune defaults", "slm", {})]
+    if args.levers:
+        runs += [
+            ("slmtune, fp32 base", "slm", {"model.precision": "fp32"}),
+            ("slmtune, LoRA dropout 0.05", "slm", {"method.dropout": 0.05}),
+            ("slmtune, full head (no label-position loss)", "slm", {"train.sparse_head": False}),
+            ("slmtune, no length grouping", "slm", {"train.group_by_length": False}),
+        ]
+    flops_per_token = 4 * 134_515_008 + 4 * 30 * 128 * 576  # frozen base matmuls (head included) + attention
+    print(f"bf16 matmul peak (1024x576x1536, {__import__('torch').get_num_threads()} threads): "
+          f"{peak['bf16'] / 1e12:.2f} TFLOP/s; fp32 {peak['fp32'] / 1e12:.2f} TFLOP/s\n")
+    for set_name, path in sets.items():
+        print(f"### {set_name}, {args.steps} steps of 8 examples\n")
+        print("| run | tokens/s | × baseline | MFU (bf16 peak) | eval loss | peak RSS MB |\n|---|---|---|---|---|---|")
+        base = None
+        for label, kind, ov in runs:
+            out = work / f"{kind}-{abs(hash((set_name, label))) % 10**8}"
+            proc = subprocess.run([sys.executable, __file__, "--child", kind, "--data", str(path), "--out", str(out),
+                                   "--steps", str(args.steps), "--overrides", json.dumps(ov)],
+                                  capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if not line:
+                print(f"| {label} | failed: {proc.stderr.strip().splitlines()[-1][:100]} | | | | |")
+                continue
+            r = json.loads(line[0][7:])
+            base = base or r
+            mfu = flops_per_token * r["tps"] / peak["bf16"]
+            print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {100 * mfu:.0f}% | "
+                  f"{r['eval_loss']:.3f} | {r['peak_rss_mb']:.0f} |", flush=True)
+        print()
+
+
+if __name__ == "__main__":
+    main()
