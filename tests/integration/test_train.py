@@ -178,3 +178,10 @@ def test_export_merge_cli(tiny_config, tmp_path):
                               run={"output": str(tmp_path / "pt")}) | {"method": {"name": "prompt_tuning"}})
     r = run_cli("export", "merge", str(tmp_path / "pt"), "--out", str(tmp_path / "m2"))
     assert r.returncode == 1 and "cannot be merged: it adds virtual tokens" in r.stderr
+
+
+def test_label_position_loss_trains_the_same_model(tiny_config, tmp_path):
+    a = slmtune.train(tiny_config(run={"output": str(tmp_path / "a")}, train={"sparse_head": False}))
+    b = slmtune.train(tiny_config(run={"output": str(tmp_path / "b")}, train={"sparse_head": True}))
+    assert train_losses(tmp_path / "b") == pytest.approx(train_losses(tmp_path / "a"), abs=1e-4)
+    assert b.valid_loss == pytest.approx(a.valid_loss, abs=1e-4)
