@@ -5,7 +5,7 @@ import pytest
 import slmtune
 from slmtune.data.formats import DataError, read_jsonl
 from slmtune.events import read_events
-from tests.helpers import FACTS, chat_record, write_jsonl
+from tests.helpers import FACTS, write_jsonl
 
 
 def pref(key, good, bad):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.helpers import FACTS, chat_record, write_jsonl
 from tests.service.conftest import start_server, wait_for, wait_status

@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import and_, or_, select, update
 
 from slmtune.service import jobs as J
-from slmtune.service.db import CheckpointRow, Database, FileRow, JobRow, new_id, now
+from slmtune.service.db import CheckpointRow, Database, JobRow, new_id, now
 from slmtune.service.files import store_file
 from slmtune.service.settings import Settings
 
@@ -387,4 +387,4 @@ def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worke
     return workers
 
 
-__all__ = ["DBSink", "Worker", "start_worker_threads", "FileRow"]
+__all__ = ["DBSink", "Worker", "start_worker_threads"]
