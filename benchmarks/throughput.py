@@ -100,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--levers", action="store_true", help="also one row per lever, switched off one at a time")
+    ap.add_argument("--only", help="run only these labels ('|'-separated), plus the baseline")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -123,7 +124,10 @@ def main() -> None:
             ("slmtune, LoRA dropout 0.05", "slm", {"method.dropout": 0.05}),
             ("slmtune, full head (no label-position loss)", "slm", {"train.sparse_head": False}),
             ("slmtune, no length grouping", "slm", {"train.group_by_length": False}),
+            ("slmtune + packing (data.packing)", "slm", {"data.packing": True}),
         ]
+    if args.only:
+        runs = [r for r in runs if r[0] in args.only.split("|") or r[1] == "trl"]
     flops_per_token = 4 * 134_515_008 + 4 * 30 * 128 * 576  # frozen base matmuls (head included) + attention
     print(f"bf16 matmul peak (1024x576x1536, {__import__('torch').get_num_threads()} threads): "
           f"{peak['bf16'] / 1e12:.2f} TFLOP/s; fp32 {peak['fp32'] / 1e12:.2f} TFLOP/s\n")

@@ -52,6 +52,10 @@ class DataSection(_Section):
     truncate: bool = Field(
         False, description="Truncate over-long examples instead of rejecting them before training."
     )
+    packing: bool = Field(
+        False, description="Pack each batch into one padding-free row (per-example position ids, no attention "
+        "across examples). Not for prompt/prefix/p-tuning."
+    )
 
 
 class MethodSection(_Section):

@@ -135,3 +135,21 @@ class PadCollator:
             labels[i, :k] = torch.tensor(b["labels"])
             mask[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@dataclass
+class PackCollator:
+    """Packs a batch into one row with no padding: position ids restart at 0 for every example and no attention
+    mask is passed, so transformers builds a block-diagonal causal mask (no attention across examples)."""
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        ids, labels, pos = [], [], []
+        for b in batch:
+            n = len(b["input_ids"])
+            ids += b["input_ids"]
+            lab = list(b["labels"])
+            lab[0] = IGNORE_INDEX  # never predicted from the previous example's last token
+            labels += lab
+            pos += range(n)
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([pos])}

@@ -16,7 +16,7 @@ from slmtune import events as ev
 from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem
-from slmtune.data.tokenize import PadCollator, SFTDataset
+from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
 
 
@@ -69,6 +69,10 @@ def check_config(cfg: TrainConfig) -> None:
         p = getattr(cfg.data, key)
         if p and not Path(p).is_file():
             problems.append(f"data.{key}: no such file: {p}")
+    if cfg.data.packing and method.name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+        problems.append(f"data.packing: not possible with {method.name} (virtual tokens are per sequence)")
+    if cfg.data.packing and cfg.train.objective == "dpo":
+        problems.append("data.packing: not supported with train.objective dpo")
     if cfg.data.validation and cfg.data.validation_split:
         problems.append("data.validation_split: give either data.validation or data.validation_split, not both")
     if problems:
@@ -299,7 +303,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
             args=TrainingArguments(**arg_kw),
             train_dataset=SFTDataset(train_set),
             eval_dataset=SFTDataset(val_set) if has_val else None,
-            data_collator=PadCollator(tokenizer.pad_token_id),
+            data_collator=PackCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id),
         )
     if isinstance(trainer, SLMTrainer):
         # logits only at label positions; not for prompt-learning methods, whose virtual tokens shift positions

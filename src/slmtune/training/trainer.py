@@ -105,7 +105,8 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
             self._acc[mode][0] += correct
             self._acc[mode][1] += n
             if mode == "train":
-                self.tokens_seen += int(inputs["attention_mask"].sum())
+                mask_in = inputs.get("attention_mask")
+                self.tokens_seen += int(mask_in.sum()) if mask_in is not None else inputs["input_ids"].numel()
                 self.trained_tokens += n
             else:
                 self._eval_loss[0] += float(loss) * n
