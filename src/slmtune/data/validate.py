@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmtune.data.formats import DataError, Problem, read_jsonl
+from slmtune.data.formats import DataError, Example, Problem, read_jsonl
 from slmtune.data.tokenize import Encoded, TemplateError, encode_example
 
 
@@ -14,6 +14,7 @@ class Report:
     file: str
     problems: list[Problem] = field(default_factory=list)
     encoded: list[Encoded] = field(default_factory=list)
+    examples: dict[int, Example] = field(default_factory=dict)  # line → parsed example, for every kept encoding
     n_truncated: int = 0
     n_dropped: int = 0  # truncate=True: examples whose trained tokens were all cut off, left out
     max_seq_length: int | None = None
@@ -71,6 +72,7 @@ def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, tru
                 report.n_dropped += 1  # nothing left to learn from: leave it out (counted, reported)
                 continue
         report.encoded.append(enc)
+        report.examples[ex.line] = ex
     report.problems.sort(key=lambda p: p.line)
     return report
 

@@ -75,6 +75,22 @@ def locate(path_or_id: str | Path) -> Source:
     return Source(str(path_or_id), resolve(path_or_id))
 
 
+def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                      seed: int | None = None, stop: list[str] | None = None) -> dict:
+    """``generate()`` arguments: greedy unless ``temperature > 0``; stops on the tokenizer's EOS (the end-of-turn
+    token training taught) and on ``stop`` strings."""
+    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if temperature and temperature > 0:
+        if seed is not None:
+            torch.manual_seed(seed)
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p or 1.0)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:
+        kw.update(stop_strings=list(stop), tokenizer=tokenizer)
+    return kw
+
+
 class ChatModel:
     """A loaded model ready to chat: ``slmtune.load(path_or_id).chat(messages)``."""
 
@@ -92,18 +108,7 @@ class ChatModel:
 
     # --- generation -----------------------------------------------------------------------------------------
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
-        kw = dict(
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if temperature and temperature > 0:
-            if seed is not None:
-                torch.manual_seed(seed)
-            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kw
+        return generation_kwargs(self.tokenizer, max_new_tokens, temperature, top_p, seed)
 
     def _prompt_ids(self, messages: list[dict]) -> torch.Tensor:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from slmtune.inference.generate import generation_kwargs
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer
 from slmtune.models.registry import resolve
 
@@ -92,17 +93,7 @@ class MultiAdapterServer:
         return ids
 
     def _gen_kwargs(self, b: _Base, max_new_tokens, temperature, top_p, seed, stop) -> dict:
-        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=b.tokenizer.eos_token_id,
-                  pad_token_id=b.tokenizer.pad_token_id)
-        if temperature:
-            if seed is not None:
-                torch.manual_seed(seed)
-            kw.update(do_sample=True, temperature=temperature, top_p=top_p or 1.0)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if stop:
-            kw.update(stop_strings=list(stop), tokenizer=b.tokenizer)
-        return kw
+        return generation_kwargs(b.tokenizer, max_new_tokens, temperature, top_p, seed, stop)
 
     @staticmethod
     def _finish(text: str, n_new: int, max_new_tokens: int, hit_eos: bool, stop) -> tuple[str, str]:

@@ -158,10 +158,10 @@ class Worker:
                 if job.status == "cancelled":
                     return False
                 if not rep.problems:
-                    from slmtune.data.formats import Problem, read_jsonl
+                    from slmtune.data.formats import Problem
 
                     want = "preference" if job.method["type"] == "dpo" else None
-                    for ex in read_jsonl(path)[0]:
+                    for ex in rep.examples.values():
                         if (want and ex.kind != want) or (not want and ex.kind == "preference"):
                             rep.problems.append(Problem(str(path), ex.line, "(root)", (
                                 f"{ex.kind} format, but method {job.method['type']} needs "

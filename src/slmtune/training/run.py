@@ -114,25 +114,23 @@ def _split(encoded: list, fraction: float, seed: int):
     return [e for i, e in enumerate(encoded) if i not in val], [e for i, e in enumerate(encoded) if i in val]
 
 
-def _examples_for_objective(cfg: TrainConfig, train_set: list, val_set: list):
-    """DPO trains on preference records (re-read as examples); SFT refuses them. Every mismatch is named."""
-    from slmtune.data.formats import read_jsonl
-
+def _examples_for_objective(cfg: TrainConfig, reports: list, train_set: list, val_set: list):
+    """DPO trains on preference records; SFT refuses them. Every mismatch is named. Returns the parsed examples
+    behind ``train_set`` and ``val_set`` (looked up by line in the reports that encoded them)."""
     problems = []
     wanted = {"dpo": ("preference",), "sft": ("chat", "completion")}[cfg.train.objective]
+    source = {id(enc): (rep.examples[enc.line], rep.file) for rep in reports for enc in rep.encoded}
     out = []
-    for key, subset in (("train", train_set), ("validation", val_set)):
-        path = getattr(cfg.data, key) or cfg.data.train
-        examples, _ = read_jsonl(path)
-        lines = {e.line for e in subset}
-        examples = [e for e in examples if e.line in lines]
-        bad = [e for e in examples if e.kind not in wanted]
+    for subset in (train_set, val_set):
+        pairs = [source[id(enc)] for enc in subset]
+        bad = [(e, path) for e, path in pairs if e.kind not in wanted]
         if bad:
+            e, path = bad[0]
             hint = ("set train.objective: dpo to train on preference data" if cfg.train.objective == "sft"
                     else "dpo needs preference records: input.messages, preferred_output, non_preferred_output")
-            problems.append(Problem(path, bad[0].line, "(root)", f"{bad[0].kind} format with train.objective "
+            problems.append(Problem(path, e.line, "(root)", f"{e.kind} format with train.objective "
                                     f"{cfg.train.objective}: {hint}"))
-        out.append(examples)
+        out.append([e for e, _ in pairs])
     if problems:
         raise DataError(problems)
     return out[0], out[1]
@@ -208,13 +206,15 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     train_rep = load_encoded(d.train, tokenizer, d.max_seq_length, d.truncate)
     train_set = train_rep.encoded
     val_set = []
+    reports = [train_rep]
     if d.validation:
-        val_set = load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate).encoded
+        reports.append(load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate))
+        val_set = reports[-1].encoded
     elif d.validation_split:
         train_set, val_set = _split(train_set, d.validation_split, cfg.train.seed)
     if len(train_set) < 1:
         raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
-    train_examples, val_examples = _examples_for_objective(cfg, train_set, val_set)
+    train_examples, val_examples = _examples_for_objective(cfg, reports, train_set, val_set)
     if train_rep.n_truncated:
         dropped = (f"; {train_rep.n_dropped} of them left out, no trained token was left"
                    if train_rep.n_dropped else "")
@@ -325,7 +325,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     status = "interrupted" if callback.interrupted else "succeeded"
     if has_val and status == "succeeded" and callback.last_eval.get("step") != state.global_step:
         trainer.evaluate()  # the last evaluation always reflects the final weights
-        callback._flush()
+        callback.flush()
 
     artifact = None
     if status == "succeeded":

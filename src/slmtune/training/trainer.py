@@ -189,7 +189,7 @@ class EventCallback(TrainerCallback):
         ))
 
     def on_step_begin(self, args, state, control, **kw):
-        self._flush()
+        self.flush()
 
     def on_step_end(self, args, state, control, **kw):
         if self.interrupted:
@@ -206,7 +206,7 @@ class EventCallback(TrainerCallback):
             tps = (t.tokens_seen - self._last_tokens) / dt
             trained_tps = (t.trained_tokens - self._last_trained) / dt
             self._last_t, self._last_tokens, self._last_trained = now, t.tokens_seen, t.trained_tokens
-            self._flush()
+            self.flush()
             dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items() if k.startswith("rewards/")}
             self.pending = {
                 **dpo,
@@ -229,13 +229,13 @@ class EventCallback(TrainerCallback):
             if self.pending is not None and self.pending["step"] == state.global_step:
                 self.pending.update(valid)
             else:  # evaluation outside a logged step (e.g. the final one): its own event
-                self._flush()
+                self.flush()
                 self.pending = {"step": state.global_step, "total_steps": state.max_steps, **valid}
-            self._flush()
+            self.flush()
             # evaluation time is not training time
             self._last_t = time.perf_counter()
 
-    def _flush(self):
+    def flush(self):
         if self.pending is None:
             return
         d = self.pending
@@ -249,7 +249,7 @@ class EventCallback(TrainerCallback):
 
     # --- checkpoints ---------------------------------------------------------------------------------------
     def on_save(self, args, state, control, **kw):
-        self._flush()
+        self.flush()
         src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         dst = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if src.exists():
@@ -268,7 +268,7 @@ class EventCallback(TrainerCallback):
             shutil.rmtree(path, ignore_errors=True)
 
     def on_train_end(self, args, state, control, **kw):
-        self._flush()
+        self.flush()
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
             self._old_handler = None
