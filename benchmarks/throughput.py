@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,6 +39,24 @@ def long_data(out: Path) -> Path:
     return out
 
 
+def matmul_peak() -> dict:
+    """Best-of FLOP/s of a 1024×576×1536 matmul (the default model's MLP shape) into a preallocated output."""
+    import torch
+
+    out = {}
+    m, k, n = 1024, 576, 1536
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b, c = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
+        best = float("inf")
+        for _ in range(8):
+            t = time.perf_counter()
+            for _ in range(10):
+                torch.mm(a, b, out=c)
+            best = min(best, (time.perf_counter() - t) / 10)
+        out[name] = 2 * m * k * n / best
+    return out
+
+
 def run_trl(train: Path, steps: int, out: Path) -> dict:
     from datasets import load_dataset
     from peft import LoraConfig
@@ -51,11 +70,15 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
     trainer = SFTTrainer(model=str(resolve(MODEL)), train_dataset=ds, args=args,
                          peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
-    tokens = [0]
+    tokens = [0, 0, 0]  # non-padding, loss-carrying, slots
     orig = trainer.compute_loss
 
     def counting(model, inputs, *a, **kw):
-        tokens[0] += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        if model.training:
+            mask = inputs.get("attention_mask")
+            tokens[0] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            tokens[1] += int((inputs["labels"][:, 1:] != -100).sum())
+            tokens[2] += inputs["input_ids"].numel()
         return orig(model, inputs, *a, **kw)
 
     trainer.compute_loss = counting
@@ -63,7 +86,7 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
     trainer.train()
     dt = time.perf_counter() - t
     trainer.model.save_pretrained(str(out / "adapter"))
-    return {"tokens": tokens[0], "seconds": dt}
+    return {"tps": tokens[0] / dt, "trained_tps": tokens[1] / dt, "padding": 1 - tokens[0] / tokens[2], "seconds": dt}
 
 
 def run_slmtune(train: Path, steps: int, out: Path, overrides: dict) -> dict:
@@ -78,11 +101,13 @@ def run_slmtune(train: Path, steps: int, out: Path, overrides: dict) -> dict:
         section, name = key.split(".")
         cfg[section][name] = value
     r = slmtune.train(cfg)
-    return {"seconds": r.train_runtime_s, "tps": r.tokens_per_second}
+    return {"seconds": r.train_runtime_s, "tps": r.tokens_per_second, "padding": r.padding_fraction,
+            "trained_tps": r.trained_tokens / r.train_runtime_s}
 
 
 def child(kind: str, train: Path, steps: int, out: Path, overrides: dict) -> None:
     res = run_trl(train, steps, out) if kind == "trl" else run_slmtune(train, steps, out, overrides)
+    res["train_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     adapter = out / "adapter"
     from slmtune.evaluation.loss import evaluate_file
     from slmtune.inference.generate import ChatModel, Source
@@ -90,9 +115,6 @@ def child(kind: str, train: Path, steps: int, out: Path, overrides: dict) -> Non
 
     model = ChatModel(Source(MODEL, resolve(MODEL), adapter_dir=adapter))
     res["eval_loss"] = evaluate_file(model, DEMO / "val.jsonl")["loss"]
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if res.get("tps") is None:
-        res["tps"] = res["tokens"] / res["seconds"]
     print("RESULT " + json.dumps(res))
 
 
@@ -101,6 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--levers", action="store_true", help="also one row per lever, switched off one at a time")
     ap.add_argument("--only", help="run only these labels ('|'-separated), plus the baseline")
+    ap.add_argument("--set", choices=["demo", "long"], help="run only this data set")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -110,19 +133,22 @@ def main() -> None:
         child(args.child, Path(args.data), args.steps, Path(args.out), json.loads(args.overrides))
         return
 
-    from slmtune.planner import probe
-
     work = ROOT / "runs" / "bench-throughput"
     work.mkdir(parents=True, exist_ok=True)
-    peak = probe(force=True)
+    peak = matmul_peak()
     sets = {"demo (chat, ~80 tokens)": DEMO / "train.jsonl", "long (4-turn chats, ~300 tokens)":
             long_data(work / "long.jsonl")}
+    if args.set:
+        sets = {k: v for k, v in sets.items() if k.startswith(args.set)}
     runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {}), ("slmtune defaults", "slm", {})]
     if args.levers:
         runs += [
             ("slmtune, fp32 base", "slm", {"model.precision": "fp32"}),
             ("slmtune, LoRA dropout 0.05", "slm", {"method.dropout": 0.05}),
-            ("slmtune, full head (no label-position loss)", "slm", {"train.sparse_head": False}),
+            ("slmtune, model's own loss (train.fused_loss: false)", "slm", {"train.fused_loss": False}),
+            ("slmtune, adapters in fp32 (model.adapter_autocast: false)", "slm", {"model.adapter_autocast": False}),
+            ("slmtune, glibc malloc tuned (MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB)", "slm",
+             {"env.MALLOC_MMAP_THRESHOLD_": "33554432", "env.MALLOC_TRIM_THRESHOLD_": "1073741824"}),
             ("slmtune, no length grouping", "slm", {"train.group_by_length": False}),
             ("slmtune + packing (data.packing)", "slm", {"data.packing": True}),
         ]
@@ -133,22 +159,26 @@ def main() -> None:
           f"{peak['bf16'] / 1e12:.2f} TFLOP/s; fp32 {peak['fp32'] / 1e12:.2f} TFLOP/s\n")
     for set_name, path in sets.items():
         print(f"### {set_name}, {args.steps} steps of 8 examples\n")
-        print("| run | tokens/s | × baseline | MFU (bf16 peak) | eval loss | peak RSS MB |\n|---|---|---|---|---|---|")
+        print("| run | tokens/s (all) | × baseline | trained tokens/s | padding | MFU | eval loss | peak RSS MB "
+              "(training) |\n|---|---|---|---|---|---|---|---|")
         base = None
         for label, kind, ov in runs:
             out = work / f"{kind}-{abs(hash((set_name, label))) % 10**8}"
+            env = os.environ | {k[4:]: v for k, v in ov.items() if k.startswith("env.")}
+            ov = {k: v for k, v in ov.items() if not k.startswith("env.")}
             proc = subprocess.run([sys.executable, __file__, "--child", kind, "--data", str(path), "--out", str(out),
                                    "--steps", str(args.steps), "--overrides", json.dumps(ov)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
-                print(f"| {label} | failed: {proc.stderr.strip().splitlines()[-1][:100]} | | | | |")
+                print(f"| {label} | failed: {proc.stderr.strip().splitlines()[-1][:100]} | | | | | | |")
                 continue
             r = json.loads(line[0][7:])
             base = base or r
             mfu = flops_per_token * r["tps"] / peak["bf16"]
-            print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {100 * mfu:.0f}% | "
-                  f"{r['eval_loss']:.3f} | {r['peak_rss_mb']:.0f} |", flush=True)
+            print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {r['trained_tps']:.0f} | "
+                  f"{100 * r['padding']:.0f}% | {100 * mfu:.0f}% | {r['eval_loss']:.3f} | {r['train_peak_rss_mb']:.0f} |",
+                  flush=True)
         print()
 
 

@@ -40,6 +40,12 @@ class ModelSection(_Section):
         "'bf16-mixed': fp32 weights with bf16 autocast; 'fp32'. 'auto': bf16 where the hardware has fast bf16 "
         "matmuls (AMX/AVX512-BF16 CPUs, recent GPUs) and the method supports it, else fp32.",
     )
+    adapter_autocast: bool = Field(
+        True, description="With precision 'bf16': run the adapters' matmuls in bf16 on the bf16 activations "
+        "(autocast; adapter weights, gradients' accumulation and optimizer stay fp32) instead of keeping an fp32 "
+        "copy of every adapted layer's input: faster and much less memory (docs/benchmarks.md). LoRA-family and "
+        "LyCORIS methods; not QLoRA.",
+    )
 
 
 class DataSection(_Section):
@@ -133,9 +139,11 @@ class TrainSection(_Section):
         "preference data, with any adapter method."
     )
     dpo_beta: float = Field(0.1, gt=0, le=2, description="dpo: strength of the pull toward the reference model.")
-    sparse_head: bool = Field(
-        False, description="Compute the output head and loss only at positions followed by a trained token: the "
-        "same loss, ~5% less peak memory on long chats, but measured no faster here (docs/benchmarks.md)."
+    fused_loss: bool = Field(
+        True, description="Compute the output head and cross-entropy together, only at positions followed by a "
+        "trained token, in chunks, without full-vocabulary logits: the same loss, faster and less memory "
+        "(docs/benchmarks.md). Falls back to the model's own loss where it cannot apply (prompt-learning methods, "
+        "an adapted output head, unknown architectures)."
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more time."

@@ -32,6 +32,9 @@ ACTIVATION_ELEMS = (8.8, 4.4)  # saved elements per token per layer ≈ a·hidde
 LOGIT_COPIES = 3.5  # fp32 logits, log-softmax, its gradient, casts
 ADAPTER_INPUT_COPY = 1.1  # bf16 base + fp32 adapters: each adapted layer keeps an fp32 copy of its input
 ADAPTER_ON_LINEAR = {"lora", "dora", "qlora", "ia3", "adalora", "loha", "lokr", "vera"}
+# Methods whose PEFT layers take model.adapter_autocast (bf16 adapter matmuls on the bf16 input: no fp32 copies).
+AUTOCAST_METHODS = {"lora", "dora", "adalora", "loha", "lokr"}
+PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning", "p_tuning"}
 METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp32 adapter-input copies per token)
     # dora and qlora: two-point fit (calibrate + check settings); the others: one point, weight-sized only.
     "dora": (0.07, 2.06), "qlora": (0.74, 0.93), "adalora": (3.2, 0.0), "loha": (1.6, 0.0), "lokr": (1.6, 0.0),
@@ -199,12 +202,19 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     if t.gradient_checkpointing:
         per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
     activations = tokens_peak * per_token * act_bytes
-    logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
+    if t.fused_loss and m.name not in PROMPT_LEARNING:  # chunks of head logits; full: an fp32 head gradient too
+        from slmtune.training.head_loss import CHUNK_ROWS
+
+        logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if m.name == "full" else 0)
+    else:
+        logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
     adapted_fp32 = (c["linear"] - c["vocab"] * c["hidden"]) * 4  # the adapted layers (the head is not adapted)
     input_copy = tokens_peak * c["layers"] * (6 * c["hidden"] + c["intermediate"]) * 4  # fp32 inputs of adapted layers
     if t.gradient_checkpointing:
         input_copy /= c["layers"]  # recomputed layer by layer in the backward pass
-    adapter = input_copy * ADAPTER_INPUT_COPY if m.name in ADAPTER_ON_LINEAR and precision == "bf16" else 0.0
+    autocast = cfg.model.adapter_autocast and m.name in AUTOCAST_METHODS
+    adapter = input_copy * ADAPTER_INPUT_COPY if m.name in ADAPTER_ON_LINEAR and precision == "bf16" and not autocast \
+        else 0.0
     w_factor, t_factor = METHOD_EXTRA.get(m.name, (0.0, 0.0))
     breakdown = {
         "runtime": RUNTIME_OVERHEAD_MB,

@@ -180,9 +180,9 @@ def test_export_merge_cli(tiny_config, tmp_path):
     assert r.returncode == 1 and "cannot be merged: it adds virtual tokens" in r.stderr
 
 
-def test_label_position_loss_trains_the_same_model(tiny_config, tmp_path):
-    a = slmtune.train(tiny_config(run={"output": str(tmp_path / "a")}, train={"sparse_head": False}))
-    b = slmtune.train(tiny_config(run={"output": str(tmp_path / "b")}, train={"sparse_head": True}))
+def test_fused_loss_trains_the_same_model(tiny_config, tmp_path):
+    a = slmtune.train(tiny_config(run={"output": str(tmp_path / "a")}, train={"fused_loss": False}))
+    b = slmtune.train(tiny_config(run={"output": str(tmp_path / "b")}, train={"fused_loss": True}))
     assert train_losses(tmp_path / "b") == pytest.approx(train_losses(tmp_path / "a"), abs=1e-4)
     assert b.valid_loss == pytest.approx(a.valid_loss, abs=1e-4)
 
@@ -193,3 +193,21 @@ def test_packed_training_reaches_the_same_loss(tiny_config, tmp_path):
     # same examples per step; the loss is normalised over the same tokens, so curves agree closely
     assert train_losses(tmp_path / "b") == pytest.approx(train_losses(tmp_path / "a"), rel=1e-3, abs=1e-3)
     assert b.valid_loss == pytest.approx(a.valid_loss, rel=1e-3)
+
+
+def test_bf16_path_with_adapter_autocast_trains_like_fp32(tiny_config, tmp_path):
+    """bf16 base + bf16 adapter compute (fp32 adapter weights/optimizer) follows the fp32 run within tolerance."""
+    ref = slmtune.train(tiny_config(run={"output": str(tmp_path / "fp32")}))
+    fast = slmtune.train(tiny_config(model={"precision": "bf16"}, run={"output": str(tmp_path / "bf16")}))
+    slow = slmtune.train(tiny_config(model={"precision": "bf16", "adapter_autocast": False},
+                                     run={"output": str(tmp_path / "bf16-fp32-adapters")}))
+    a, b, c = (train_losses(tmp_path / n) for n in ("fp32", "bf16", "bf16-fp32-adapters"))
+    assert max(abs(a[s] - b[s]) / a[s] for s in a) < 0.05
+    assert max(abs(c[s] - b[s]) / c[s] for s in c) < 0.05
+    assert fast.valid_loss == pytest.approx(ref.valid_loss, rel=0.05)
+    assert slow.valid_loss == pytest.approx(ref.valid_loss, rel=0.05)
+    # the saved adapter keeps fp32 weights either way
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}

@@ -34,10 +34,11 @@ class TrainResult:
     valid_loss: float | None
     valid_mean_token_accuracy: float | None
     trained_tokens: int
-    tokens_per_second: float
+    tokens_per_second: float  # non-padding tokens per second of training
     train_runtime_s: float
     artifact: str | None
     last_checkpoint: str | None
+    padding_fraction: float = 0.0  # share of the batches' token slots that were padding
     history: list[dict] = field(default_factory=list, repr=False)
 
     def to_json(self) -> str:
@@ -182,6 +183,17 @@ def train(
         bus.close()
 
 
+def disable_adapter_input_casts(model) -> bool:
+    """Stop PEFT layers from copying their (bf16) input to the adapter's fp32 dtype; under autocast the adapter
+    matmuls then run in bf16 on the activation the base layer already holds. Returns whether any layer had it."""
+    found = False
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+            found = True
+    return found
+
+
 def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResult:
     import torch
     from transformers import TrainingArguments, set_seed
@@ -305,9 +317,16 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
             eval_dataset=SFTDataset(val_set) if has_val else None,
             data_collator=PackCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id),
         )
-    if isinstance(trainer, SLMTrainer):
-        # logits only at label positions; not for prompt-learning methods, whose virtual tokens shift positions
-        trainer.sparse_head = t.sparse_head and method.name not in ("prompt_tuning", "prefix_tuning", "p_tuning")
+    if isinstance(trainer, SLMTrainer) and cfg.model.adapter_autocast and cfg.model.precision == "bf16" \
+            and not method.quantized and disable_adapter_input_casts(model):
+        trainer.autocast_dtype = torch.bfloat16
+    if isinstance(trainer, SLMTrainer) and t.fused_loss:
+        from slmtune.training.head_loss import unsupported_reason
+
+        reason = unsupported_reason(model)
+        trainer.fused_loss = reason is None
+        if reason:
+            bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
@@ -345,6 +364,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         valid_mean_token_accuracy=callback.last_eval.get("valid_mean_token_accuracy"),
         trained_tokens=trainer.trained_tokens,
         tokens_per_second=round(trainer.tokens_seen / runtime, 2) if runtime else 0.0,
+        padding_fraction=round(1 - trainer.tokens_seen / trainer.slots_seen, 4) if trainer.slots_seen else 0.0,
         train_runtime_s=round(runtime, 2),
         artifact=str(artifact) if artifact else None,
         last_checkpoint=str(ckpts[-1][1]) if ckpts else None,

@@ -1,7 +1,8 @@
 """transformers ``Trainer`` with the few things a fine-tuning run needs on top of it.
 
-* token accuracy (train and validation) and a token-weighted validation loss, computed from the logits the
-  model returns anyway, logged under the OpenAI metric names;
+* the loss through ``head_loss`` (fused head + cross-entropy at trained positions only) where the model allows;
+* token accuracy (train and validation) and a token-weighted validation loss, computed from the predictions the
+  loss pass makes anyway, logged under the OpenAI metric names;
 * tokens/s counted from the batches actually trained (non-padding and loss-carrying tokens);
 * events out: each step becomes one ``metrics`` event (validation merged into the step it ran at);
 * checkpoints renamed to ``checkpoints/step-N`` (each a plain PEFT adapter plus optimizer state), rotated;
@@ -21,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 from slmtune import events as ev
 from slmtune.artifacts import CHECKPOINT_PREFIX, list_checkpoints
 from slmtune.data.tokenize import IGNORE_INDEX
+from slmtune.training.head_loss import head_loss
 
 
 
@@ -56,6 +58,7 @@ class TrainerMetricsMixin:
         self._eval_loss = [0.0, 0]  # sum of token losses, tokens
         self.tokens_seen = 0  # non-padding tokens trained on, this session
         self.trained_tokens = 0  # loss-carrying tokens, this session
+        self.slots_seen = 0  # token slots in the batches, padding included
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if any(k.startswith("eval_") for k in logs):
@@ -84,12 +87,19 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
             return EpochLengthGroupedSampler(ds.lengths, bs, self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
-    sparse_head = False  # set by the recipe: compute logits only where a label follows (see label_position_loss)
+    fused_loss = False  # set by the recipe where head_loss.unsupported_reason(model) is None
+    autocast_dtype = None  # set by the recipe (model.adapter_autocast): adapters compute in this dtype
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.sparse_head:
-            loss, logits, labels = label_position_loss(model, inputs, num_items_in_batch)
-            outputs = None
+        if self.autocast_dtype is None:
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with torch.autocast(self.args.device.type, dtype=self.autocast_dtype):
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.fused_loss:
+            loss, preds, labels = head_loss(model, inputs, num_items_in_batch)
+            logits = outputs = None
         else:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
@@ -101,12 +111,15 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
         with torch.no_grad():
             mask = labels != IGNORE_INDEX
             n = int(mask.sum())
-            correct = int(((logits.argmax(-1) == labels) & mask).sum())
+            if logits is not None:
+                preds = logits.argmax(-1)
+            correct = int(((preds == labels) & mask).sum())
             self._acc[mode][0] += correct
             self._acc[mode][1] += n
             if mode == "train":
                 mask_in = inputs.get("attention_mask")
                 self.tokens_seen += int(mask_in.sum()) if mask_in is not None else inputs["input_ids"].numel()
+                self.slots_seen += inputs["input_ids"].numel()
                 self.trained_tokens += n
             else:
                 self._eval_loss[0] += float(loss) * n
@@ -114,31 +127,8 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
         if outputs is None and return_outputs:
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
-            outputs = CausalLMOutputWithPast(loss=loss, logits=logits)
+            outputs = CausalLMOutputWithPast(loss=loss)
         return (loss, outputs) if return_outputs else loss
-
-
-def label_position_loss(model, inputs: dict, num_items_in_batch=None):
-    """Cross-entropy computed from logits at label positions only.
-
-    Only positions whose *next* token carries loss need logits; on chat data that is ~40% of positions, and on this
-    model the 49k-vocabulary head and its log-softmax are a large share of a step. ``logits_to_keep`` (a tensor of
-    positions, shared by the rows of the batch: the union of their label positions) makes the model compute the
-    head only there. Returns (loss, logits at kept positions, their targets), the loss normalised like the model's
-    own (by ``num_items_in_batch`` under gradient accumulation, else by this batch's label count).
-    """
-    labels = inputs["labels"]
-    target = labels[:, 1:]
-    keep = (target != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
-    fwd = {k: v for k, v in inputs.items() if k != "labels"}
-    logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits
-    tgt = target[:, keep]
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
-    denom = num_items_in_batch if num_items_in_batch is not None else (tgt != IGNORE_INDEX).sum()
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(loss.device)
-    return loss / denom, logits, tgt
 
 
 class AdaLoraBudget(TrainerCallback):
