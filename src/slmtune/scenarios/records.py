@@ -1,0 +1,213 @@
+"""Scenario record formats: reading and checking them, every problem as FILE:LINE: field: message.
+
+Each scenario has a simple record format (docs/scenarios.md):
+
+    domain          {"text"} lines, or .txt files (blank-line separated paragraphs)
+    classification  {"text", "label"}
+    ner             {"tokens": [...], "tags": [...]} (BIO), {"text", "entities": [{"start", "end", "label"}]},
+                    or a CoNLL file (.conll/.bio: "token tag" lines, blank line between sentences)
+    translation     {"src", "tgt", "src_lang", "tgt_lang"}
+    qa              {"context", "question", "answer"}
+    chat            OpenAI chat messages ({"messages": [...]})
+    creative        {"prompt", "text"} or {"text"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmtune.data.formats import DataError, Problem
+
+SCENARIOS = ("domain", "classification", "ner", "translation", "qa", "chat", "creative")
+
+_STR_FIELDS = {
+    "classification": (("text", "label"), ()),
+    "translation": (("src", "tgt", "src_lang", "tgt_lang"), ()),
+    "qa": (("context", "question", "answer"), ()),
+    "creative": (("text",), ("prompt",)),
+    "domain": (("text",), ()),
+}
+
+
+@dataclass
+class Record:
+    line: int
+    data: dict = field(default_factory=dict)
+
+
+def _check_strings(obj: dict, required: tuple, optional: tuple, add) -> bool:
+    ok = True
+    for key in required:
+        if key not in obj:
+            add(key, "missing")
+            ok = False
+        elif not isinstance(obj[key], str):
+            add(key, f"expected a string, got {type(obj[key]).__name__}")
+            ok = False
+        elif not obj[key].strip():
+            add(key, "empty")
+            ok = False
+    for key in optional:
+        if key in obj and not isinstance(obj[key], str):
+            add(key, f"expected a string, got {type(obj[key]).__name__}")
+            ok = False
+    for key in obj:
+        if key not in required and key not in optional:
+            add(key, f"unknown key (a record has {', '.join(required + optional)})")
+            ok = False
+    return ok
+
+
+def _check_ner(obj: dict, add) -> dict | None:
+    from slmtune.scenarios.metrics import bio_spans
+
+    if "tokens" in obj or "tags" in obj:
+        toks, tags = obj.get("tokens"), obj.get("tags")
+        ok = True
+        for key, val in (("tokens", toks), ("tags", tags)):
+            if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+                add(key, "expected a list of strings")
+                ok = False
+        for key in obj:
+            if key not in ("tokens", "tags"):
+                add(key, "unknown key (a BIO record has tokens, tags)")
+                ok = False
+        if not ok:
+            return None
+        if len(toks) != len(tags):
+            add("tags", f"{len(tags)} tags for {len(toks)} tokens")
+            return None
+        if not toks:
+            add("tokens", "empty")
+            return None
+        for i, tag in enumerate(tags):
+            if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+                add(f"tags[{i}]", f"{tag!r} is not a BIO tag (O, B-TYPE or I-TYPE)")
+                return None
+        return {"text": " ".join(toks), "entities": bio_spans(toks, tags)}
+    if not _check_strings({k: v for k, v in obj.items() if k != "entities"}, ("text",), (), add):
+        return None
+    ents = obj.get("entities")
+    if not isinstance(ents, list):
+        add("entities", "missing or not a list (use [] for a text without entities)")
+        return None
+    text, out = obj["text"], []
+    for i, e in enumerate(ents):
+        if not isinstance(e, dict) or set(e) != {"start", "end", "label"}:
+            add(f"entities[{i}]", "expected an object with start, end and label")
+            return None
+        s, t, lab = e["start"], e["end"], e["label"]
+        if not (isinstance(s, int) and isinstance(t, int) and 0 <= s < t <= len(text)):
+            add(f"entities[{i}]", f"span {s}..{t} is not inside the text (length {len(text)})")
+            return None
+        if not isinstance(lab, str) or not lab.strip():
+            add(f"entities[{i}].label", "expected a non-empty string")
+            return None
+        out.append((lab, text[s:t]))
+    return {"text": text, "entities": out}
+
+
+def check_record(scenario: str, obj, add) -> dict | None:
+    """The record as the scenario uses it, or None after reporting its problems through ``add(field, message)``."""
+    if not isinstance(obj, dict):
+        add("(root)", f"expected a JSON object, got {type(obj).__name__}")
+        return None
+    if scenario == "ner":
+        return _check_ner(obj, add)
+    if scenario == "chat":
+        from slmtune.data.formats import _check_chat
+
+        extra = [k for k in obj if k != "messages"]
+        for k in extra:
+            add(k, "unknown key (a chat record has messages)")
+        msgs = _check_chat(obj, add)
+        if msgs is None or extra:
+            return None
+        if msgs[-1]["role"] != "assistant":
+            add("messages", "the last message must be the assistant's reply (the reference)")
+            return None
+        return {"messages": msgs}
+    required, optional = _STR_FIELDS[scenario]
+    return dict(obj) if _check_strings(obj, required, optional, add) else None
+
+
+def _read_conll(path: Path) -> tuple[list[Record], list[Problem]]:
+    from slmtune.scenarios.metrics import bio_spans
+
+    records, problems, toks, tags, start = [], [], [], [], 1
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, raw in enumerate([*lines, ""], start=1):
+        if not raw.strip() or raw.startswith("-DOCSTART-"):
+            if toks:
+                records.append(Record(start, {"text": " ".join(toks), "entities": bio_spans(toks, tags)}))
+            toks, tags, start = [], [], lineno + 1
+            continue
+        parts = raw.split()
+        tag = parts[-1] if len(parts) >= 2 else ""
+        if len(parts) < 2 or not (tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)):
+            problems.append(Problem(str(path), lineno, "(line)", f"expected 'TOKEN ... TAG' with a BIO tag, got {raw!r}"))
+            continue
+        toks.append(parts[0])
+        tags.append(tag)
+    return records, problems
+
+
+def _read_txt(path: Path) -> list[Record]:
+    records, buf, start = [], [], 1
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, raw in enumerate([*lines, ""], start=1):
+        if raw.strip():
+            if not buf:
+                start = lineno
+            buf.append(raw.strip())
+        elif buf:
+            records.append(Record(start, {"text": " ".join(buf)}))
+            buf = []
+    return records
+
+
+def read_records(path: str | Path, scenario: str) -> tuple[list[Record], list[Problem]]:
+    """Read a scenario data file (JSONL; also .txt for domain/creative, .conll/.bio for ner)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    path = Path(path)
+    if not path.exists():
+        return [], [Problem(str(path), 0, "(file)", "no such file")]
+    if path.suffix == ".txt" and scenario in ("domain", "creative"):
+        recs = _read_txt(path)
+        return recs, [] if recs else [Problem(str(path), 1, "(file)", "no text (the file is empty)")]
+    if path.suffix in (".conll", ".bio") and scenario == "ner":
+        return _read_conll(path)
+    records, problems = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        return [], [Problem(str(path), path.read_bytes()[: e.start].count(b"\n") + 1, "(file)", "not valid UTF-8")]
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+
+        def add(fld: str, msg: str, _line=lineno) -> None:
+            problems.append(Problem(str(path), _line, fld, msg))
+
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            add("(json)", f"invalid JSON: {e.msg} (column {e.colno})")
+            continue
+        rec = check_record(scenario, obj, add)
+        if rec is not None:
+            records.append(Record(lineno, rec))
+    if not records and not problems:
+        problems.append(Problem(str(path), 1, "(file)", "no records (the file is empty)"))
+    return records, problems
+
+
+def load_records(path: str | Path, scenario: str) -> list[Record]:
+    """Like :func:`read_records` but raises :class:`DataError` with every problem."""
+    records, problems = read_records(path, scenario)
+    if problems:
+        raise DataError(problems)
+    return records
