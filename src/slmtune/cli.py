@@ -56,13 +56,14 @@ def _handle_errors(fn):
         from slmtune.data.formats import DataError
         from slmtune.data.tokenize import TemplateError
         from slmtune.models.registry import ModelNotAvailable
+        from slmtune.training.distributed import LaunchError
         from slmtune.training.run import RunDirError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, RunDirError) as e:
             _fail(str(e), 2)
-        except (DataError, ModelNotAvailable, TemplateError, FileNotFoundError) as e:
+        except (DataError, ModelNotAvailable, TemplateError, FileNotFoundError, LaunchError) as e:
             _fail(str(e), 1)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -85,6 +86,9 @@ def train(
     scenario: Annotated[str | None, typer.Option(help="scenario.name: domain, classification, ner, translation, "
                                                  "qa, chat, creative (data files hold the scenario's records).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")] = None,
+    nproc: Annotated[int | None, typer.Option(help="distributed.nproc: worker processes on this machine "
+                                              "(launched by slmtune through torchrun).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="distributed.strategy: ddp, zero1, zero2, zero3, fsdp.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=value (repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
@@ -94,6 +98,7 @@ def train(
       slmtune train examples/demo/lora.yaml\n
       slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --method lora --epochs 2 --output runs/x\n
       slmtune train --resume runs/x\n
+      slmtune train examples/demo/lora.yaml --nproc 2 --strategy zero2\n
       slmtune train --scenario classification --data ~/.slmtune/data/sentiment/train.jsonl --validation ~/.slmtune/data/sentiment/eval.jsonl -o runs/sent
     """
     from slmtune.config import build_config, load_config
@@ -102,7 +107,7 @@ def train(
     overrides = []
     for key, val in (("model.name", model), ("data.train", data), ("data.validation", validation),
                      ("method.name", method), ("train.epochs", epochs), ("scenario.name", scenario),
-                     ("run.output", output)):
+                     ("run.output", output), ("distributed.nproc", nproc), ("distributed.strategy", strategy)):
         if val is not None:
             overrides.append(f"{key}={val}")
     overrides += set_ or []

@@ -155,6 +155,24 @@ class RunSection(_Section):
     overwrite: bool = Field(False, description="Allow writing into a non-empty run directory without resume.")
 
 
+class DistributedSection(_Section):
+    strategy: Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"] = Field(
+        "none", description="Multi-process data parallelism: 'ddp' (torch DDP), 'zero1'/'zero2'/'zero3' (DeepSpeed "
+        "ZeRO: optimizer state / + gradients / + parameters sharded across processes), 'fsdp' (torch FSDP2). 'none' "
+        "with nproc > 1 means ddp. Gloo on CPU, NCCL on GPUs (chosen by the device)."
+    )
+    nproc: int = Field(1, ge=1, description="Processes on this machine (`--nproc`); slmtune launches them itself.")
+    offload: Literal["none", "optimizer", "params"] = Field(
+        "none", description="DeepSpeed ZeRO-2/3: keep optimizer state ('optimizer') or also parameters ('params', "
+        "ZeRO-3 and FSDP) in CPU memory."
+    )
+    nnodes: int = Field(1, ge=1, description="Machines taking part (run the same command on each, see "
+                        "docs/distributed.md).")
+    node_rank: int = Field(0, ge=0, description="This machine's index, 0..nnodes-1 (0 hosts the rendezvous).")
+    master_addr: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Free TCP port on node 0 for the rendezvous.")
+
+
 class ScenarioSection(_Section):
     name: Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"] | None = Field(
         None, description="Train on a scenario's record format (docs/scenarios.md): data.train/validation hold its "
@@ -176,6 +194,7 @@ class TrainConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     run: RunSection = Field(default_factory=RunSection)
     scenario: ScenarioSection = Field(default_factory=ScenarioSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,9 @@ def test_label_parsing_is_strict():
     assert M.parse_label("positive, mostly", labels) is None  # more than the label
     assert M.parse_label("", labels) is None  # empty prediction
     assert M.parse_label("neutral", labels) is None
+    assert M.parse_label_lenient("I think it is Positive overall.", labels) == "positive"
+    assert M.parse_label_lenient("positive and negative", labels) is None  # two labels named
+    assert M.parse_label_lenient("nonpositive", labels) is None  # whole words only
 
 
 def test_accuracy_macro_f1_and_confusion_by_hand():

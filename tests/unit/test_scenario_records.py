@@ -62,3 +62,9 @@ def test_text_files_for_domain(tmp_path):
     assert [(r.line, r.data["text"]) for r in recs] == [(1, "First paragraph continues here."), (5, "Second one.")]
     with pytest.raises(ValueError, match="unknown scenario"):
         read_records(p, "poetry")
+
+
+def test_creative_records_use_one_form_a_file(tmp_path):
+    p = write(tmp_path, "c.jsonl", [{"prompt": "Write", "text": "a poem"}, {"text": "just text"}])
+    _, problems = read_records(p, "creative")
+    assert str(problems[0]) == f"{p}:2: prompt: line 1 has a prompt and line 2 does not; use one record form a file"

@@ -32,7 +32,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("domain", "continued pre-training on raw text", '{"text"} or .txt', ("perplexity", "loss"),
              "perplexity", "lower"),
     Scenario("classification", "text → one label from the data's label set", '{"text", "label"}',
-             ("accuracy", "macro_f1", "unparseable"), "accuracy", "higher", max_new_tokens=12),
+             ("accuracy", "macro_f1", "accuracy_lenient", "unparseable"), "accuracy", "higher", max_new_tokens=12),
     Scenario("ner", "text → its named entities as 'TYPE: mention' lines",
              '{"tokens", "tags"} (BIO), {"text", "entities"}, or CoNLL', ("f1", "precision", "recall"), "f1",
              "higher", max_new_tokens=96),

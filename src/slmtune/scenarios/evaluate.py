@@ -94,6 +94,8 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
                 r["parsed"] = p
                 r["correct"] = p == r["reference"]
             scores |= M.classification_scores(parsed, refs, meta["labels"])
+            lenient = [M.parse_label_lenient(p, meta["labels"]) for p in preds]
+            scores["accuracy_lenient"] = sum(a == b for a, b in zip(lenient, refs)) / len(refs) if refs else 0.0
         elif name == "ner":
             pe = [M.parse_entities(p, meta["types"]) for p in preds]
             ge = [[tuple(e) for e in rec.data["entities"]] for rec in _by_line(records, rows)]

@@ -25,6 +25,13 @@ def parse_label(text: str, labels: list[str]) -> str | None:
     return None
 
 
+def parse_label_lenient(text: str, labels: list[str]) -> str | None:
+    """The one label named anywhere in the output as a word (None when none or several are): a looser reading,
+    reported beside the strict accuracy so a base model that answers in sentences is not scored only on form."""
+    found = [lab for lab in labels if re.search(rf"(?<!\w){re.escape(lab)}(?!\w)", text, re.IGNORECASE)]
+    return found[0] if len(found) == 1 else None
+
+
 def classification_scores(preds: list[str | None], golds: list[str], labels: list[str]) -> dict:
     """Accuracy, macro-F1 over ``labels`` (an unparseable prediction is wrong for every class) and the confusion
     matrix (rows: gold, columns: predicted, with an ``(unparseable)`` column)."""

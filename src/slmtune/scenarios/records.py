@@ -202,6 +202,14 @@ def read_records(path: str | Path, scenario: str) -> tuple[list[Record], list[Pr
             records.append(Record(lineno, rec))
     if not records and not problems:
         problems.append(Problem(str(path), 1, "(file)", "no records (the file is empty)"))
+    if scenario == "creative" and records:  # one form a file: prompted answers or text continuation, not both
+        first = records[0]
+        for r in records[1:]:
+            if ("prompt" in r.data) != ("prompt" in first.data):
+                has, lacks = (r, first) if "prompt" in r.data else (first, r)
+                problems.append(Problem(str(path), r.line, "prompt", f"line {has.line} has a prompt and line "
+                                        f"{lacks.line} does not; use one record form a file"))
+                break
     return records, problems
 
 

@@ -76,6 +76,9 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("data.packing: not supported with train.objective dpo")
     if cfg.data.validation and cfg.data.validation_split:
         problems.append("data.validation_split: give either data.validation or data.validation_split, not both")
+    from slmtune.training import distributed
+
+    problems += distributed.check(cfg, method)
     if problems:
         raise ConfigError(problems)
 
@@ -150,13 +153,28 @@ def train(
     checkpoint in ``run.output``. ``sinks`` receive every :class:`slmtune.events.Event`; ``progress=True`` adds the
     terminal progress display. The run directory always gets ``events.jsonl`` and ``metrics.csv``.
     """
+    from slmtune.training import distributed
+
     cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
-    run_dir = prepare_run_dir(cfg, resume)
-    if cfg.scenario.name:
-        from slmtune.scenarios.pipeline import prepare
+    worker = distributed.is_worker()
+    if worker:  # a rank of a multi-process run: the launcher prepared the run directory
+        run_dir = Path(cfg.run.output)
+    else:
+        run_dir = prepare_run_dir(cfg, resume)
+        if cfg.scenario.name:
+            from slmtune.scenarios.pipeline import prepare
 
-        prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+            prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+        if distributed.world_size(cfg) > 1:
+            result = distributed.launch(cfg, run_dir, resume, progress)
+            if result is not None and cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded":
+                bus = ev.EventBus([ev.JsonlSink(run_dir / "events.jsonl")])
+                try:
+                    _scenario_eval(cfg, run_dir, bus, progress)
+                finally:
+                    bus.close()
+            return result
 
     ckpt = None
     if resume:
@@ -164,17 +182,19 @@ def train(
         ckpt = ckpts[-1] if ckpts else None
 
     bus = ev.EventBus(sinks or [])
-    if progress:
-        from slmtune.display import ConsoleSink
+    if not worker or distributed.rank() == 0:  # one set of events, metrics and progress for the whole run
+        if progress:
+            from slmtune.display import ConsoleSink
 
-        bus.add(ConsoleSink())
-    bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
-    bus.add(ev.MetricsCsvSink(run_dir / "metrics.csv", resume_step=ckpt[0] if ckpt else (0 if resume else None)))
+            bus.add(ConsoleSink())
+        bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
+        bus.add(ev.MetricsCsvSink(run_dir / "metrics.csv",
+                                  resume_step=ckpt[0] if ckpt else (0 if resume else None)))
     if resume and not ckpt:
         bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
         result = _train(cfg, run_dir, ckpt, bus)
-        if cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded":
+        if cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded" and not worker:
             _scenario_eval(cfg, run_dir, bus, progress)
         return result
     except (DataError, ConfigError, RunDirError) as e:
@@ -235,8 +255,15 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     from slmtune.models.loading import resolve_precision
 
     method = get(cfg.method.name)
-    cfg.model.precision = resolve_precision(cfg.model.precision, method.precisions)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())  # fully resolved: "auto" is written as what it chose
+    from slmtune.training import distributed
+
+    strategy = distributed.resolve_strategy(cfg)
+    cfg.distributed.strategy = strategy
+    main_rank = distributed.rank() == 0
+    cfg.model.precision = distributed.resolve_precision(
+        cfg, resolve_precision(cfg.model.precision, method.precisions), strategy)
+    if main_rank:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())  # fully resolved: "auto" is written as what it chose
     if ckpt:
         bus.emit(ev.message(f"Resuming from {ckpt[1].relative_to(run_dir)} (step {ckpt[0]})", step=ckpt[0]))
 
@@ -331,6 +358,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         gradient_checkpointing=t.gradient_checkpointing and not method.quantized,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
+    if strategy != "none":
+        arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
     if t.objective == "dpo":
         from slmtune.training.dpo import build_dpo_trainer
 
@@ -352,7 +381,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     if isinstance(trainer, SLMTrainer) and t.fused_loss:
         from slmtune.training.head_loss import unsupported_reason
 
-        reason = unsupported_reason(model)
+        # the fused loss calls the decoder directly, around the DDP/DeepSpeed/FSDP wrapper's forward
+        reason = unsupported_reason(model) if strategy == "none" else f"multi-process training ({strategy})"
         trainer.fused_loss = reason is None
         if reason:
             bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
@@ -378,9 +408,17 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     artifact = None
     if status == "succeeded":
         artifact = run_dir / method.artifact
-        trainer.model.save_pretrained(str(artifact))
-        tokenizer.save_pretrained(str(artifact))  # the same chat template and EOS at serving time
+        if strategy == "none":
+            trainer.model.save_pretrained(str(artifact))
+        else:  # gathers sharded weights (ZeRO-3, FSDP) into one ordinary adapter/model, written by rank 0
+            trainer.save_model(str(artifact))
+        if main_rank:
+            tokenizer.save_pretrained(str(artifact))  # the same chat template and EOS at serving time
 
+    if strategy != "none" and torch.distributed.is_initialized():  # the run's totals, not rank 0's share
+        counts = torch.tensor([trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen], dtype=torch.float64)
+        torch.distributed.all_reduce(counts)
+        trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen = (int(x) for x in counts.tolist())
     train_losses = [h["loss"] for h in state.log_history if "loss" in h]
     ckpts = list_checkpoints(run_dir)
     result = TrainResult(
@@ -399,7 +437,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         last_checkpoint=str(ckpts[-1][1]) if ckpts else None,
         history=list(state.log_history),
     )
-    (run_dir / RESULT_FILE).write_text(result.to_json())
+    if main_rank:
+        (run_dir / RESULT_FILE).write_text(result.to_json())
     if status == "interrupted":
         bus.emit(ev.message(
             f"Stopped at step {state.global_step}; resume with: slmtune train --resume {run_dir}",

@@ -193,8 +193,9 @@ class EventCallback(TrainerCallback):
         if "loss" in logs:
             now = time.perf_counter()
             dt = max(now - self._last_t, 1e-9)
-            tps = (t.tokens_seen - self._last_tokens) / dt
-            trained_tps = (t.trained_tokens - self._last_trained) / dt
+            # every rank trains as much as rank 0 (the same batch size): the run's rate is world_size × rank 0's
+            tps = (t.tokens_seen - self._last_tokens) / dt * args.world_size
+            trained_tps = (t.trained_tokens - self._last_trained) / dt * args.world_size
             self._last_t, self._last_tokens, self._last_trained = now, t.tokens_seen, t.trained_tokens
             self.flush()
             dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items() if k.startswith("rewards/")}
@@ -242,11 +243,17 @@ class EventCallback(TrainerCallback):
         self.flush()
         src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         dst = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        if src.exists():
-            if dst.exists():
-                shutil.rmtree(dst)
-            src.rename(dst)
-        self._rotate()
+        multi = args.world_size > 1 and torch.distributed.is_initialized()
+        if multi:
+            torch.distributed.barrier()  # every rank has written its shard of the checkpoint
+        if state.is_world_process_zero:
+            if src.exists():
+                if dst.exists():
+                    shutil.rmtree(dst)
+                src.rename(dst)
+            self._rotate()
+        if multi:
+            torch.distributed.barrier()  # nobody writes into a folder being renamed
         self.bus.emit(ev.message(
             f"Checkpoint saved: {dst.relative_to(self.run_dir)}", step=state.global_step, checkpoint=str(dst),
             kind="checkpoint",

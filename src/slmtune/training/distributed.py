@@ -1,0 +1,215 @@
+"""Multi-process training: one config, launched through torchrun, run by transformers' Trainer (DDP, DeepSpeed
+ZeRO, FSDP via accelerate). Nothing here trains: it checks combinations, writes the engine settings into the run
+directory (``deepspeed.json`` / ``fsdp.json``), launches the worker processes and waits for them.
+
+    python -m torch.distributed.run --nproc_per_node N --nnodes M --node_rank R --master_addr A --master_port P \\
+        -m slmtune.training.distributed RUN/launch.yaml [--resume] [--progress]
+
+Each worker calls :func:`slmtune.training.run.train` with ``SLMTUNE_DIST_WORKER=1``; rank 0 alone writes events,
+metrics, checkpoints and the artifact, so the user sees one progress bar and one run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER_ENV = "SLMTUNE_DIST_WORKER"
+ERRORS_DIR = "worker-errors"  # each failed rank writes "Type: message" here; the launcher reports the first
+PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning", "p_tuning")
+
+
+class LaunchError(RuntimeError):
+    """The worker processes failed; the message carries the first error line they printed."""
+
+
+def world_size(cfg) -> int:
+    return cfg.distributed.nproc * cfg.distributed.nnodes
+
+
+def is_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def resolve_strategy(cfg) -> str:
+    d = cfg.distributed
+    return "ddp" if d.strategy == "none" and world_size(cfg) > 1 else d.strategy
+
+
+def check(cfg, method) -> list[str]:
+    """Combinations that cannot work, each with its reason (before anything launches)."""
+    d, problems = cfg.distributed, []
+    strategy = resolve_strategy(cfg)
+    if d.node_rank >= d.nnodes:
+        problems.append(f"distributed.node_rank: {d.node_rank} is not below distributed.nnodes ({d.nnodes})")
+    if d.offload != "none" and strategy not in ("zero2", "zero3", "fsdp"):
+        problems.append(f"distributed.offload: {d.offload!r} needs strategy zero2, zero3 or fsdp (got {strategy!r})")
+    if d.offload == "params" and strategy == "zero2":
+        problems.append("distributed.offload: 'params' needs zero3 (ZeRO-2 does not partition parameters)")
+    if d.offload == "optimizer" and strategy == "fsdp":
+        problems.append("distributed.offload: FSDP offloads parameters and optimizer together; use 'params'")
+    if method.quantized and strategy in ("zero3", "fsdp"):
+        problems.append(f"distributed.strategy: {strategy} shards parameters, and {method.name}'s 4/8-bit "
+                        "bitsandbytes weights cannot be sharded; use ddp, zero1 or zero2")
+    if method.name in PROMPT_LEARNING and strategy in ("fsdp", "zero3"):
+        problems.append(f"distributed.strategy: {strategy} with {method.name} is not supported (its virtual-token "
+                        "encoder sits outside the sharded decoder layers); use ddp, zero1 or zero2")
+    if cfg.data.packing and strategy != "none":
+        problems.append("data.packing: not supported with multi-process training yet")
+    if strategy != "none" and world_size(cfg) == 1 and d.nnodes == 1:
+        problems.append(f"distributed.strategy: {strategy} needs distributed.nproc > 1 (or several nodes)")
+    return problems
+
+
+def resolve_precision(cfg, precision: str, strategy: str) -> str:
+    """ZeRO and FSDP shard one flat dtype: the bf16-base / fp32-adapter mix runs in fp32 there (DDP keeps it)."""
+    if strategy in ("zero1", "zero2", "zero3", "fsdp") and precision == "bf16":
+        return "fp32"
+    return precision
+
+
+def deepspeed_config(cfg, strategy: str) -> dict:
+    stage = int(strategy[-1])
+    zero: dict = {"stage": stage}
+    if cfg.distributed.offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.distributed.offload == "params":
+        zero["offload_param"] = {"device": "cpu"}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # the artifact is an ordinary, whole model
+    return {
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "gradient_clipping": "auto", "zero_optimization": zero, "bf16": {"enabled": "auto"},
+        "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False,
+    }
+
+
+def fsdp_config(cfg, model) -> dict:
+    layer = type(model.get_base_model().model.layers[0] if hasattr(model, "get_base_model")
+                 else model.model.layers[0]).__name__
+    return {"version": 2, "transformer_layer_cls_to_wrap": [layer], "reshard_after_forward": True,
+            "cpu_ram_efficient_loading": False, "state_dict_type": "FULL_STATE_DICT",
+            "offload_params": cfg.distributed.offload == "params"}
+
+
+def trainer_args(cfg, strategy: str, run_dir: Path, model) -> dict:
+    """TrainingArguments for the strategy; the engine settings are also written into the run directory."""
+    import torch
+
+    kw: dict = {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "ddp_find_unused_parameters": False}
+    if strategy.startswith("zero"):
+        ds = deepspeed_config(cfg, strategy)
+        if rank() == 0:
+            (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
+        kw["deepspeed"] = ds
+    elif strategy == "fsdp":
+        fc = fsdp_config(cfg, model)
+        if rank() == 0:
+            (run_dir / "fsdp.json").write_text(json.dumps(fc, indent=2))
+        kw["fsdp"] = "full_shard auto_wrap" + (" offload" if cfg.distributed.offload == "params" else "")
+        kw["fsdp_config"] = {k: v for k, v in fc.items() if k != "offload_params"}
+    return kw
+
+
+def port_free(addr: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def launch(cfg, run_dir: Path, resume: bool, progress: bool):
+    """Start the worker processes (torchrun) for this node, wait, and return rank 0's result."""
+    from slmtune.config import ConfigError
+    from slmtune.training.run import RESULT_FILE, TrainResult
+
+    d = cfg.distributed
+    if d.node_rank == 0 and d.master_addr in ("127.0.0.1", "localhost", "0.0.0.0") and \
+            not port_free(d.master_addr, d.master_port):
+        raise ConfigError([f"distributed.master_port: port {d.master_port} on {d.master_addr} is in use; choose a "
+                           "free one (--set distributed.master_port=PORT)"])
+    import shutil
+
+    shutil.rmtree(run_dir / ERRORS_DIR, ignore_errors=True)
+    launch_file = run_dir / "launch.yaml"
+    launch_file.write_text(cfg.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
+           f"--node_rank={d.node_rank}", f"--master_addr={d.master_addr}", f"--master_port={d.master_port}",
+           "-m", "slmtune.training.distributed", str(launch_file)]
+    cmd += ["--resume"] if resume else []
+    cmd += ["--progress"] if progress else []
+    env = os.environ | {WORKER_ENV: "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // d.nproc)),
+                        "TOKENIZERS_PARALLELISM": "false"}
+    import torch
+
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+    try:
+        for line in proc.stderr:  # rank 0 draws the progress on stdout; keep the last lines of errors
+            tail = (tail + [line.rstrip()])[-40:]
+            if not _noise(line):
+                sys.stderr.write(line)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    result_file = run_dir / RESULT_FILE
+    if code != 0 or (d.node_rank == 0 and not result_file.exists()):
+        errors = sorted((run_dir / ERRORS_DIR).glob("rank-*.txt")) if (run_dir / ERRORS_DIR).exists() else []
+        reason = errors[0].read_text().strip() if errors else next(
+            (ln for ln in reversed(tail) if "Error" in ln), tail[-1] if tail else "no output")
+        raise LaunchError(f"multi-process training failed (exit code {code}): {reason.strip()}")
+    if d.node_rank != 0:
+        return None
+    data = json.loads(result_file.read_text())
+    return TrainResult(**data)
+
+
+def _noise(line: str) -> bool:
+    return any(s in line for s in ("gemm_4bit_forward", "OMP_NUM_THREADS", "*****", "[W", "Setting OMP"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from slmtune.config import load_config
+    from slmtune.training.run import train
+
+    ap = argparse.ArgumentParser(prog="slmtune.training.distributed")
+    ap.add_argument("config")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    try:
+        train(cfg, resume=args.resume, progress=args.progress and rank() == 0)
+    except Exception as e:  # noqa: BLE001 - reported to the launcher, then this rank exits non-zero
+        errors = Path(cfg.run.output) / ERRORS_DIR
+        errors.mkdir(parents=True, exist_ok=True)
+        (errors / f"rank-{rank()}.txt").write_text(f"rank {rank()}: {type(e).__name__}: {e}")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

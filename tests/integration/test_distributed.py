@@ -1,0 +1,111 @@
+"""Multi-process training on a tiny model with 2 processes (gloo on CPU): each strategy follows the 1-process run
+at the same global batch, saves an ordinary adapter, and a bad launch fails clearly without leaving processes."""
+
+import os
+import socket
+
+import pytest
+import torch
+
+import slmtune
+from tests.integration.test_train import train_losses
+
+STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
+# The logged loss of a multi-process step is the mean of the ranks' batch losses, the 1-process one the mean over
+# the global batch's tokens: equal gradients (losses are normalised by the tokens of all ranks), logged losses
+# within a few percent when the ranks' halves differ in length.
+REL_TOL = 0.03
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("single")
+    cfg = {"model": {"name": "tiny-llama", "precision": "fp32"},
+           "data": {"train": str(tiny_data["train"]), "validation": str(tiny_data["validation"])},
+           "method": {"name": "lora", "r": 8, "alpha": 16},
+           "train": {"epochs": 1, "batch_size": 4, "group_by_length": False, "learning_rate": 1e-2, "seed": 7},
+           "run": {"output": str(out / "run")}}
+    slmtune.train(cfg)
+    return cfg, train_losses(out / "run")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_processes_follow_one_process_and_save_an_ordinary_adapter(strategy, single, tmp_path):
+    cfg, ref = single
+    cfg = {**cfg, "train": {**cfg["train"], "batch_size": 2}, "run": {"output": str(tmp_path / "run")},
+           "distributed": {"strategy": strategy, "nproc": 2, "master_port": free_port()}}
+    result = slmtune.train(cfg)
+    assert result.status == "succeeded" and result.global_step == len(ref)
+    got = train_losses(tmp_path / "run")
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=REL_TOL), (strategy, step)
+    # the artifact is a plain PEFT adapter: loads with peft alone, no DeepSpeed/FSDP state needed
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from slmtune.models.registry import resolve
+
+    base = AutoModelForCausalLM.from_pretrained(str(resolve("tiny-llama")), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter"))
+    weights = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert weights and all(w.numel() > 0 for w in weights) and any(float(w.abs().sum()) > 0 for w in weights)
+    if strategy.startswith("zero"):
+        assert (tmp_path / "run" / "deepspeed.json").exists()
+    if strategy == "fsdp":
+        assert (tmp_path / "run" / "fsdp.json").exists()
+
+
+def test_impossible_combinations_are_config_errors_before_launch(tiny_config, tmp_path):
+    from slmtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be sharded"):
+        slmtune.train(tiny_config(method={"name": "qlora"}, distributed={"strategy": "zero3", "nproc": 2}))
+    with pytest.raises(ConfigError, match="needs zero3"):
+        slmtune.train(tiny_config(distributed={"strategy": "zero2", "nproc": 2, "offload": "params"}))
+    with pytest.raises(ConfigError, match="needs distributed.nproc > 1"):
+        slmtune.train(tiny_config(distributed={"strategy": "zero2"}))
+    with pytest.raises(ConfigError, match="not one of|Input should be"):
+        slmtune.train(tiny_config(distributed={"strategy": "zero4", "nproc": 2}))
+
+
+def test_port_in_use_is_a_clear_error_and_leaves_no_processes(tiny_config, tmp_path):
+    from slmtune.config import ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use"):
+            slmtune.train(tiny_config(distributed={"strategy": "ddp", "nproc": 2, "master_port": port}))
+    assert not _our_workers()
+
+
+def test_a_failing_worker_ends_the_launch_with_its_error_and_no_orphans(tiny_config, tmp_path):
+    from slmtune.training.distributed import LaunchError
+
+    cfg = tiny_config(model={"name": str(tmp_path / "no-such-model")},
+                      distributed={"strategy": "ddp", "nproc": 2, "master_port": free_port()})
+    (tmp_path / "no-such-model").mkdir()
+    with pytest.raises(LaunchError, match="no-such-model"):
+        slmtune.train(cfg)
+    assert not _our_workers()
+
+
+def _our_workers() -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "slmtune.training.distributed" in cmd:
+                pids.append(int(d))
+    return pids
