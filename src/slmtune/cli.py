@@ -121,6 +121,10 @@ def train(
     else:
         cfg = build_config({}, overrides, source="command line")
     result = run_train(cfg, resume=resume is not None, progress=True)
+    if result is None:  # a node other than 0 of a multi-node run: node 0 writes the run directory
+        out.print(f"[green]done[/] node {cfg.distributed.node_rank}: its processes finished; the run directory, "
+                  "metrics and artifact are on node 0")
+        return
     if result.status == "interrupted":
         err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] slmtune train --resume {result.run_dir}")
         raise typer.Exit(130)
@@ -463,6 +467,8 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored "
                                                                      "(default $SLMTUNE_HOME/service).")]
 LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
+JobNprocOpt = Annotated[int, typer.Option(help="Processes per training job (DDP; the job's batch size is split "
+                                          "over them).", min=1)]
 
 
 def _settings(db: str | None, data_dir: Path | None = None, **kw):
@@ -483,6 +489,7 @@ def serve(
     max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
     lease_seconds: LeaseOpt = 30.0,
+    job_nproc: JobNprocOpt = 1,
 ) -> None:
     """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
     import uvicorn
@@ -490,14 +497,15 @@ def serve(
     from slmtune.service.app import create_app
 
     settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                         max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds)
+                         max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
     uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning")
 
 
 @app.command()
-def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0) -> None:
+def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
+           job_nproc: JobNprocOpt = 1) -> None:
     """Run a job worker against the service database (more workers = more jobs at once).
 
     Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS).
@@ -507,7 +515,7 @@ def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOp
     from slmtune.service.db import Database
     from slmtune.service.worker import Worker
 
-    settings = _settings(db, data_dir, lease_seconds=lease_seconds)
+    settings = _settings(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc)
     database = Database(settings.db_url)
     database.create_all()
     w = Worker(settings, database)

@@ -109,3 +109,47 @@ def _our_workers() -> list[int]:
             if "slmtune.training.distributed" in cmd:
                 pids.append(int(d))
     return pids
+
+
+def test_resume_a_zero2_run_with_the_same_process_count(single, tmp_path):
+    cfg, _ = single
+    base = {**cfg, "train": {**cfg["train"], "batch_size": 2, "max_steps": 6, "save_every": 3,
+                             "lr_scheduler": "constant"}}
+
+    def run(out, steps, resume=False):
+        c = {**base, "train": {**base["train"], "max_steps": steps}, "run": {"output": str(out)},
+             "distributed": {"strategy": "zero2", "nproc": 2, "master_port": free_port()}}
+        return slmtune.train(c, resume=resume)
+
+    run(tmp_path / "whole", 6)
+    run(tmp_path / "parts", 3)
+    assert (tmp_path / "parts" / "checkpoints" / "step-3").is_dir()
+    result = run(tmp_path / "parts", 6, resume=True)
+    assert result.global_step == 6
+    whole, parts = train_losses(tmp_path / "whole"), train_losses(tmp_path / "parts")
+    for step in (4, 5, 6):
+        assert parts[step] == pytest.approx(whole[step], rel=1e-3), step
+
+
+def test_two_nodes_of_one_process_each_on_loopback(tiny_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.integration.test_train import train_losses as losses
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "slmtune"
+    common = ["--model", "tiny-llama", "--data", str(tiny_data["train"]), "--method", "lora", "--epochs", "1",
+              "--set", "model.precision=fp32", "--set", "train.batch_size=2", "--set", "train.group_by_length=false",
+              "--set", "distributed.nnodes=2", "--set", "distributed.nproc=1", "--set", "distributed.strategy=ddp",
+              "--set", f"distributed.master_port={port}"]
+    procs = [subprocess.Popen([str(exe), "train", *common, "--output", str(tmp_path / f"node{r}"), "--set",
+                               f"distributed.node_rank={r}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert (tmp_path / "node0" / "adapter" / "adapter_model.safetensors").exists()
+    assert len(losses(tmp_path / "node0")) == 8  # 32 examples, global batch 2 × 2 nodes
+    assert not (tmp_path / "node1" / "adapter").exists()  # node 1 only computes; node 0 writes the run
+    assert not _our_workers()

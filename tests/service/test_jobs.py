@@ -185,3 +185,28 @@ def test_dpo_job_through_the_sdk(client, tmp_path):
     bad = wait_status(client, client.fine_tuning.jobs.create(model="tiny-llama", training_file=sft_data.id,
                                                              method={"type": "dpo"}).id, ("failed", "succeeded"))
     assert bad.status == "failed" and "needs preference records" in bad.error.message
+
+
+def test_a_job_runs_with_two_processes_when_the_worker_says_so(backend, tmp_path):
+    """`slmtune serve/worker --job-nproc 2`: the job trains under DDP with the global batch split over the
+    processes; its events reach the database as rank 0 writes them."""
+    from tests.service.conftest import start_server
+
+    if backend != "sqlite":
+        pytest.skip("one backend is enough: the database side is the same as for one process")
+    srv = start_server(backend, tmp_path, auth=False, job_nproc=2)
+    try:
+        client = srv.client()
+        train = write_jsonl(tmp_path / "train.jsonl", [chat_record(*FACTS[i % 4]) for i in range(32)])
+        f = client.files.create(file=open(train, "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, seed=7, hyperparameters=HYPER)
+        job = wait_status(client, job.id, ("succeeded", "failed", "cancelled"), timeout=400)
+        assert job.status == "succeeded", job.error
+        assert sorted(metrics_steps(client, job.id)) == list(range(1, 17))  # each step once; global batch 4 = 2 × 2
+        run = srv.settings.runs_dir / job.id / "run"
+        assert (run / "launch.yaml").exists() and "nproc: 2" in (run / "config.yaml").read_text()
+        reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=8,
+                                               messages=[{"role": "user", "content": "What is your favorite fruit?"}])
+        assert reply.choices[0].message.content
+    finally:
+        srv.stop()

@@ -217,6 +217,12 @@ class Worker:
                           **({"objective": "dpo", "dpo_beta": hp["beta"]} if job.method["type"] == "dpo" else {})},
                 "run": {"output": str(run_dir / "run")},
             }
+            if self.settings.job_nproc > 1:  # the job's batch size is global: split it over the processes
+                from slmtune.training.distributed import free_port
+
+                n = self.settings.job_nproc
+                cfg["train"]["batch_size"] = max(1, -(-hp["batch_size"] // n))
+                cfg["distributed"] = {"strategy": "ddp", "nproc": n, "master_port": free_port()}
             resume = bool(list_checkpoints(run_dir / "run"))
             if (run_dir / "run").exists() and not resume:
                 shutil.rmtree(run_dir / "run")  # a previous attempt died before its first checkpoint

@@ -120,6 +120,13 @@ def trainer_args(cfg, strategy: str, run_dir: Path, model) -> dict:
     return kw
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (for a rendezvous started right away)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_free(addr: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -129,8 +136,52 @@ def port_free(addr: str, port: int) -> bool:
     return True
 
 
-def launch(cfg, run_dir: Path, resume: bool, progress: bool):
-    """Start the worker processes (torchrun) for this node, wait, and return rank 0's result."""
+class _EventTail:
+    """Forwards the events rank 0 appends to RUN/events.jsonl to the caller's sinks (e.g. the service's database)
+    while the workers run."""
+
+    def __init__(self, path: Path, sinks: list):
+        import threading
+
+        self.path, self.sinks, self.pos = path, sinks, path.stat().st_size if path.exists() else 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if sinks:
+            self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            self.poll()
+        self.poll()
+
+    def poll(self) -> None:
+        from slmtune.events import Event
+
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as fh:
+            fh.seek(self.pos)
+            while True:
+                line = fh.readline()
+                if not line.endswith("\n"):
+                    break  # a line still being written: read it next time
+                self.pos = fh.tell()
+                try:
+                    event = Event(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue
+                for sink in self.sinks:
+                    sink(event)
+
+    def close(self) -> None:
+        if self.sinks:
+            self.done.set()
+            self.thread.join()
+
+
+def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None = None):
+    """Start the worker processes (torchrun) for this node, wait, and return rank 0's result. ``sinks`` receive
+    the run's events as rank 0 writes them."""
     from slmtune.config import ConfigError
     from slmtune.training.run import RESULT_FILE, TrainResult
 
@@ -157,6 +208,7 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool):
         env["DS_ACCELERATOR"] = "cpu"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
     tail: list[str] = []
+    events = _EventTail(run_dir / "events.jsonl", sinks or [])
     try:
         for line in proc.stderr:  # rank 0 draws the progress on stdout; keep the last lines of errors
             tail = (tail + [line.rstrip()])[-40:]
@@ -174,6 +226,7 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        events.close()
     result_file = run_dir / RESULT_FILE
     if code != 0 or (d.node_rank == 0 and not result_file.exists()):
         errors = sorted((run_dir / ERRORS_DIR).glob("rank-*.txt")) if (run_dir / ERRORS_DIR).exists() else []

@@ -167,7 +167,7 @@ def train(
 
             prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
         if distributed.world_size(cfg) > 1:
-            result = distributed.launch(cfg, run_dir, resume, progress)
+            result = distributed.launch(cfg, run_dir, resume, progress, sinks)
             if result is not None and cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded":
                 bus = ev.EventBus([ev.JsonlSink(run_dir / "events.jsonl")])
                 try:
