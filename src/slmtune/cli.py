@@ -262,12 +262,17 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    runtime: Annotated[str, typer.Option(help="'torch', or 'onnx' for a folder from `slmtune export onnx` "
+                                         "(chosen by the folder when not given).")] = "auto",
 ) -> None:
     """Chat with a tuned or base model. Interactive unless --prompt is given (empty line or Ctrl-D quits)."""
-    from slmtune.inference.generate import load
+    from slmtune.export.onnx import is_onnx_dir
+    from slmtune.inference.generate import ChatModel, load, locate
 
+    if runtime == "onnx" and not is_onnx_dir(target):
+        _fail(f"{target}: not an exported ONNX model (make one with `slmtune export onnx {target} --out DIR`)", 2)
     with err.status(f"loading {target}"):
-        model = load(target)
+        model = ChatModel(locate(target)) if runtime == "torch" else load(target)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         history.append({"role": "user", "content": prompt})
@@ -435,7 +440,8 @@ def _duration(seconds: float) -> str:
 
 
 # --- export -----------------------------------------------------------------------------------------------------
-export_app = typer.Typer(help="Export tuned models: merged transformers folders.", no_args_is_help=True)
+export_app = typer.Typer(help="Export tuned models: merged transformers folders, ONNX Runtime models.",
+                         no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -455,6 +461,45 @@ def export_merge(
         _fail(str(e), 1)
     out_console = Console(soft_wrap=True)
     out_console.print(f"merged model written to {path} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
+@export_app.command("onnx")
+@_handle_errors
+def export_onnx_cmd(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the ONNX model (replaced).")],
+    precision: Annotated[str, typer.Option(help="fp32, int8 or int4 (weight-only quantization).")] = "fp32",
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider (see `slmtune export providers`).")] = "cpu",
+    validation: Annotated[Path | None, typer.Option(help="Chat JSONL: also report the eval-loss change against "
+                                                    "PyTorch (a run's validation file, say).")] = None,
+) -> None:
+    """Merge, export a decoder with KV cache (onnxruntime-genai builder), write the tokenizer and chat template
+    beside it, and run the parity gate against PyTorch (fp32 must match; int8/int4 report agreement)."""
+    from slmtune.export.merge import MergeError
+    from slmtune.export.onnx import ExportError, export_onnx
+
+    try:
+        with err.status(f"exporting {target} to ONNX ({precision})") as status:
+            rep = export_onnx(target, out, precision=precision, provider=provider,
+                              validation=str(validation) if validation else None,
+                              log=lambda s: status.update(f"{target}: {s}"))
+    except (ExportError, MergeError) as e:
+        _fail(str(e), 1)
+    line = (f"ONNX model ({precision}) written to {out}; parity: max abs logit diff {rep['max_abs_logit_diff']:.2e}, "
+            f"min cosine {rep['min_cosine']:.6f}, greedy token agreement {rep['token_agreement']:.0%}")
+    if "eval_loss_change" in rep:
+        line += f", eval loss {rep['eval_loss_pytorch']:.4f} → {rep['eval_loss_onnx']:.4f} ({rep['eval_loss_change']:+.1%})"
+    out.mkdir(exist_ok=True)
+    Console(soft_wrap=True).print(line + f"\nchat with it: slmtune chat {out}")
+
+
+@export_app.command("providers")
+def export_providers() -> None:
+    """List the ONNX Runtime execution providers available here (CPU always; GPU/NPU ones with their packages)."""
+    from slmtune.export.onnx import providers
+
+    for p in providers():
+        print(p)
 
 
 # --- service ----------------------------------------------------------------------------------------------------

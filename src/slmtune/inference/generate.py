@@ -162,6 +162,13 @@ class ChatModel:
             raise errors[0]
 
 
-def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = None) -> ChatModel:
-    """Load a model id, model folder, run directory, adapter or checkpoint for chat and evaluation."""
+def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = None):
+    """Load a model id, model folder, run directory, adapter or checkpoint for chat and evaluation; a folder written
+    by ``slmtune export onnx`` loads into ONNX Runtime (an OnnxChatModel with the same chat methods)."""
+    from slmtune.export.onnx import is_onnx_dir
+
+    if is_onnx_dir(path_or_id):
+        from slmtune.inference.onnx_runtime import OnnxChatModel
+
+        return OnnxChatModel(path_or_id, provider=device or "cpu")
     return ChatModel(locate(path_or_id), precision=precision, device=device)

@@ -72,7 +72,7 @@ register(
         id="tiny-phi3",
         description="Tiny seeded Phi-3 (2 layers, hidden 64) with an in-process BPE tokenizer, for tests",
         source="tiny",
-        revision=2,
+        revision=3,
         architecture="phi3",
         params="~0.1M",
     )

@@ -75,7 +75,8 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0, revision: 
     if architecture == "llama":
         config = LlamaConfig(tie_word_embeddings=True, **common)
     elif architecture == "phi3":
-        config = Phi3Config(tie_word_embeddings=False, **common)
+        # original = max positions, as in Phi-3-mini-4k (a difference means LongRoPE, which needs its factors)
+        config = Phi3Config(tie_word_embeddings=False, original_max_position_embeddings=2048, **common)
     else:
         raise ValueError(f"no tiny builder for architecture {architecture!r}")
     torch.manual_seed(seed)
