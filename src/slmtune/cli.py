@@ -535,13 +535,24 @@ def serve(
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
     lease_seconds: LeaseOpt = 30.0,
     job_nproc: JobNprocOpt = 1,
+    onnx: Annotated[list[str] | None, typer.Option("--onnx", help="Serve an exported ONNX model as NAME "
+                                                   "(NAME=DIR from `slmtune export onnx`; repeatable).")] = None,
 ) -> None:
     """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
     import uvicorn
 
     from slmtune.service.app import create_app
 
+    from slmtune.export.onnx import is_onnx_dir
+
+    onnx_models = {}
+    for item in onnx or []:
+        name, _, folder = item.partition("=")
+        if not folder or not is_onnx_dir(folder):
+            _fail(f"--onnx {item}: expected NAME=DIR with DIR written by `slmtune export onnx`", 2)
+        onnx_models[name] = folder
     settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                         onnx_models=onnx_models,
                          max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")

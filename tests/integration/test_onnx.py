@@ -77,3 +77,25 @@ def test_an_unsupported_architecture_is_a_clear_error(tmp_path):
     (tmp_path / "odd" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match="builder could not export"):
         export_onnx(tmp_path / "odd", tmp_path / "out", log=lambda s: None)
+
+
+def test_the_service_serves_an_exported_model(tuned, tmp_path):
+    """`slmtune serve --onnx NAME=DIR`: the exported model answers /v1/chat/completions through the openai SDK,
+    streaming and not, with the same greedy text the ONNX model gives directly."""
+    from tests.service.conftest import start_server
+
+    if not (tuned / "onnx").exists():
+        export_onnx(tuned / "run", tuned / "onnx", log=lambda s: None)
+    srv = start_server("sqlite", tmp_path, workers=0, auth=False, onnx_models={"support-onnx": str(tuned / "onnx")})
+    try:
+        client = srv.client()
+        assert "support-onnx" in [m.id for m in client.models.list().data]
+        msgs = [{"role": "user", "content": "What is your favorite city?"}]
+        reply = client.chat.completions.create(model="support-onnx", messages=msgs, max_tokens=10)
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="support-onnx", messages=msgs, max_tokens=10, stream=True) if c.choices)
+        direct = slmtune.load(tuned / "onnx").chat(msgs, max_new_tokens=10)
+        assert reply.choices[0].message.content == direct == streamed.strip()
+        assert reply.usage.completion_tokens > 0
+    finally:
+        srv.stop()

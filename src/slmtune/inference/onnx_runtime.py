@@ -77,3 +77,63 @@ class OnnxChatModel:
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 yield text[len(shown):]
                 shown = text
+
+
+class OnnxServer:
+    """The service's ONNX models (``slmtune serve --onnx NAME=DIR``): loaded on first use, one lock each."""
+
+    def __init__(self, models: dict[str, str | Path]):
+        import threading
+
+        self.dirs = {name: Path(d) for name, d in models.items()}
+        self.loaded: dict[str, OnnxChatModel] = {}
+        self.locks = {name: threading.Lock() for name in self.dirs}
+        self._load_lock = threading.Lock()
+
+    def _model(self, name: str) -> OnnxChatModel:
+        with self._load_lock:
+            if name not in self.loaded:
+                self.loaded[name] = OnnxChatModel(self.dirs[name])
+            return self.loaded[name]
+
+    def _run(self, name, messages, max_new_tokens, temperature, top_p, seed, stop):
+        m = self._model(name)
+        prompt = len(m._ids(messages))
+        toks: list[int] = []
+        info = {"finish_reason": "length"}
+
+        def pieces():
+            shown = ""
+            with self.locks[name]:
+                for tok in m._tokens(messages, max_new_tokens, temperature, top_p, seed):
+                    toks.append(tok)
+                    text = m.tokenizer.decode(toks, skip_special_tokens=True)
+                    if text.endswith("\ufffd"):
+                        continue
+                    cut = min((text.find(s) for s in stop or [] if s and s in text), default=-1)
+                    if cut >= 0:
+                        if cut > len(shown):
+                            yield text[len(shown):cut]
+                        info["finish_reason"] = "stop"
+                        break
+                    yield text[len(shown):]
+                    shown = text
+                else:
+                    if len(toks) < max_new_tokens:
+                        info["finish_reason"] = "stop"
+            info["completion_tokens"] = len(toks)
+
+        return prompt, pieces(), info
+
+    # the same call shape as MultiAdapterServer (an exported model has its adapter merged in: ``adapter`` is None)
+    def generate(self, name: str, adapter: None, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None):
+        from slmtune.inference.multi import Generation
+
+        prompt, pieces, info = self._run(name, messages, max_new_tokens, temperature, top_p, seed, stop)
+        text = "".join(pieces)
+        return Generation(text.strip(), prompt, info["completion_tokens"], info["finish_reason"])
+
+    def stream(self, name: str, adapter: None, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None):
+        return self._run(name, messages, max_new_tokens, temperature, top_p, seed, stop)

@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
             with db.session() as s:
                 ensure_project(s, settings.default_project)
         app.state.inference = MultiAdapterServer(cache_size=settings.adapter_cache_size)
+        from slmtune.inference.onnx_runtime import OnnxServer
+
+        app.state.onnx = OnnxServer(settings.onnx_models)
         app.state.workers = start_worker_threads(settings, db, workers)
         yield
         for w in app.state.workers:

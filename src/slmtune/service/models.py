@@ -18,6 +18,7 @@ _STARTED = now()
 
 def list_models(*, session: Session, settings: Settings, project: str) -> list[ModelObject]:
     out = [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in base_models(settings)]
+    out += [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in settings.onnx_models]
     jobs = session.scalars(select(JobRow).where(JobRow.project_id == project, JobRow.status == "succeeded",
                                                 JobRow.model_deleted.is_(False)).order_by(JobRow.seq))
     for job in jobs:

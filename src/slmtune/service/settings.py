@@ -24,6 +24,7 @@ class Settings:
     max_examples: int = 100_000
     max_active_jobs_per_project: int = 8
     job_nproc: int = 1
+    onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
     adapter_cache_size: int = 8
     lease_seconds: float = 30.0
     test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")

@@ -24,9 +24,14 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
     """Chat with a base model, a fine-tuned model or a checkpoint; `stream: true` answers with server-sent events."""
     if req.n not in (None, 1):
         raise BadRequest("Only n=1 is supported.", param="n")
-    base, adapter = models.resolve_for_chat(session=session, settings=settings, project=project, model_id=req.model)
+    onnx = req.model in settings.onnx_models  # an exported model served by ONNX Runtime
+    if not onnx:
+        base, adapter = models.resolve_for_chat(session=session, settings=settings, project=project,
+                                                model_id=req.model)
     session.close()  # generation can take seconds: do not hold a database connection meanwhile
-    server = request.app.state.inference
+    server = request.app.state.onnx if onnx else request.app.state.inference
+    if onnx:
+        base, adapter = req.model, None
     kw = dict(max_new_tokens=req.max_completion_tokens or req.max_tokens or 256, temperature=req.temperature or 0.0,
               top_p=req.top_p or 1.0, seed=req.seed, stop=[req.stop] if isinstance(req.stop, str) else req.stop)
     messages = req.text_messages()
