@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
 WORK = ROOT / "runs" / "bench-distributed"
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vm_hwm(pid: int) -> float | None:
@@ -48,6 +41,8 @@ def run(method: str, strategy: str | None, steps: int) -> dict:
     out = WORK / f"{method}-{strategy or 'single'}"
     nproc = 2 if strategy else 1
     lr = "5e-5" if method == "full" else "1e-3"
+    from slmtune.training.distributed import free_port
+
     cmd = [str(Path(sys.executable).parent / "slmtune"), "train", "--model", "smollm2-135m-instruct",
            "--data", str(DEMO / "train.jsonl"), "--method", method, "--output", str(out),
            "--set", f"train.max_steps={steps}", "--set", f"train.batch_size={8 // nproc}",

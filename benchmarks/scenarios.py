@@ -84,7 +84,7 @@ def write_doc(rows: dict) -> None:
         lines.append(f"| {name} | {r['scenario']} | {r['train_records']} / {r['steps']} | {r['train_s']:.0f} s "
                      f"({r['tokens_per_second']:.0f} tok/s) | {metric}: {text} | {'yes' if ok else '**no**'} | "
                      f"{'; '.join(others)} |")
-    lines += ["", f"Eval records per scenario: at most the `--eval-records` given (rows.json has the counts). "
+    lines += ["", "Eval records per scenario: at most the `--eval-records` given (rows.json has the counts). "
               "Outputs of every model on every record: runs/bench-scenarios/NAME/scenario/{base,tuned}/outputs.jsonl; "
               "report with plots: runs/bench-scenarios/NAME/report.md.", ""]
     doc = ROOT / "docs" / "scenarios.md"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import slmtune
+from slmtune.training.distributed import free_port
 from tests.integration.test_train import train_losses
 
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
@@ -15,12 +16,6 @@ STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
 # the global batch's tokens: equal gradients (losses are normalised by the tokens of all ranks), logged losses
 # within a few percent when the ranks' halves differ in length.
 REL_TOL = 0.03
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
