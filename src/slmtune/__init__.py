@@ -6,10 +6,15 @@
     print(model.chat([{"role": "user", "content": "Hi!"}]))
 """
 
-from slmtune.config import ConfigError, TrainConfig, load_config
-from slmtune.data.formats import DataError
-from slmtune.events import Event
-from slmtune.models.registry import ModelNotAvailable
+import os as _os
+
+if "DS_ACCELERATOR" not in _os.environ and not _os.path.exists("/dev/nvidia0"):
+    _os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed then skips its accelerator probe and its warning on CPU
+
+from slmtune.config import ConfigError, TrainConfig, load_config  # noqa: E402
+from slmtune.data.formats import DataError  # noqa: E402
+from slmtune.events import Event  # noqa: E402
+from slmtune.models.registry import ModelNotAvailable  # noqa: E402
 
 __version__ = "0.1.0"
 
