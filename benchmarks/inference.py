@@ -100,7 +100,10 @@ def main() -> None:
     if args.child:
         kind, target = args.child
         res = child_onnx(target, args.tokens) if kind == "onnx" else child_torch(args.model, target, args.tokens)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
+        hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
+        res["peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(res))
         return
 

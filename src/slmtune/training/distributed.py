@@ -79,7 +79,12 @@ def resolve_precision(cfg, precision: str, strategy: str) -> str:
 
 def deepspeed_config(cfg, strategy: str) -> dict:
     stage = int(strategy[-1])
+    # bucket sizes from the model (transformers fills "auto" from hidden_size²); DeepSpeed's defaults (5e8 elements,
+    # 2 GB in fp32) are larger than a small model's whole gradient and set the peak memory of every process
+    # (ZeRO-1/2; with the same change ZeRO-3 hung in a collective here, so it keeps DeepSpeed's defaults)
     zero: dict = {"stage": stage}
+    if stage < 3:
+        zero |= {"reduce_bucket_size": "auto", "allgather_bucket_size": int(2e7)}
     if cfg.distributed.offload in ("optimizer", "params"):
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.distributed.offload == "params":
