@@ -49,12 +49,12 @@ def test_a_few_lora_steps_on_the_real_model(real_model, tmp_path):
     assert answer
 
 
-def test_real_model_exports_to_onnx_int8_and_answers(real_model, tmp_path):
-    """The default model through `slmtune export onnx` (int8: faster to decode, and its greedy text stays close)."""
+def test_real_model_exports_to_onnx_and_passes_the_fp32_gate(real_model, tmp_path):
+    """The default model through `slmtune export onnx` fp32: the parity gate holds on the real model too."""
     from slmtune.export.onnx import export_onnx
 
-    rep = export_onnx("smollm2-135m-instruct", tmp_path / "onnx", precision="int8", log=lambda s: None)
-    assert rep["min_cosine"] > 0.99 and rep["token_agreement"] > 0.5
+    rep = export_onnx("smollm2-135m-instruct", tmp_path / "onnx", precision="fp32", log=lambda s: None)
+    assert rep["ok"] and rep["token_agreement"] == 1.0 and rep["min_cosine"] > 0.9999
     answer = slmtune.load(tmp_path / "onnx").chat([{"role": "user", "content": "What is the capital of France?"}],
                                                   max_new_tokens=16)
     assert "Paris" in answer

@@ -267,6 +267,21 @@ def main(argv: list[str] | None = None) -> None:
         errors.mkdir(parents=True, exist_ok=True)
         (errors / f"rank-{rank()}.txt").write_text(f"rank {rank()}: {type(e).__name__}: {e}")
         raise SystemExit(1) from None
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    """Tear the process group down before the interpreter exits: left to exit-time destructors, gloo's threads
+    can abort the process ("terminate called without an active exception") after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a peer already gone: nothing left to synchronise
+            pass
 
 
 if __name__ == "__main__":
