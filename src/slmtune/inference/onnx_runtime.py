@@ -37,10 +37,10 @@ class OnnxChatModel:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _tokens(self, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float,
-                seed: int | None) -> Iterator[int]:
+                seed: int | None, ids: list[int] | None = None) -> Iterator[int]:
         import onnxruntime_genai as og
 
-        ids = self._ids(messages)
+        ids = ids if ids is not None else self._ids(messages)
         params = og.GeneratorParams(self.model)
         opts = {"max_length": len(ids) + max_new_tokens, "do_sample": bool(temperature and temperature > 0)}
         if opts["do_sample"]:
@@ -98,14 +98,15 @@ class OnnxServer:
 
     def _run(self, name, messages, max_new_tokens, temperature, top_p, seed, stop):
         m = self._model(name)
-        prompt = len(m._ids(messages))
+        ids = m._ids(messages)
+        prompt = len(ids)
         toks: list[int] = []
         info = {"finish_reason": "length"}
 
         def pieces():
             shown = ""
             with self.locks[name]:
-                for tok in m._tokens(messages, max_new_tokens, temperature, top_p, seed):
+                for tok in m._tokens(messages, max_new_tokens, temperature, top_p, seed, ids=ids):
                     toks.append(tok)
                     text = m.tokenizer.decode(toks, skip_special_tokens=True)
                     if text.endswith("\ufffd"):

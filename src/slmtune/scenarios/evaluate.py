@@ -98,7 +98,7 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
             scores["accuracy_lenient"] = sum(a == b for a, b in zip(lenient, refs)) / len(refs) if refs else 0.0
         elif name == "ner":
             pe = [M.parse_entities(p, meta["types"]) for p in preds]
-            ge = [[tuple(e) for e in rec.data["entities"]] for rec in _by_line(records, rows)]
+            ge = [[tuple(e) for e in rec.data["entities"]] for rec in records]  # rows are in record order
             for r, p in zip(rows, pe):
                 r["parsed"] = p
             scores |= M.entity_scores(pe, ge)
@@ -124,8 +124,3 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
             for r in sorted(rows, key=lambda r: r["line"]):
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     return scores
-
-
-def _by_line(records: list[Record], rows: list[dict]) -> list[Record]:
-    index = {r.line: r for r in records}
-    return [index[row["line"]] for row in rows]

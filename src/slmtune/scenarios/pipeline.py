@@ -12,7 +12,6 @@ Files in the run directory:
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from slmtune.scenarios.catalog import build_meta, to_example
@@ -42,11 +41,9 @@ def prepare(cfg, run_dir: Path) -> None:
     train = load_records(d.train, name)
     val = load_records(d.validation, name) if d.validation else []
     if not val and d.validation_split:
-        idx = list(range(len(train)))
-        random.Random(cfg.train.seed).shuffle(idx)
-        n_val = max(1, int(round(len(idx) * d.validation_split)))
-        held = set(idx[:n_val])
-        train, val = [r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held]
+        from slmtune.training.run import holdout_split
+
+        train, val = holdout_split(train, d.validation_split, cfg.train.seed)  # the engine's own split
     meta = build_meta(name, train)
     if name == "classification" and len(meta["labels"]) < 2:
         from slmtune.data.formats import DataError, Problem

@@ -110,12 +110,13 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
-def _split(encoded: list, fraction: float, seed: int):
-    idx = list(range(len(encoded)))
+def holdout_split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded share of ``items`` held out for validation (at least one), both parts in their original order."""
+    idx = list(range(len(items)))
     random.Random(seed).shuffle(idx)
     n_val = max(1, int(round(len(idx) * fraction)))
     val = set(idx[:n_val])
-    return [e for i, e in enumerate(encoded) if i not in val], [e for i, e in enumerate(encoded) if i in val]
+    return [e for i, e in enumerate(items) if i not in val], [e for i, e in enumerate(items) if i in val]
 
 
 def _examples_for_objective(cfg: TrainConfig, reports: list, train_set: list, val_set: list):
@@ -279,7 +280,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         reports.append(load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate))
         val_set = reports[-1].encoded
     elif d.validation_split:
-        train_set, val_set = _split(train_set, d.validation_split, cfg.train.seed)
+        train_set, val_set = holdout_split(train_set, d.validation_split, cfg.train.seed)
     if len(train_set) < 1:
         raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
     train_examples, val_examples = _examples_for_objective(cfg, reports, train_set, val_set)
