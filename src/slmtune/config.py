@@ -171,6 +171,11 @@ class DistributedSection(_Section):
     node_rank: int = Field(0, ge=0, description="This machine's index, 0..nnodes-1 (0 hosts the rendezvous).")
     master_addr: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
     master_port: int = Field(29500, ge=1, le=65535, description="Free TCP port on node 0 for the rendezvous.")
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict, description="ZeRO strategies: DeepSpeed settings merged over the generated ones "
+        "(nested keys, e.g. `--set distributed.deepspeed.zero_optimization.stage3_max_live_parameters=1e7`); the "
+        "result is written to RUN/deepspeed.json."
+    )
 
 
 class ScenarioSection(_Section):

@@ -57,6 +57,48 @@ def test_two_processes_follow_one_process_and_save_an_ordinary_adapter(strategy,
         assert (tmp_path / "run" / "fsdp.json").exists()
 
 
+def test_zero3_full_fine_tuning_follows_one_process_and_saves_a_whole_model(tiny_data, tmp_path):
+    """ZeRO-3 loads the weights partitioned (zero.Init) and gathers them at save: the saved model is an ordinary
+    transformers model that has learned what the 1-process run learned."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from slmtune.models.registry import resolve
+
+    def cfg(out, **extra):
+        return {"model": {"name": "tiny-llama", "precision": "fp32"}, "data": {"train": str(tiny_data["train"])},
+                "method": {"name": "full"}, "run": {"output": str(out)},
+                "train": {"epochs": 1, "group_by_length": False, "learning_rate": 1e-3, "seed": 7,
+                          "batch_size": 4 if not extra else 2}, **extra}
+
+    slmtune.train(cfg(tmp_path / "one"))
+    override = {"zero_optimization": {"stage3_max_live_parameters": 123456}}
+    result = slmtune.train(cfg(tmp_path / "zero3", distributed={
+        "strategy": "zero3", "nproc": 2, "master_port": free_port(), "deepspeed": override}))
+    assert result.status == "succeeded"
+    ref, got = train_losses(tmp_path / "one"), train_losses(tmp_path / "zero3")
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=REL_TOL), step
+
+    ds = json.loads((tmp_path / "zero3" / "deepspeed.json").read_text())["zero_optimization"]
+    assert ds["stage"] == 3 and ds["stage3_max_live_parameters"] == 123456  # the user's setting, merged
+    assert ds["stage3_gather_16bit_weights_on_model_save"] is True  # the generated ones kept
+    base_model = AutoModelForCausalLM.from_pretrained(str(resolve("tiny-llama")), dtype=torch.float32)
+    base = base_model.state_dict()
+    one = AutoModelForCausalLM.from_pretrained(str(tmp_path / "one" / "model"), dtype=torch.float32).state_dict()
+    z3 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "zero3" / "model"), dtype=torch.float32).state_dict()
+    assert set(z3) == set(one)
+    learned = sum(float((one[k] - base[k]).abs().sum()) for k in one)
+    apart = sum(float((z3[k] - one[k]).abs().sum()) for k in one)
+    assert learned > 0 and apart < 0.05 * learned
+    # the parameter count reported at load is the whole model's, not this process's partition
+    events = [json.loads(line) for line in (tmp_path / "zero3" / "events.jsonl").read_text().splitlines()]
+    counts = [e["data"]["total_params"] for e in events if "total_params" in e.get("data", {})]
+    assert counts == [sum(p.numel() for p in base_model.parameters())]
+
+
 def test_impossible_combinations_are_config_errors_before_launch(tiny_config, tmp_path):
     from slmtune.config import ConfigError
 
@@ -68,6 +110,9 @@ def test_impossible_combinations_are_config_errors_before_launch(tiny_config, tm
         slmtune.train(tiny_config(distributed={"strategy": "zero2"}))
     with pytest.raises(ConfigError, match="not one of|Input should be"):
         slmtune.train(tiny_config(distributed={"strategy": "zero4", "nproc": 2}))
+    with pytest.raises(ConfigError, match="distributed.deepspeed: DeepSpeed settings need strategy zero"):
+        slmtune.train(tiny_config(distributed={"strategy": "fsdp", "nproc": 2,
+                                               "deepspeed": {"zero_optimization": {"stage": 3}}}))
 
 
 def test_port_in_use_is_a_clear_error_and_leaves_no_processes(tiny_config, tmp_path):

@@ -63,6 +63,9 @@ def check(cfg, method) -> list[str]:
     if method.name in PROMPT_LEARNING and strategy in ("fsdp", "zero3"):
         problems.append(f"distributed.strategy: {strategy} with {method.name} is not supported (its virtual-token "
                         "encoder sits outside the sharded decoder layers); use ddp, zero1 or zero2")
+    if d.deepspeed and not strategy.startswith("zero"):
+        problems.append(f"distributed.deepspeed: DeepSpeed settings need strategy zero1, zero2 or zero3 "
+                        f"(got {strategy!r})")
     if cfg.data.packing and strategy != "none":
         problems.append("data.packing: not supported with multi-process training yet")
     if strategy != "none" and world_size(cfg) == 1 and d.nnodes == 1:
@@ -77,25 +80,53 @@ def resolve_precision(cfg, precision: str, strategy: str) -> str:
     return precision
 
 
-def deepspeed_config(cfg, strategy: str) -> dict:
+def deepspeed_config(cfg, strategy: str, hidden_size: int) -> dict:
+    """The DeepSpeed settings for a ZeRO strategy, sized from the model's hidden size, with the user's
+    ``distributed.deepspeed`` merged over them."""
     stage = int(strategy[-1])
-    # bucket sizes from the model (transformers fills "auto" from hidden_size²); DeepSpeed's defaults (5e8 elements,
-    # 2 GB in fp32) are larger than a small model's whole gradient and set the peak memory of every process
-    # (ZeRO-1/2; with the same change ZeRO-3 hung in a collective here, so it keeps DeepSpeed's defaults)
-    zero: dict = {"stage": stage}
+    h2 = hidden_size * hidden_size
+    # Buffers sized from the model (the values transformers gives "auto": hidden_size²). DeepSpeed's defaults are for
+    # billion-parameter models: 5e8-element buckets (2 GB in fp32, more than a small model's whole gradient) and, for
+    # ZeRO-3, 1e9 live / reuse-distance parameters, so every gathered parameter stays gathered and each process ends
+    # up holding the whole model besides its partition.
+    zero: dict = {"stage": stage, "reduce_bucket_size": h2}
     if stage < 3:
-        zero |= {"reduce_bucket_size": "auto", "allgather_bucket_size": int(2e7)}
+        zero["allgather_bucket_size"] = int(2e7)
+    else:
+        zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size,
+                 "stage3_max_live_parameters": 10 * h2, "stage3_max_reuse_distance": 10 * h2,
+                 "stage3_gather_16bit_weights_on_model_save": True}  # the artifact is an ordinary, whole model
     if cfg.distributed.offload in ("optimizer", "params"):
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.distributed.offload == "params":
         zero["offload_param"] = {"device": "cpu"}
-    if stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True  # the artifact is an ordinary, whole model
-    return {
+    ds = {
         "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
         "gradient_clipping": "auto", "zero_optimization": zero, "bf16": {"enabled": "auto"},
         "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False,
     }
+    return _merge(ds, cfg.distributed.deepspeed)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def deepspeed_args(cfg, strategy: str, run_dir: Path, model_dir) -> dict:
+    """TrainingArguments for a ZeRO strategy (written to RUN/deepspeed.json too). Needs no loaded model, so the
+    arguments can exist before the weights load, as ZeRO-3's partitioned loading requires."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    hidden = getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+    ds = deepspeed_config(cfg, strategy, hidden)
+    if rank() == 0:
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
+    return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "deepspeed": ds}
 
 
 def fsdp_config(cfg, model) -> dict:
@@ -107,16 +138,11 @@ def fsdp_config(cfg, model) -> dict:
 
 
 def trainer_args(cfg, strategy: str, run_dir: Path, model) -> dict:
-    """TrainingArguments for the strategy; the engine settings are also written into the run directory."""
+    """TrainingArguments for DDP and FSDP (the FSDP settings also written to RUN/fsdp.json)."""
     import torch
 
     kw: dict = {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "ddp_find_unused_parameters": False}
-    if strategy.startswith("zero"):
-        ds = deepspeed_config(cfg, strategy)
-        if rank() == 0:
-            (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
-        kw["deepspeed"] = ds
-    elif strategy == "fsdp":
+    if strategy == "fsdp":
         fc = fsdp_config(cfg, model)
         if rank() == 0:
             (run_dir / "fsdp.json").write_text(json.dumps(fc, indent=2))
@@ -259,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
+    import warnings
+
+    # DeepSpeed calls collectives torch has renamed; one FutureWarning per call would flood the user's terminal
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     cfg = load_config(args.config)
     try:
         train(cfg, resume=args.resume, progress=args.progress and rank() == 0)

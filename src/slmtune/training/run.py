@@ -295,37 +295,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         train_examples=len(train_set), train_tokens=n_tok, validation_examples=len(val_set),
     ))
 
-    # --- model + method ---------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    model = load_base_model(model_dir, cfg.model.precision,
-                            quantize_bits=cfg.method.bits if method.quantized else None)
-    model.config.use_cache = False
+    # --- trainer settings (before the weights: under ZeRO-3 DeepSpeed's config must exist when they load) --------
     t = cfg.train
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / t.batch_size) / t.grad_accum)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
-    ctx = BuildContext(linear_names=linear_names(model), total_steps=total_steps)
-    set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
-    try:
-        peft_config = method.build(cfg.method, ctx)
-    except ValueError as e:
-        raise ConfigError([str(e)]) from None
-    if method.quantized:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    bus.emit(ev.message(
-        f"Model {cfg.model.name} ({total / 1e6:.1f}M params, {cfg.model.precision}) with {method.name}: "
-        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), loaded in {time.perf_counter() - t0:.1f}s",
-        trainable_params=trainable, total_params=total,
-    ))
-
-    # --- trainer ----------------------------------------------------------------------------------------------
     has_val = bool(val_set)
     arg_kw = dict(
         output_dir=str(run_dir / "checkpoints"),
@@ -359,8 +332,50 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         gradient_checkpointing=t.gradient_checkpointing and not method.quantized,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
-    if strategy != "none":
+    training_args = None
+    if strategy.startswith("zero"):
+        arg_kw |= distributed.deepspeed_args(cfg, strategy, run_dir, model_dir)
+        # made before from_pretrained and kept alive: transformers then loads the weights under deepspeed.zero.Init
+        # for ZeRO-3, each process materialising only its own partition (not the whole model first)
+        training_args = TrainingArguments(**arg_kw) if t.objective != "dpo" else None
+        if training_args is not None and strategy == "zero3":
+            import deepspeed
+
+            # join the process group now: zero.Init sizes the partitions by DeepSpeed's world size
+            training_args.device
+            deepspeed.init_distributed(dist_backend=arg_kw["ddp_backend"])
+
+    # --- model + method ---------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    model = load_base_model(model_dir, cfg.model.precision,
+                            quantize_bits=cfg.method.bits if method.quantized else None)
+    model.config.use_cache = False
+    ctx = BuildContext(linear_names=linear_names(model), total_steps=total_steps)
+    set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
+    try:
+        peft_config = method.build(cfg.method, ctx)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    if method.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    # under ZeRO-3 a parameter holds only this process's partition; ds_numel is its whole size
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    bus.emit(ev.message(
+        f"Model {cfg.model.name} ({total / 1e6:.1f}M params, {cfg.model.precision}) with {method.name}: "
+        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), loaded in {time.perf_counter() - t0:.1f}s",
+        trainable_params=trainable, total_params=total,
+    ))
+
+    if strategy in ("ddp", "fsdp"):
         arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
+
     if t.objective == "dpo":
         from slmtune.training.dpo import build_dpo_trainer
 
@@ -371,7 +386,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     else:
         trainer = SLMTrainer(
             model=model,
-            args=TrainingArguments(**arg_kw),
+            args=training_args or TrainingArguments(**arg_kw),
             train_dataset=SFTDataset(train_set),
             eval_dataset=SFTDataset(val_set) if has_val else None,
             data_collator=PackCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id),
