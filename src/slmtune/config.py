@@ -173,7 +173,7 @@ class DistributedSection(_Section):
     master_port: int = Field(29500, ge=1, le=65535, description="Free TCP port on node 0 for the rendezvous.")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict, description="ZeRO strategies: DeepSpeed settings merged over the generated ones "
-        "(nested keys, e.g. `--set distributed.deepspeed.zero_optimization.stage3_max_live_parameters=1e7`); the "
+        "(nested keys, e.g. `--set distributed.deepspeed.zero_optimization.stage3_max_live_parameters=10000000`); the "
         "result is written to RUN/deepspeed.json."
     )
 

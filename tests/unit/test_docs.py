@@ -13,7 +13,8 @@ def test_every_config_key_is_documented_with_its_default():
     doc = (ROOT / "docs" / "usage.md").read_text()
     for section, field in TrainConfig.model_fields.items():
         for key, f in field.annotation.model_fields.items():
-            assert f"| `{section}.{key}` | `{f.default}` |" in doc, f"{section}.{key} missing from docs/usage.md"
+            default = f.get_default(call_default_factory=True)
+            assert f"| `{section}.{key}` | `{default}` |" in doc, f"{section}.{key} missing from docs/usage.md"
 
 
 @pytest.mark.parametrize("path", sorted(ROOT.glob("examples/**/*.yaml")), ids=lambda p: p.name)
