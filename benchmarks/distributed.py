@@ -19,20 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from child import vm_hwm_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
 WORK = ROOT / "runs" / "bench-distributed"
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
-
-
-def vm_hwm(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def run(method: str, strategy: str | None, steps: int) -> dict:
@@ -66,7 +58,7 @@ def run(method: str, strategy: str | None, steps: int) -> dict:
                 continue
             is_rank = "slmtune.training.distributed" in cmdline and "torch.distributed.run" not in cmdline
             if (strategy and is_rank) or (not strategy and p.pid == proc.pid):
-                hwm = vm_hwm(p.pid)
+                hwm = vm_hwm_mb(p.pid)
                 if hwm:
                     peaks[p.pid] = max(peaks.get(p.pid, 0.0), hwm)
         time.sleep(0.2)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from child import emit, last_error, vm_hwm_mb
+from child import run as run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench-inference"
@@ -100,11 +101,8 @@ def main() -> None:
     if args.child:
         kind, target = args.child
         res = child_onnx(target, args.tokens) if kind == "onnx" else child_torch(args.model, target, args.tokens)
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
-        hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
-        res["peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(res))
+        res["peak_rss_mb"] = vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        emit(res)
         return
 
     from slmtune.export.onnx import export_onnx
@@ -125,13 +123,10 @@ def main() -> None:
           "eval loss (demo val) | greedy agreement with PyTorch fp32 (export gate) |\n|---|---|---|---|---|---|---|---|")
     base = None
     for label, child, size, rep in rows:
-        proc = subprocess.run([sys.executable, __file__, "--model", args.model, "--tokens", str(args.tokens),
-                               "--child", *child], capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
-            print(f"| {label} | failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:100]} | | | | | | |")
+        r, proc = run_child([__file__, "--model", args.model, "--tokens", str(args.tokens), "--child", *child])
+        if r is None:
+            print(f"| {label} | failed: {last_error(proc)[:100]} | | | | | | |")
             continue
-        r = json.loads(line[0][7:])
         base = base or r
         agree = f"{rep['token_agreement']:.0%}" if rep else "—"
         print(f"| {label} | {r['ttft_s']:.3f} | {r['decode_tps']:.1f} | {r['decode_tps'] / base['decode_tps']:.2f} | "

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import emit, last_error
+from child import run as run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -82,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.steps, work / args.one, args.setting)))
+        emit(run_one(args.one, args.steps, work / args.one, args.setting))
         return
 
     import slmtune
@@ -94,14 +96,12 @@ def main() -> None:
         return
     for method in args.methods.split(","):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", method, "--steps", str(args.steps), "--work",
-                               str(work), "--setting", args.setting], capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
+        row, proc = run_child([__file__, "--one", method, "--steps", str(args.steps), "--work", str(work),
+                               "--setting", args.setting])
+        if proc.returncode != 0 or row is None:
             print(f"{method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-            rows.append({"method": method, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"})
+            rows.append({"method": method, "error": last_error(proc)})
             continue
-        row = json.loads(line[0][len("RESULT "):])
         plan = slmtune.plan(config(method, args.steps, work / method, args.setting))
         row["pred_peak_rss_mb"] = plan.peak_memory_mb
         row["pred_tokens_per_second"] = plan.tokens_per_second

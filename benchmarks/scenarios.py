@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import emit
+from child import run as run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench-scenarios"
@@ -102,20 +104,19 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.steps, args.eval_records)))
+        emit(run_one(args.one, args.steps, args.eval_records))
         return
     WORK.mkdir(parents=True, exist_ok=True)
     saved = WORK / "rows.json"
     rows = json.loads(saved.read_text()) if saved.exists() else {}
     for name in [] if args.doc_only else (args.only.split(",") if args.only else ORDER):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-                               "--eval-records", str(args.eval_records)], capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
+        row, proc = run_child([__file__, "--one", name, "--steps", str(args.steps),
+                               "--eval-records", str(args.eval_records)])
+        if row is None:
             print(f"{name}: FAILED\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
-        rows[name] = json.loads(line[0][7:])
+        rows[name] = row
         saved.write_text(json.dumps(rows, indent=2))
         metric, text, ok = verdict(rows[name])
         print(f"{name:14s} {metric}: {text} {'OK' if ok else 'MISSED'} [{time.perf_counter() - t:.0f}s]", flush=True)

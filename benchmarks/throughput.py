@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from child import emit, last_error
+from child import run as run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -115,7 +116,7 @@ def child(kind: str, train: Path, steps: int, out: Path, overrides: dict) -> Non
 
     model = ChatModel(Source(MODEL, resolve(MODEL), adapter_dir=adapter))
     res["eval_loss"] = evaluate_file(model, DEMO / "val.jsonl")["loss"]
-    print("RESULT " + json.dumps(res))
+    emit(res)
 
 
 def main() -> None:
@@ -166,14 +167,11 @@ def main() -> None:
             out = work / f"{kind}-{abs(hash((set_name, label))) % 10**8}"
             env = os.environ | {k[4:]: v for k, v in ov.items() if k.startswith("env.")}
             ov = {k: v for k, v in ov.items() if not k.startswith("env.")}
-            proc = subprocess.run([sys.executable, __file__, "--child", kind, "--data", str(path), "--out", str(out),
-                                   "--steps", str(args.steps), "--overrides", json.dumps(ov)],
-                                  capture_output=True, text=True, env=env)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if not line:
-                print(f"| {label} | failed: {proc.stderr.strip().splitlines()[-1][:100]} | | | | | | |")
+            r, proc = run_child([__file__, "--child", kind, "--data", str(path), "--out", str(out),
+                                 "--steps", str(args.steps), "--overrides", json.dumps(ov)], env=env)
+            if r is None:
+                print(f"| {label} | failed: {last_error(proc)[:100]} | | | | | | |")
                 continue
-            r = json.loads(line[0][7:])
             base = base or r
             mfu = flops_per_token * r["tps"] / peak["bf16"]
             print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {r['trained_tps']:.0f} | "

@@ -73,6 +73,13 @@ def check(cfg, method) -> list[str]:
     return problems
 
 
+def backend() -> str:
+    """The process-group backend, chosen by the device: NCCL on GPUs, gloo on CPU."""
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
 def resolve_precision(cfg, precision: str, strategy: str) -> str:
     """ZeRO and FSDP shard one flat dtype: the bf16-base / fp32-adapter mix runs in fp32 there (DDP keeps it)."""
     if strategy in ("zero1", "zero2", "zero3", "fsdp") and precision == "bf16":
@@ -118,7 +125,6 @@ def _merge(base: dict, extra: dict) -> dict:
 def deepspeed_args(cfg, strategy: str, run_dir: Path, model_dir) -> dict:
     """TrainingArguments for a ZeRO strategy (written to RUN/deepspeed.json too). Needs no loaded model, so the
     arguments can exist before the weights load, as ZeRO-3's partitioned loading requires."""
-    import torch
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir))
@@ -126,7 +132,7 @@ def deepspeed_args(cfg, strategy: str, run_dir: Path, model_dir) -> dict:
     ds = deepspeed_config(cfg, strategy, hidden)
     if rank() == 0:
         (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
-    return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "deepspeed": ds}
+    return {"ddp_backend": backend(), "deepspeed": ds}
 
 
 def fsdp_config(cfg, model) -> dict:
@@ -139,9 +145,7 @@ def fsdp_config(cfg, model) -> dict:
 
 def trainer_args(cfg, strategy: str, run_dir: Path, model) -> dict:
     """TrainingArguments for DDP and FSDP (the FSDP settings also written to RUN/fsdp.json)."""
-    import torch
-
-    kw: dict = {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "ddp_find_unused_parameters": False}
+    kw: dict = {"ddp_backend": backend(), "ddp_find_unused_parameters": False}
     if strategy == "fsdp":
         fc = fsdp_config(cfg, model)
         if rank() == 0:

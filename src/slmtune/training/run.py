@@ -343,7 +343,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
 
             # join the process group now: zero.Init sizes the partitions by DeepSpeed's world size
             training_args.device
-            deepspeed.init_distributed(dist_backend=arg_kw["ddp_backend"])
+            deepspeed.init_distributed(dist_backend=distributed.backend())
 
     # --- model + method ---------------------------------------------------------------------------------------
     t0 = time.perf_counter()
