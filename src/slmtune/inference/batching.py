@@ -1,0 +1,574 @@
+"""Continuous batching: one scheduler thread per model, requests joining and leaving the batch at token boundaries.
+
+Each loop of the scheduler thread:
+
+1. takes in new requests and cancellations (a cancelled sequence leaves before the next forward);
+2. admits waiting sequences into free slots (FIFO; a sequence whose adapter is still loading waits and lets the
+   ones behind it pass), short prompts prefilled together in one forward, a long one in chunks of its own;
+3. runs one decode step for every running sequence, each row with its own adapter (PEFT's ``adapter_names``),
+   position, sampling parameters and random stream.
+
+Prefill of newcomers and decoding of the others thus alternate step by step. The KV cache is a slot per sequence
+(``kv_slots.SlotCache``); see there why it is not transformers' own continuous-batching cache.
+
+Written by hand (the pieces transformers and PEFT lack): the scheduler, the 4D masks, per-row positions, the
+detokenizer with stop strings, and the adapter LRU that loads files off the scheduler thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from slmtune.inference.kv_slots import SlotCache
+from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.sampling import SamplingParams, choose, token_logprobs
+
+log = logging.getLogger("slmtune.serving")
+BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class Overloaded(RuntimeError):
+    """The model's queue is full: answer 429 and ask the client to retry."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# --- what a request's consumer receives (pushed from the scheduler thread through ``emit``) ----------------------
+@dataclass
+class Delta:
+    choice: int
+    text: str
+    logprobs: list[dict] | None = None  # OpenAI ChatCompletionTokenLogprob dicts, when asked for
+
+
+@dataclass
+class Finished:
+    choice: int
+    finish_reason: str  # "stop" | "length"
+    completion_tokens: int
+    logprobs: list[dict] | None = None  # the rest, if any were held back with text
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+_ids = itertools.count()
+
+
+class Request:
+    """A chat request with ``n`` choices, each a :class:`Sequence` in the batch."""
+
+    def __init__(self, engine: BatchEngine, prompt: list[int], params: SamplingParams, n: int, adapter: str | None,
+                 emit: Callable[[object], None]):
+        self.id = next(_ids)
+        self.engine = engine
+        self.prompt = prompt
+        self.params = params
+        self.adapter = adapter
+        self.emit = emit
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.first_token: float | None = None
+        self.seqs = [Sequence(self, i) for i in range(n)]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+    def cancel(self) -> None:
+        """Leave the batch at the next token boundary (the slot is freed); nothing more is emitted."""
+        self.cancelled = True
+        self.engine.wake()
+
+
+class Sequence:
+    """One choice: its tokens, its place in the KV cache, its detokenizer state."""
+
+    def __init__(self, request: Request, choice: int):
+        self.request = request
+        self.choice = choice
+        self.params = request.params
+        self.generator = request.params.generator(choice, "cpu")
+        self.tokens: list[int] = []  # generated
+        self.cached = 0  # cache positions of its slot that hold its keys/values
+        self.done = False
+        self.text = ""
+        self.sent = 0  # characters of text emitted
+        self.held: list[dict] = []  # logprob entries whose text is not emitted yet
+        self.last_time: float | None = None
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.request.prompt
+
+    @property
+    def adapter(self) -> str | None:
+        return self.request.adapter
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """Characters at the end of ``text`` that could still become a stop string (not to be emitted yet)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-k:]):
+                best = k
+                break
+    return best
+
+
+class Detokenizer:
+    """Token ids → text deltas, honouring stop strings and multi-byte characters split across tokens."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos = {tokenizer.eos_token_id}
+
+    def piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+    def entry(self, token: int, logprob: float, tops: list) -> dict:
+        text = self.piece(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")),
+                "top_logprobs": [{"token": (t := self.piece(i)), "logprob": v, "bytes": list(t.encode("utf-8"))}
+                                 for i, v in tops]}
+
+    def accept(self, seq: Sequence, token: int, lp: tuple[float, list] | None) -> list[object]:
+        """Add a generated token; returns the events to emit (a Delta and/or a Finished)."""
+        p = seq.params
+        seq.tokens.append(token)
+        out: list[object] = []
+        if token in self.eos:
+            return self._finish(seq, "stop", out)
+        if lp is not None:
+            seq.held.append(self.entry(token, *lp))
+        seq.text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        text = seq.text
+        if p.stop:
+            start = max(0, seq.sent - max(map(len, p.stop)))
+            hits = [i for i in (text.find(s, start) for s in p.stop) if i >= 0]
+            if hits:
+                seq.text = text = text[:min(hits)]
+                return self._finish(seq, "stop", out)
+        if len(seq.tokens) >= p.max_new_tokens:
+            return self._finish(seq, "length", out)
+        safe = len(text) - _holdback(text, p.stop) if p.stop else len(text)
+        if text.endswith("\ufffd"):  # the rest of a multi-byte character comes with the next token
+            safe = min(safe, len(text) - 1)
+        if safe > seq.sent:
+            out.append(Delta(seq.choice, text[seq.sent:safe], self._take(seq)))
+            seq.sent = safe
+        return out
+
+    @staticmethod
+    def _take(seq: Sequence) -> list[dict] | None:
+        if not seq.params.logprobs:
+            return None
+        held, seq.held = seq.held, []
+        return held
+
+    def _finish(self, seq: Sequence, reason: str, out: list[object]) -> list[object]:
+        seq.done = True
+        if len(seq.text) > seq.sent:
+            out.append(Delta(seq.choice, seq.text[seq.sent:], self._take(seq)))
+            seq.sent = len(seq.text)
+        out.append(Finished(seq.choice, reason, len(seq.tokens), self._take(seq)))
+        return out
+
+
+class Adapters:
+    """A bounded LRU of LoRA-family adapters inside one PEFT model. Files are read on a loader thread; the (fast)
+    insertion into the model happens on the scheduler thread between two steps, so decoding never waits on disk."""
+
+    def __init__(self, engine: BatchEngine, capacity: int):
+        self.engine = engine
+        self.capacity = max(1, capacity)
+        self.loaded: OrderedDict[str, Path] = OrderedDict()
+        self.paths: dict[str, Path] = {}
+        self.reading: dict[str, Future] = {}
+        self.failed: dict[str, BaseException] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slmtune-adapter-read")
+
+    def register(self, name: str, path: Path) -> None:
+        self.paths.setdefault(name, Path(path))
+
+    @staticmethod
+    def _read(path: Path):
+        from peft import PeftConfig
+        from peft.utils import load_peft_weights
+
+        config = PeftConfig.from_pretrained(str(path))
+        config.inference_mode = True
+        return config, load_peft_weights(str(path), device="cpu")
+
+    def ready(self, name: str) -> bool:
+        """On the scheduler thread: True once ``name`` is in the model (loading it if needed)."""
+        if name in self.loaded:
+            self.loaded.move_to_end(name)
+            return True
+        if name in self.failed:
+            return False
+        fut = self.reading.get(name)
+        if fut is None:
+            self.reading[name] = self._pool.submit(self._read, self.paths[name])
+            self.reading[name].add_done_callback(lambda _: self.engine.wake())
+            return False
+        if not fut.done():
+            return False
+        del self.reading[name]
+        try:
+            self._insert(name, *fut.result())
+        except Exception as e:  # noqa: BLE001 - reported to the requests that asked for it
+            log.exception("adapter %s (%s) failed to load", name, self.paths[name])
+            self.failed[name] = e
+            return False
+        return True
+
+    def _insert(self, name: str, config, weights: dict) -> None:
+        from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+
+        e = self.engine
+        if isinstance(e.model, PeftModel):
+            e.model.add_adapter(name, config, low_cpu_mem_usage=True)
+        else:
+            e.model = get_peft_model(e.model, config, adapter_name=name, autocast_adapter_dtype=False,
+                                     low_cpu_mem_usage=True)
+        set_peft_model_state_dict(e.model, weights, adapter_name=name, low_cpu_mem_usage=True)
+        marker = f".{name}."
+        for pname, param in e.model.named_parameters():
+            if marker in pname and param.dtype != e.dtype:
+                param.data = param.data.to(e.dtype)  # adapter matmuls in the base's dtype (bf16 on CPU)
+            param.requires_grad_(False)
+        e.model.eval()
+        self.loaded[name] = self.paths[name]
+        e.metrics.adapter_loads.labels(e.name).inc()
+        in_use = e.adapters_in_use()
+        for old in list(self.loaded):
+            if len(self.loaded) <= self.capacity:
+                break
+            if old != name and old not in in_use:
+                e.model.delete_adapter(old)
+                del self.loaded[old]
+
+
+class BatchEngine:
+    """Serves one model (optionally with LoRA-family adapters mixed per row) to many concurrent requests."""
+
+    def __init__(self, model, tokenizer, *, name: str, max_running: int = 32, max_queued: int = 128,
+                 prefill_tokens: int = 512, adapter_capacity: int = 8, metrics: ServingMetrics | None = None,
+                 virtual_prompt: torch.Tensor | None = None, prefix_kv: list | None = None):
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.detok = Detokenizer(tokenizer)
+        config = model.config
+        self.max_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        self.window = getattr(config, "sliding_window", None)
+        self.device = next(model.parameters()).device
+        self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        self.max_running = max(1, max_running)
+        self.max_queued = max(0, max_queued)
+        self.prefill_tokens = max(16, prefill_tokens)
+        self.metrics = metrics or ServingMetrics()
+        # prompt learning: virtual token embeddings before each prompt, or key/value prefixes in every layer
+        self.virtual_prompt = virtual_prompt
+        self.prefix_kv = prefix_kv
+        self.reserved = (virtual_prompt.shape[0] if virtual_prompt is not None else 0) + (
+            prefix_kv[0][0].shape[1] if prefix_kv else 0)
+        self.cache = SlotCache(config.num_hidden_layers, self.max_running, self.max_length, self.device)
+        self.adapters = Adapters(self, adapter_capacity)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rows: list[Sequence] = []  # running, row i in slot i
+        self.long: Sequence | None = None  # a long prompt being prefilled in chunks, in slot len(rows)
+        self.waiting: deque[Sequence] = deque()
+        self._inbox: list[Request] = []
+        self._lock = threading.Lock()
+        self.queued = 0  # sequences submitted and not yet admitted
+        self._wake = threading.Event()
+        self._stop = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._loop, name=f"slmtune-batch[{name}]", daemon=True)
+        self.thread.start()
+
+    # --- called from other threads -------------------------------------------------------------------------
+    def check_prompt(self, prompt: list[int], max_new_tokens: int) -> None:
+        total = self.reserved + len(prompt) + max_new_tokens
+        if total > self.max_length:
+            raise PromptTooLong(f"This model's maximum context length is {self.max_length} tokens. However, you "
+                                f"requested {total} tokens ({len(prompt)} in the messages, {max_new_tokens} in the "
+                                "completion). Please reduce the length of the messages or completion.")
+
+    def submit(self, prompt: list[int], params: SamplingParams, *, n: int = 1, adapter: tuple[str, Path] | None = None,
+               emit: Callable[[object], None]) -> Request:
+        """Queue a request (``n`` choices); events are passed to ``emit`` from the scheduler thread."""
+        if not prompt:
+            raise PromptTooLong("The prompt is empty.")
+        self.check_prompt(prompt, params.max_new_tokens)
+        name = None
+        if adapter is not None:
+            name = adapter[0]
+            self.adapters.register(name, adapter[1])
+        with self._lock:
+            if self.queued + n > self.max_queued:
+                raise Overloaded(f"The server is at capacity for model '{self.name}' ({self.queued} requests "
+                                 "queued). Please retry after a short wait.", retry_after=1.0)
+            req = Request(self, prompt, params, n, name, emit)
+            self.queued += n
+            self._inbox.append(req)
+            self.metrics.queued.labels(self.name).set(self.queued)
+        self.wake()
+        return req
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self.wake()
+        self.thread.join(10)
+
+    # --- the scheduler thread ------------------------------------------------------------------------------
+    def adapters_in_use(self) -> set[str]:
+        seqs = itertools.chain(self.rows, self.waiting, [self.long] if self.long else [])
+        return {s.adapter for s in seqs if s.adapter}
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop:
+            self._wake.clear()
+            self._take_inbox()
+            self._drop_cancelled()
+            try:
+                with torch.inference_mode():
+                    worked = self._step()
+            except Exception as e:  # noqa: BLE001 - a failed forward fails its requests, not the server
+                log.exception("batch step failed on %s", self.name)
+                self._fail_all(e)
+                worked = True
+            if not worked:
+                self._wake.wait(0.5)
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for req in inbox:
+            self.waiting.extend(req.seqs)
+
+    def _unqueue(self, k: int) -> None:
+        with self._lock:
+            self.queued -= k
+            self.metrics.queued.labels(self.name).set(self.queued)
+
+    def _drop_cancelled(self) -> None:
+        gone = [s for s in self.waiting if s.request.cancelled]
+        if gone:
+            self.waiting = deque(s for s in self.waiting if not s.request.cancelled)
+            self._unqueue(len(gone))
+        if self.long is not None and self.long.request.cancelled:
+            self.long = None
+        self._remove([i for i, s in enumerate(self.rows) if s.request.cancelled])
+
+    def _remove(self, indices: list[int]) -> None:
+        """Free the slots of rows ``indices``: the last row moves into each hole, keeping rows in slots 0..n-1."""
+        for i in sorted(indices, reverse=True):
+            last = len(self.rows) - 1
+            if i != last:
+                self.cache.move(last, i, self.rows[last].cached)
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
+        if indices and self.long is not None:  # keep the long prefill right after the running rows
+            self.cache.move(len(self.rows) + len(indices), len(self.rows), self.long.cached)
+        self.metrics.running.labels(self.name).set(len(self.rows) + (self.long is not None))
+
+    def _fail_all(self, error: BaseException) -> None:
+        seqs = self.rows + ([self.long] if self.long else [])
+        for req in {id(s.request): s.request for s in seqs}.values():
+            req.cancelled = True
+            req.emit(Failed(error))
+        self.rows, self.long = [], None
+        self.metrics.running.labels(self.name).set(0)
+
+    def _fail_waiting_on_adapter(self, name: str) -> None:
+        error = self.adapters.failed[name]
+        hit = [s for s in self.waiting if s.adapter == name]
+        self.waiting = deque(s for s in self.waiting if s.adapter != name)
+        self._unqueue(len(hit))
+        for req in {id(s.request): s.request for s in hit}.values():
+            req.cancelled = True
+            req.emit(Failed(ValueError(f"the tuned model's adapter could not be loaded: {error}")))
+
+    def _admit(self) -> list[Sequence]:
+        """Waiting sequences that go into free slots now (prefilled together in one forward)."""
+        if self.long is not None:
+            return []
+        free = self.max_running - len(self.rows)
+        batch: list[Sequence] = []
+        budget = self.prefill_tokens
+        keep: deque[Sequence] = deque()
+        while self.waiting:
+            s = self.waiting.popleft()
+            if free <= 0 or budget <= 0:
+                keep.append(s)
+                break
+            if s.adapter is not None and not self.adapters.ready(s.adapter):
+                if s.adapter in self.adapters.failed:
+                    self.waiting.appendleft(s)
+                    self._fail_waiting_on_adapter(s.adapter)
+                    continue
+                keep.append(s)
+                continue
+            size = len(s.prompt) + self.reserved
+            if size > self.prefill_tokens:  # alone, in chunks
+                if batch:
+                    keep.append(s)
+                    break
+                self.long = s
+                self._start(s, len(self.rows))
+                break
+            if size > budget:
+                keep.append(s)
+                break
+            self._start(s, len(self.rows) + len(batch))
+            batch.append(s)
+            budget -= size
+            free -= 1
+        self.waiting = keep + self.waiting
+        admitted = len(batch) + (self.long is not None)
+        if admitted:
+            self._unqueue(admitted)
+        return batch
+
+    def _start(self, s: Sequence, slot: int) -> None:
+        s.cached = 0
+        if self.prefix_kv:
+            self.cache.write_prefix(slot, self.prefix_kv)
+            s.cached = self.prefix_kv[0][0].shape[1]
+
+    def _prompt_ids(self, s: Sequence) -> list[int]:
+        """The tokens a sequence still has to prefill; virtual tokens are negative ids -1, -2, ..."""
+        full = ([-(i + 1) for i in range(self.virtual_prompt.shape[0])] if self.virtual_prompt is not None
+                else []) + s.prompt
+        offset = self.prefix_kv[0][0].shape[1] if self.prefix_kv else 0
+        return full[s.cached - offset:]
+
+    def _step(self) -> bool:
+        batch = self._admit()
+        worked = False
+        if batch:
+            self._prefill(batch, [self._prompt_ids(s) for s in batch], len(self.rows))
+            self.rows.extend(batch)
+            worked = True
+        elif self.long is not None:
+            todo = self._prompt_ids(self.long)
+            chunk = todo[:self.prefill_tokens]
+            last = len(chunk) == len(todo)
+            self._prefill([self.long], [chunk], len(self.rows), sample=last)
+            if last:
+                self.rows.append(self.long)
+                self.long = None
+            worked = True
+        self._finish_done()
+        self.metrics.running.labels(self.name).set(len(self.rows) + (self.long is not None))
+        if self.rows:
+            self._decode()
+            self._finish_done()
+            worked = True
+        return worked
+
+    def _finish_done(self) -> None:
+        self._remove([i for i, s in enumerate(self.rows) if s.done])
+
+    # --- forwards --------------------------------------------------------------------------------------------
+    def _mask(self, write_pos: torch.Tensor) -> torch.Tensor:
+        """Row r's query i (at cache position p) sees positions 0..p of its own slot (within the sliding window)."""
+        kv = int(write_pos.max()) + 1
+        j = torch.arange(kv, device=self.device)
+        visible = j[None, None, :] <= write_pos[:, :, None]
+        if self.window:
+            visible &= j[None, None, :] > write_pos[:, :, None] - self.window
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[:, None]
+
+    def _forward(self, rows: list[Sequence], tokens: torch.Tensor, write_pos: torch.Tensor, slot0: int):
+        self.cache.plan(slot0, write_pos)
+        kw = dict(position_ids=write_pos, attention_mask=self._mask(write_pos), cache=self.cache, use_cache=True,
+                  logits_to_keep=1)
+        if self.virtual_prompt is not None:
+            embed = self.model.get_input_embeddings()
+            x = embed(tokens.clamp(min=0))
+            virtual = tokens < 0
+            if virtual.any():
+                x[virtual] = self.virtual_prompt[(-tokens[virtual] - 1)].to(x.dtype)
+            kw["inputs_embeds"] = x
+        else:
+            kw["input_ids"] = tokens
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            kw["adapter_names"] = [s.adapter or BASE for s in rows]
+        out = self.model(**kw)
+        self.steps += 1
+        return out.logits[:, -1].float()
+
+    def _prefill(self, seqs: list[Sequence], chunks: list[list[int]], slot0: int, sample: bool = True) -> None:
+        """One forward over newcomers' prompts, right-aligned so every row's last real token is the last query."""
+        q = max(map(len, chunks))
+        tokens = torch.full((len(seqs), q), self.pad_id, dtype=torch.long)
+        pos = torch.empty((len(seqs), q), dtype=torch.long)
+        for r, (s, c) in enumerate(zip(seqs, chunks)):
+            m = q - len(c)
+            tokens[r, m:] = torch.tensor(c, dtype=torch.long)
+            pos[r, m:] = torch.arange(s.cached, s.cached + len(c))
+            pos[r, :m] = torch.arange(s.cached + len(c), s.cached + len(c) + m)  # scratch, overwritten later
+        logits = self._forward(seqs, tokens.to(self.device), pos.to(self.device), slot0)
+        for s, c in zip(seqs, chunks):
+            s.cached += len(c)
+        if sample:
+            self._emit(seqs, logits)
+
+    def _decode(self) -> None:
+        rows = self.rows
+        tokens = torch.tensor([[s.tokens[-1]] for s in rows], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[s.cached] for s in rows], dtype=torch.long, device=self.device)
+        logits = self._forward(rows, tokens, pos, 0)
+        for s in rows:
+            s.cached += 1
+        self._emit(rows, logits)
+
+    def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        chosen = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        want = [s.params.top_logprobs if s.params.logprobs else -1 for s in seqs]
+        lps = token_logprobs(logits, chosen, [max(0, w) for w in want]) if max(want) >= 0 else None
+        now = time.perf_counter()
+        m = self.metrics
+        for i, (s, tok) in enumerate(zip(seqs, chosen.tolist())):
+            req = s.request
+            if req.cancelled or s.done:
+                continue
+            if req.first_token is None:
+                req.first_token = now
+                m.ttft.labels(self.name).observe(now - req.submitted)
+            if s.last_time is not None:
+                m.itl.labels(self.name).observe(now - s.last_time)
+            s.last_time = now
+            m.tokens.labels(self.name).inc()
+            for ev in self.detok.accept(s, tok, lps[i] if lps is not None and want[i] >= 0 else None):
+                req.emit(ev)

@@ -1,0 +1,117 @@
+"""A slot KV cache for continuous batching: one preallocated row ("slot") per running sequence.
+
+Written by hand because the two things transformers offers do not fit: ``DynamicCache`` keeps one length for the
+whole batch (a newcomer means re-padding every row), and the paged cache of transformers' continuous batching packs
+all requests into one row (``[1, tokens]``), while PEFT's mixed-adapter forward (``adapter_names``) routes adapters by
+batch row. Here each sequence keeps its own slot and its own length; a step writes each row's new keys/values at
+that row's own positions, and a 4D mask built by the scheduler hides what a row does not own. Nothing is re-padded:
+the buffers grow (rarely) by doubling, and a finished row's slot is refilled by moving the last row into it.
+
+The scheduler keeps the rows of a forward pass in consecutive slots ``[slot0, slot0 + rows)``, so attention reads a
+view of the buffers, never a gathered copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class SlotLayer(CacheLayerMixin):
+    """One decoder layer's keys and values: ``[slots, kv_heads, capacity, head_dim]``."""
+
+    is_sliding = False
+
+    def __init__(self, owner: SlotCache):
+        super().__init__()
+        self.owner = owner
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        o = self.owner
+        _, heads, _, dim = key_states.shape
+        shape = (o.max_slots, heads, o.initial_capacity, dim)
+        self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
+        self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=value_states.dtype,
+                                  device=value_states.device)
+        self.is_initialized = True
+
+    def _grow(self, need: int) -> None:
+        cap = self.keys.shape[2]
+        if need <= cap:
+            return
+        new = min(max(need, cap * 2), self.owner.max_length)
+        new = max(new, need)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            buf = old.new_zeros((old.shape[0], old.shape[1], new, old.shape[3]))
+            buf[:, :, :cap] = old
+            setattr(self, name, buf)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        o = self.owner
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._grow(o.kv_length)
+        rows = key_states.shape[0]
+        slots = o.slot_index[:rows]  # [rows, 1], broadcast against the write positions [rows, q]
+        # advanced indices on dims 0 and 2 move to the front: the target is [rows, q, heads, dim]
+        self.keys[slots, :, o.write_pos] = key_states.transpose(1, 2)
+        self.values[slots, :, o.write_pos] = value_states.transpose(1, 2)
+        s0 = o.slot0
+        return self.keys[s0:s0 + rows, :, :o.kv_length], self.values[s0:s0 + rows, :, :o.kv_length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.kv_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.owner.kv_length
+
+    def get_max_length(self) -> int:
+        return self.owner.max_length
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        if self.is_initialized and length > 0:
+            self.keys[dst, :, :length] = self.keys[src, :, :length]
+            self.values[dst, :, :length] = self.values[src, :, :length]
+
+    def write(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store ``[heads, n, dim]`` keys/values at positions ``0..n-1`` of ``slot`` (prefix-tuning prefixes)."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys[None], values[None])
+        self._grow(keys.shape[1])
+        self.keys[slot, :, :keys.shape[1]] = keys.to(self.keys.dtype)
+        self.values[slot, :, :values.shape[1]] = values.to(self.values.dtype)
+
+
+class SlotCache(Cache):
+    """The cache object handed to the model. Before each forward the scheduler calls :meth:`plan`."""
+
+    def __init__(self, num_layers: int, max_slots: int, max_length: int, device, initial_capacity: int = 256):
+        self.max_slots = max_slots
+        self.max_length = max_length
+        self.initial_capacity = min(initial_capacity, max_length)
+        self.device = device
+        self._slot_range = torch.arange(max_slots, device=device)[:, None]
+        super().__init__(layers=[SlotLayer(self) for _ in range(num_layers)])
+        self.plan(0, torch.zeros((1, 1), dtype=torch.long, device=device))
+
+    def plan(self, slot0: int, write_pos: torch.Tensor) -> None:
+        """The next forward covers slots ``slot0 ..`` (one per row) and writes row ``r``'s query ``i`` at cache
+        position ``write_pos[r, i]``; attention then reads positions ``0 .. max(write_pos)`` of those slots."""
+        self.slot0 = slot0
+        self.write_pos = write_pos
+        self.slot_index = self._slot_range[slot0:slot0 + write_pos.shape[0]]
+        self.kv_length = int(write_pos.max()) + 1
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` positions of slot ``src`` into slot ``dst`` (compaction, n>1 fan-out)."""
+        for layer in self.layers:
+            layer.move(src, dst, length)
+
+    def write_prefix(self, slot: int, per_layer: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (k, v) in zip(self.layers, per_layer):
+            layer.write(slot, k, v)
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
+                   for t in (layer.keys, layer.values))

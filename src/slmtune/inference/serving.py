@@ -1,0 +1,220 @@
+"""Every model the service chats with, each behind a continuous-batching engine.
+
+- A base model gets one :class:`BatchEngine`; its LoRA adapters (LoRA, rsLoRA, PiSSA/OLoRA-initialised) load into that one PEFT model (a bounded LRU) and share its batch: each row runs its own adapter or the
+  plain base.
+- Adapter kinds PEFT cannot mix per row get an engine of their own, on their own copy of the base weights (a bounded
+  LRU of such engines): DoRA, IA³, LoHa, LoKr, VeRA, AdaLoRA are merged into the copy; prompt tuning and p-tuning add their
+  virtual tokens, prefix tuning its key/value prefixes, through the same slot cache.
+
+Model loading takes seconds, so it runs on this server's own loader threads (``await server.prepare(...)``);
+submitting is quick and never blocks on the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slmtune.inference.batching import (BatchEngine, Delta, Failed, Finished, Overloaded, PromptTooLong,
+                                        Request)
+from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.sampling import SamplingParams
+from slmtune.models.loading import default_device, load_base_model, load_tokenizer, resolve_precision
+from slmtune.models.registry import resolve
+
+__all__ = ["ModelServer", "Prepared", "Completion", "Overloaded", "PromptTooLong"]
+
+MIXABLE = {"LORA"}  # PEFT's adapter_names (one adapter per batch row) covers plain LoRA, not DoRA
+PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}
+
+
+def adapter_kind(path: Path) -> str:
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    kind = str(cfg.get("peft_type", "LORA")).upper()
+    return "DORA" if kind == "LORA" and cfg.get("use_dora") else kind
+
+
+def adapter_name(key: str) -> str:
+    """A PEFT-safe adapter name for a model id (ids hold ':' and may hold '.', which module names cannot)."""
+    import hashlib
+
+    return "a" + hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    """What a request needs to be submitted: its engine, the tokenizer for its prompt, its adapter (if mixed in)."""
+
+    engine: BatchEngine
+    tokenizer: object
+    adapter: tuple[str, Path] | None
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    finish_reason: str = "stop"
+    completion_tokens: int = 0
+    logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    prompt_tokens: int
+    choices: list[Choice]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+
+class ModelServer:
+    def __init__(self, *, precision: str = "auto", device: str | None = None, max_running: int = 32,
+                 max_queued: int = 128, adapter_cache_size: int = 8, own_engines: int = 2,
+                 prefill_tokens: int = 512, metrics: ServingMetrics | None = None):
+        self.device = torch.device(device) if device else default_device()
+        self.precision = resolve_precision(precision)
+        self.max_running, self.max_queued, self.prefill_tokens = max_running, max_queued, prefill_tokens
+        self.adapter_cache_size = adapter_cache_size
+        self.own_engines = max(1, own_engines)
+        self.metrics = metrics or ServingMetrics()
+        self.bases: dict[str, Prepared] = {}
+        self.own: OrderedDict[tuple[str, str], Prepared] = OrderedDict()
+        self._locks: dict[object, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="slmtune-model-load")
+
+    # --- loading (on the loader threads) --------------------------------------------------------------------
+    def _key_lock(self, key) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
+        return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
+                           prefill_tokens=self.prefill_tokens, adapter_capacity=self.adapter_cache_size,
+                           metrics=self.metrics, **kw)
+
+    def _base(self, base_id: str) -> Prepared:
+        with self._key_lock(base_id):
+            if base_id not in self.bases:
+                model_dir = resolve(base_id)
+                model = load_base_model(model_dir, self.precision, self.device)
+                # two tokenizers: one renders prompts on the caller's side, one detokenizes on the engine thread
+                engine = self._engine(model, load_tokenizer(model_dir), base_id)
+                self.bases[base_id] = Prepared(engine, load_tokenizer(model_dir), None)
+            return self.bases[base_id]
+
+    def _own(self, base_id: str, key: str, path: Path) -> Prepared:
+        """An engine of its own for an adapter that cannot share the base's batch."""
+        from peft import PeftModel
+
+        with self._key_lock((base_id, key)):
+            if (base_id, key) in self.own:
+                self.own.move_to_end((base_id, key))
+                return self.own[(base_id, key)]
+            kind = adapter_kind(path)
+            model_dir = resolve(base_id)
+            base = load_base_model(model_dir, self.precision, self.device)
+            peft = PeftModel.from_pretrained(base, str(path), autocast_adapter_dtype=False).eval()
+            kw: dict = {}
+            if kind in ("PROMPT_TUNING", "P_TUNING"):
+                with torch.inference_mode():
+                    kw["virtual_prompt"] = peft.get_prompt(batch_size=1)[0].to(base.dtype)
+                model = peft.get_base_model()
+            elif kind == "PREFIX_TUNING":
+                with torch.inference_mode():
+                    kv = peft.get_prompt(batch_size=1)
+                layers = getattr(kv, "layers", None)
+                kw["prefix_kv"] = ([(layer.keys[0], layer.values[0]) for layer in layers] if layers is not None
+                                   else [(k[0], v[0]) for k, v in kv])
+                model = peft.get_base_model()
+            else:
+                model = peft.merge_and_unload()
+            tok_dir = path if (Path(path) / "tokenizer_config.json").exists() else model_dir
+            engine = self._engine(model, load_tokenizer(tok_dir), key, **kw)
+            prepared = Prepared(engine, load_tokenizer(tok_dir), None)
+            with self._lock:
+                self.own[(base_id, key)] = prepared
+                for old_key in list(self.own):
+                    if len(self.own) <= self.own_engines:
+                        break
+                    old = self.own[old_key].engine
+                    if old_key != (base_id, key) and not old.rows and not old.queued and old.long is None:
+                        self.own.pop(old_key)
+                        old.shutdown()
+            return prepared
+
+    def prepare_sync(self, base_id: str, adapter: tuple[str, Path] | None = None) -> Prepared:
+        if adapter is None:
+            return self._base(base_id)
+        key, path = adapter
+        path = Path(path)
+        if not (path / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{path}: no adapter_config.json (the tuned model's adapter is missing)")
+        if adapter_kind(path) in MIXABLE:
+            base = self._base(base_id)
+            return Prepared(base.engine, base.tokenizer, (adapter_name(key), path))
+        return self._own(base_id, key, path)
+
+    async def prepare(self, base_id: str, adapter: tuple[str, Path] | None = None) -> Prepared:
+        """Load what a request needs on this server's loader threads (the event loop and its pool stay free)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.prepare_sync, base_id, adapter)
+
+    # --- requests ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
+               emit) -> Request:
+        engine = prepared.engine
+        if prepared.adapter is not None and prepared.adapter[0] in engine.adapters.loaded:
+            self.metrics.adapter_hits.labels(engine.name).inc()
+        try:
+            return engine.submit(self.prompt_ids(prepared.tokenizer, messages), params, n=n,
+                                 adapter=prepared.adapter, emit=emit)
+        except Overloaded:
+            self.metrics.rejected.labels(engine.name).inc()
+            raise
+
+    def generate(self, base_id: str, adapter: tuple[str, Path] | None, messages: list[dict],
+                 params: SamplingParams | None = None, *, n: int = 1, timeout: float | None = None) -> Completion:
+        """Blocking convenience (tests, scripts): submit and wait for every choice."""
+        params = params or SamplingParams()
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        req = self.submit(self.prepare_sync(base_id, adapter), messages, params, n=n, emit=events.put)
+        return collect(req, events.get, timeout)
+
+    def shutdown(self) -> None:
+        for p in [*self.bases.values(), *self.own.values()]:
+            p.engine.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def collect(req: Request, get, timeout: float | None = None) -> Completion:
+    """Gather a request's events into a Completion (raises what the engine reported)."""
+    choices = [Choice() for _ in req.seqs]
+    left = len(choices)
+    while left:
+        ev = get(timeout=timeout) if timeout else get()
+        if isinstance(ev, Failed):
+            raise ev.error
+        c = choices[ev.choice]
+        if isinstance(ev, Delta):
+            c.text += ev.text
+            c.logprobs += ev.logprobs or []
+        elif isinstance(ev, Finished):
+            c.finish_reason, c.completion_tokens = ev.finish_reason, ev.completion_tokens
+            c.logprobs += ev.logprobs or []
+            left -= 1
+    return Completion(req.prompt_tokens, choices)
