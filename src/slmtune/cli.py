@@ -537,6 +537,12 @@ def serve(
     job_nproc: JobNprocOpt = 1,
     onnx: Annotated[list[str] | None, typer.Option("--onnx", help="Serve an exported ONNX model as NAME "
                                                    "(NAME=DIR from `slmtune export onnx`; repeatable).")] = None,
+    max_running: Annotated[int, typer.Option(help="Chat sequences decoded together per model (its batch).")] = 32,
+    max_queued: Annotated[int, typer.Option(help="Chat sequences waiting per model; past it a request gets 429 "
+                                            "with Retry-After.")] = 128,
+    adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
+    precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
+                                           "bf16 or fp32.")] = "auto",
 ) -> None:
     """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
     import uvicorn
@@ -552,7 +558,8 @@ def serve(
             _fail(f"--onnx {item}: expected NAME=DIR with DIR written by `slmtune export onnx`", 2)
         onnx_models[name] = folder
     settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                         onnx_models=onnx_models,
+                         onnx_models=onnx_models, max_running=max_running, max_queued=max_queued,
+                         adapter_cache_size=adapter_cache, serve_precision=precision,
                          max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")

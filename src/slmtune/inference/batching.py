@@ -21,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -265,7 +266,9 @@ class Adapters:
             if len(self.loaded) <= self.capacity:
                 break
             if old != name and old not in in_use:
-                e.model.delete_adapter(old)
+                with warnings.catch_warnings():  # "adapter X was active which is now deleted": we route by row
+                    warnings.simplefilter("ignore", UserWarning)
+                    e.model.delete_adapter(old)
                 del self.loaded[old]
 
 
@@ -327,7 +330,8 @@ class BatchEngine:
             name = adapter[0]
             self.adapters.register(name, adapter[1])
         with self._lock:
-            if self.queued + n > self.max_queued:
+            free = max(0, self.max_running - len(self.rows) - (self.long is not None))
+            if self.queued + n > self.max_queued + free:
                 raise Overloaded(f"The server is at capacity for model '{self.name}' ({self.queued} requests "
                                  "queued). Please retry after a short wait.", retry_after=1.0)
             req = Request(self, prompt, params, n, name, emit)

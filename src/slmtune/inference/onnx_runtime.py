@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from slmtune.models.loading import load_tokenizer
+
 
 class OnnxChatModel:
     """``slmtune.load(DIR)`` on a folder written by ``slmtune export onnx``. Prompts are rendered with the exported
@@ -16,7 +18,6 @@ class OnnxChatModel:
         import onnxruntime_genai as og
 
         from slmtune.export.onnx import is_onnx_dir
-        from slmtune.models.loading import load_tokenizer
 
         self.path = Path(path)
         if not is_onnx_dir(self.path):
@@ -79,62 +80,195 @@ class OnnxChatModel:
                 shown = text
 
 
-class OnnxServer:
-    """The service's ONNX models (``slmtune serve --onnx NAME=DIR``): loaded on first use, one lock each."""
+class OnnxEngine:
+    """Continuous batching for one exported model through onnxruntime-genai's ``Engine`` (its scheduler and KV
+    cache; up to ``EngineCapabilities.configured_max_batch_size`` sequences decode together, the rest wait in it).
+    Every onnxruntime-genai call happens on this engine's own thread; requests and cancels arrive through an inbox.
+    Tokens go through the same detokenizer (stop strings, multi-byte characters) as the PyTorch engine."""
 
-    def __init__(self, models: dict[str, str | Path]):
+    def __init__(self, name: str, model: OnnxChatModel, *, max_queued: int = 128, metrics=None):
         import threading
 
-        self.dirs = {name: Path(d) for name, d in models.items()}
-        self.loaded: dict[str, OnnxChatModel] = {}
-        self.locks = {name: threading.Lock() for name in self.dirs}
-        self._load_lock = threading.Lock()
+        import onnxruntime_genai as og
 
-    def _model(self, name: str) -> OnnxChatModel:
-        with self._load_lock:
-            if name not in self.loaded:
-                self.loaded[name] = OnnxChatModel(self.dirs[name])
-            return self.loaded[name]
+        from slmtune.inference.batching import Detokenizer
+        from slmtune.inference.metrics import ServingMetrics
 
-    def _run(self, name, messages, max_new_tokens, temperature, top_p, seed, stop):
-        m = self._model(name)
-        ids = m._ids(messages)
-        prompt = len(ids)
-        toks: list[int] = []
-        info = {"finish_reason": "length"}
+        self.name = name
+        self.model = model
+        self.engine = None  # made on its own thread: onnxruntime-genai binds an Engine to the thread that made it
+        self._ready = threading.Event()
+        self.detok = Detokenizer(model.tokenizer)
+        self.max_queued = max_queued
+        self.metrics = metrics or ServingMetrics()
+        self.max_length = int(getattr(model.tokenizer, "model_max_length", 0) or 0)
+        self._inbox: list = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self.live: dict = {}  # og.Request -> Sequence
+        self.queued = 0
+        self.thread = threading.Thread(target=self._loop, args=(og,), name=f"slmtune-onnx[{name}]", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        if self.engine is None:
+            raise ValueError(f"{model.path}: onnxruntime-genai could not start its engine: {self._error}")
 
-        def pieces():
-            shown = ""
-            with self.locks[name]:
-                for tok in m._tokens(messages, max_new_tokens, temperature, top_p, seed, ids=ids):
-                    toks.append(tok)
-                    text = m.tokenizer.decode(toks, skip_special_tokens=True)
-                    if text.endswith("\ufffd"):
-                        continue
-                    cut = min((text.find(s) for s in stop or [] if s and s in text), default=-1)
-                    if cut >= 0:
-                        if cut > len(shown):
-                            yield text[len(shown):cut]
-                        info["finish_reason"] = "stop"
+    def wake(self) -> None:
+        self._wake.set()
+
+    def submit(self, prompt: list[int], params, *, n: int = 1, adapter=None, emit):
+        from slmtune.inference.batching import Overloaded, PromptTooLong, Request
+
+        if params.logprobs:
+            raise ValueError("logprobs are not available for ONNX Runtime models")
+        if not prompt:
+            raise PromptTooLong("The prompt is empty.")
+        with self._lock:
+            if self.queued + n > self.max_queued:
+                raise Overloaded(f"The server is at capacity for model '{self.name}'. Please retry after a short "
+                                 "wait.", retry_after=1.0)
+            req = Request(self, prompt, params, n, None, emit)
+            self.queued += n
+            self._inbox.append(req)
+        self.wake()
+        return req
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self.wake()
+        self.thread.join(10)
+
+    def _begin(self, seq) -> None:
+        import numpy as np
+        import onnxruntime_genai as og
+
+        p = seq.params
+        r = self.engine.create_request()
+        opts = og.TurnOptions(r)
+        opts.set_max_generated_tokens(p.max_new_tokens)
+        opts.set_do_sample(not p.greedy)
+        if not p.greedy:
+            opts.set_temperature(p.temperature)
+            opts.set_top_p(p.top_p)
+            opts.set_seed((p.seed * 1_000_003 + seq.choice) % (2**31) if p.seed is not None else
+                          int(seq.generator.initial_seed() % (2**31)))
+        seq.og = (r, r.begin_turn(np.asarray(seq.prompt, dtype=np.int32), opts))
+        self.live[r] = seq
+
+    def _end(self, seq) -> None:
+        r, turn = seq.og
+        self.live.pop(r, None)
+        try:
+            r.close()
+        except Exception:  # noqa: BLE001 - already finished inside onnxruntime-genai
+            pass
+
+    def _loop(self, og) -> None:
+        import time
+
+        from slmtune.inference.batching import Failed, Finished
+
+        try:
+            self.engine = og.Engine(self.model.model)
+            self.capacity = self.engine.get_capabilities().configured_max_batch_size
+            buf = self.engine.create_event_buffer(256)
+        except Exception as e:  # noqa: BLE001 - raised in the constructor's thread
+            self._error = e
+            self.engine = None
+            return
+        finally:
+            self._ready.set()
+        while not self._stop:
+            self._wake.clear()
+            with self._lock:
+                inbox, self._inbox = self._inbox, []
+                self.queued -= sum(len(r.seqs) for r in inbox)
+            for req in inbox:
+                for seq in req.seqs:
+                    try:
+                        self._begin(seq)
+                    except Exception as e:  # noqa: BLE001 - reported to the request
+                        req.cancelled = True
+                        req.emit(Failed(e))
                         break
-                    yield text[len(shown):]
-                    shown = text
-                else:
-                    if len(toks) < max_new_tokens:
-                        info["finish_reason"] = "stop"
-            info["completion_tokens"] = len(toks)
+            for seq in [s for s in self.live.values() if s.request.cancelled]:
+                self._end(seq)
+            if not self.live:
+                self._wake.wait(0.5)
+                continue
+            try:
+                events = list(self.engine.run(buf))
+            except Exception as e:  # noqa: BLE001 - fails what was running, not the server
+                for seq in list(self.live.values()):
+                    seq.request.cancelled = True
+                    seq.request.emit(Failed(e))
+                    self._end(seq)
+                continue
+            now = time.perf_counter()
+            for ev in events:
+                seq = self.live.get(ev.request)
+                if seq is None or seq.request.cancelled:
+                    continue
+                req = seq.request
+                if req.first_token is None:
+                    req.first_token = now
+                    self.metrics.ttft.labels(self.name).observe(now - req.submitted)
+                self.metrics.tokens.labels(self.name).inc()
+                out = [] if seq.done else self.detok.accept(seq, int(ev.token), None)
+                finished = "FINISHED" in str(ev.flags) or str(ev.finish_reason) != "FinishReason.NONE"
+                if finished and not seq.done:
+                    seq.done = True
+                    if len(seq.text) > seq.sent:
+                        from slmtune.inference.batching import Delta
 
-        return prompt, pieces(), info
+                        out.append(Delta(seq.choice, seq.text[seq.sent:]))
+                    reason = "length" if "MAX" in str(ev.finish_reason) else "stop"
+                    out.append(Finished(seq.choice, reason, len(seq.tokens)))
+                for e in out:
+                    req.emit(e)
+                if seq.done:
+                    self._end(seq)
+            self.metrics.running.labels(self.name).set(len(self.live))
 
-    # the same call shape as MultiAdapterServer (an exported model has its adapter merged in: ``adapter`` is None)
-    def generate(self, name: str, adapter: None, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None):
-        from slmtune.inference.multi import Generation
 
-        prompt, pieces, info = self._run(name, messages, max_new_tokens, temperature, top_p, seed, stop)
-        text = "".join(pieces)
-        return Generation(text.strip(), prompt, info["completion_tokens"], info["finish_reason"])
+class OnnxServer:
+    """The service's ONNX models (``slmtune serve --onnx NAME=DIR``): loaded on first use, each batched by its own
+    :class:`OnnxEngine`. Same ``prepare`` / ``submit`` as ``serving.ModelServer``."""
 
-    def stream(self, name: str, adapter: None, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None):
-        return self._run(name, messages, max_new_tokens, temperature, top_p, seed, stop)
+    def __init__(self, models: dict[str, str | Path], *, max_running: int = 32, max_queued: int = 128,
+                 metrics=None):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dirs = {name: Path(d) for name, d in models.items()}
+        self.max_queued = max_queued
+        self.metrics = metrics
+        self.engines: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slmtune-onnx-load")
+
+    def prepare_sync(self, name: str):
+        from slmtune.inference.serving import Prepared
+
+        with self._lock:
+            if name not in self.engines:
+                model = OnnxChatModel(self.dirs[name])
+                self.engines[name] = Prepared(OnnxEngine(name, model, max_queued=self.max_queued,
+                                                         metrics=self.metrics), load_tokenizer(self.dirs[name]), None)
+            return self.engines[name]
+
+    async def prepare(self, name: str):
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare_sync, name)
+
+    def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit):
+        from slmtune.inference.serving import ModelServer
+
+        return prepared.engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages), params, n=n, emit=emit)
+
+    def shutdown(self) -> None:
+        for p in self.engines.values():
+            p.engine.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)

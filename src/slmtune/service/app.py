@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmtune.inference.metrics import ServingMetrics
 from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
 from slmtune.service.settings import Settings
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from slmtune.inference.multi import MultiAdapterServer
+        from slmtune.inference.onnx_runtime import OnnxServer
+        from slmtune.inference.serving import ModelServer
         from slmtune.service.auth import ensure_project
         from slmtune.service.worker import start_worker_threads
 
@@ -37,14 +39,18 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         if not settings.auth:
             with db.session() as s:
                 ensure_project(s, settings.default_project)
-        app.state.inference = MultiAdapterServer(cache_size=settings.adapter_cache_size)
-        from slmtune.inference.onnx_runtime import OnnxServer
-
-        app.state.onnx = OnnxServer(settings.onnx_models)
+        # chat runs on each model's own scheduler thread, never on the API's thread pool
+        app.state.inference = ModelServer(precision=settings.serve_precision, max_running=settings.max_running,
+                                          max_queued=settings.max_queued, adapter_cache_size=settings.adapter_cache_size,
+                                          metrics=app.state.metrics)
+        app.state.onnx = OnnxServer(settings.onnx_models, max_running=settings.max_running,
+                                    max_queued=settings.max_queued, metrics=app.state.metrics)
         app.state.workers = start_worker_threads(settings, db, workers)
         yield
         for w in app.state.workers:
             w.shutdown()
+        app.state.inference.shutdown()
+        app.state.onnx.shutdown()
         db.dispose()
 
     app = FastAPI(
@@ -56,6 +62,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.metrics = ServingMetrics()
 
     from slmtune.service.routes import chat, files, jobs, models
 
@@ -70,7 +77,8 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        headers = {"x-should-retry": "false"} if exc.status < 500 and exc.status != 429 else None
+        headers = {"x-should-retry": "false"} if exc.status < 500 and exc.status != 429 else {}
+        headers.update(exc.headers)
         return _envelope(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -101,5 +109,12 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     def health():
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        """Prometheus text format: running/queued sequences, tokens, TTFT and inter-token latency, adapter cache."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app

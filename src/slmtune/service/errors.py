@@ -16,6 +16,7 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.code = code
+        self.headers: dict[str, str] = {}
         if status is not None:
             self.status = status
 
@@ -51,6 +52,17 @@ class TooLarge(APIError):
 
 class RateLimited(APIError):
     status = 429
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
+        kw.setdefault("code", "rate_limit_exceeded")
+        super().__init__(message, **kw)
+        self.headers = {"retry-after": str(max(1, round(retry_after)))}
+
+
+class ServerError(APIError):
+    status = 500
+    type = "server_error"
 
 
 class NotImplementedYet(APIError):

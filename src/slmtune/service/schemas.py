@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CHOICES = 8  # n per chat request
 
 
 class _In(BaseModel):
@@ -182,8 +184,10 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` (https://platform.openai.com/docs/api-reference/chat/create).
 
-    Sampling fields that the engine does not implement (penalties, logit_bias, logprobs, tools ...) are accepted and
-    ignored so that SDK defaults never fail a call; ``n`` must be 1.
+    Implemented: ``max_completion_tokens`` (``max_tokens``), ``n`` (up to 8), ``logprobs``/``top_logprobs``, ``seed``
+    (a sampled request is reproducible whatever shares its batch), ``stop`` (up to 4), ``stream``,
+    ``stream_options.include_usage``, ``temperature``, ``top_p``. Fields the engine does not implement (penalties,
+    logit_bias, tools, response_format ...) are accepted and ignored so that SDK defaults never fail a call.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -195,7 +199,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     metadata: dict | None = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     presence_penalty: float | None = None
     response_format: dict | None = None
     seed: int | None = None
@@ -203,10 +207,28 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float | None = Field(None, gt=0, le=1)
     tools: list[dict] | None = None
     tool_choice: Any = None
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        stops = [v] if isinstance(v, str) else v
+        if stops is not None and len(stops) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _top_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("logprobs must be true when top_logprobs is set")
+        return self
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def text_messages(self) -> list[dict]:
         out = []
@@ -231,11 +253,16 @@ class ChoiceMessage(BaseModel):
     refusal: str | None = None
 
 
+class ChoiceLogprobs(BaseModel):
+    content: list[dict] | None
+    refusal: list[dict] | None = None
+
+
 class Choice(BaseModel):
     index: int
     message: ChoiceMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):

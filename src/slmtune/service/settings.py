@@ -25,7 +25,10 @@ class Settings:
     max_active_jobs_per_project: int = 8
     job_nproc: int = 1
     onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
-    adapter_cache_size: int = 8
+    adapter_cache_size: int = 8  # LoRA adapters kept loaded per base model (LRU)
+    max_running: int = 32  # sequences decoded together per model; more wait in its queue
+    max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After
+    serve_precision: str = "auto"  # chat weights: bf16 where the CPU/GPU has fast bf16, else fp32
     lease_seconds: float = 30.0
     test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")
 
@@ -37,6 +40,10 @@ class Settings:
             self.db_url = "postgresql+psycopg://" + self.db_url[len("postgresql://"):]
         if self.max_upload_bytes <= 0 or self.lease_seconds <= 0:
             raise ValueError("max_upload_bytes and lease_seconds must be positive")
+        if self.max_running < 1 or self.max_queued < 0:
+            raise ValueError("max_running must be at least 1 and max_queued at least 0")
+        if self.serve_precision not in ("auto", "fp32", "bf16"):
+            raise ValueError("serve_precision must be auto, fp32 or bf16")
 
     @property
     def files_dir(self) -> Path:

@@ -1,76 +1,148 @@
+"""``POST /v1/chat/completions``: requests go to the model's continuous-batching engine (its own thread); this route
+only waits on an asyncio queue, so the API's thread pool and event loop stay free for files, jobs and models."""
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from slmtune.inference.multi import PromptTooLong
+from slmtune.inference.batching import Delta, Failed, Finished, Overloaded, PromptTooLong
+from slmtune.inference.sampling import SamplingParams
 from slmtune.service import models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
-from slmtune.service.errors import BadRequest
-from slmtune.service.schemas import ChatCompletion, ChatCompletionRequest, Choice, ChoiceMessage, Usage
+from slmtune.service.errors import BadRequest, RateLimited, ServerError
+from slmtune.service.schemas import (ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, ChoiceMessage,
+                                     Usage)
 
 router = APIRouter(tags=["chat"])
+DISCONNECT_POLL_S = 0.2
+
+
+def _params(req: ChatCompletionRequest) -> SamplingParams:
+    return SamplingParams(max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
+                          temperature=req.temperature or 0.0, top_p=req.top_p or 1.0, seed=req.seed,
+                          stop=req.stops(), logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0)
+
+
+async def _watch_disconnect(request: Request, handle) -> None:
+    """A non-streaming client that goes away cancels its request (its slot frees at the next token)."""
+    while True:
+        if await request.is_disconnected():
+            handle.cancel()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(req: ChatCompletionRequest, request: Request, session: SessionDep,
                                  settings: SettingsDep, project: ProjectDep):
     """Chat with a base model, a fine-tuned model or a checkpoint; `stream: true` answers with server-sent events."""
-    if req.n not in (None, 1):
-        raise BadRequest("Only n=1 is supported.", param="n")
-    onnx = req.model in settings.onnx_models  # an exported model served by ONNX Runtime
-    if not onnx:
+    n = req.n or 1
+    params = _params(req)
+    if req.model in settings.onnx_models:  # an exported model served by ONNX Runtime
+        server = request.app.state.onnx
+        load = server.prepare(req.model)
+    else:
+        server = request.app.state.inference
         base, adapter = models.resolve_for_chat(session=session, settings=settings, project=project,
                                                 model_id=req.model)
+        load = server.prepare(base, adapter)
     session.close()  # generation can take seconds: do not hold a database connection meanwhile
-    server = request.app.state.onnx if onnx else request.app.state.inference
-    if onnx:
-        base, adapter = req.model, None
-    kw = dict(max_new_tokens=req.max_completion_tokens or req.max_tokens or 256, temperature=req.temperature or 0.0,
-              top_p=req.top_p or 1.0, seed=req.seed, stop=[req.stop] if isinstance(req.stop, str) else req.stop)
-    messages = req.text_messages()
-    cid, created = new_id("chatcmpl-"), int(time.time())
+    prepared = await load
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def emit(ev) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(events.put_nowait, ev)
+
     try:
-        if not req.stream:
-            gen = await run_in_threadpool(server.generate, base, adapter, messages, **kw)
-            return ChatCompletion(
-                id=cid, created=created, model=req.model,
-                choices=[Choice(index=0, message=ChoiceMessage(content=gen.text), finish_reason=gen.finish_reason)],
-                usage=Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                            total_tokens=gen.prompt_tokens + gen.completion_tokens),
-            )
-        prompt_tokens, pieces, info = await run_in_threadpool(server.stream, base, adapter, messages, **kw)
+        handle = server.submit(prepared, req.text_messages(), params, n=n, emit=emit)
     except PromptTooLong as e:
         raise BadRequest(str(e), param="messages", code="context_length_exceeded") from None
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    except Overloaded as e:
+        raise RateLimited(str(e), retry_after=e.retry_after) from None
+    except ValueError as e:  # an option this model cannot honour (logprobs on ONNX Runtime)
+        raise BadRequest(str(e), param="logprobs" if "logprobs" in str(e) else None) from None
+    cid, created = new_id("chatcmpl-"), int(time.time())
+    if not req.stream:
+        watcher = asyncio.create_task(_watch_disconnect(request, handle))
+        try:
+            return await _complete(req, handle, events, cid, created, n)
+        finally:
+            watcher.cancel()
+            handle.cancel()  # a no-op once every choice has finished
+    return StreamingResponse(_stream(req, handle, events, cid, created, n), media_type="text/event-stream")
 
-    def chunk(delta: dict, finish=None, usage=None, choices=True) -> str:
+
+def _logprobs(entries: list[dict] | None) -> dict | None:
+    return {"content": entries or [], "refusal": None} if entries is not None else None
+
+
+async def _complete(req, handle, events: asyncio.Queue, cid: str, created: int, n: int) -> ChatCompletion:
+    texts, reasons, counts = [""] * n, ["stop"] * n, [0] * n
+    lps: list[list[dict]] = [[] for _ in range(n)]
+    left = n
+    while left:
+        ev = await events.get()
+        if isinstance(ev, Failed):
+            raise ServerError(f"The model failed while generating: {ev.error}") from None
+        if isinstance(ev, Delta):
+            texts[ev.choice] += ev.text
+            lps[ev.choice] += ev.logprobs or []
+        elif isinstance(ev, Finished):
+            reasons[ev.choice], counts[ev.choice] = ev.finish_reason, ev.completion_tokens
+            lps[ev.choice] += ev.logprobs or []
+            left -= 1
+    want = bool(req.logprobs)
+    choices = [Choice(index=i, message=ChoiceMessage(content=texts[i].strip()), finish_reason=reasons[i],
+                      logprobs=ChoiceLogprobs(content=lps[i]) if want else None) for i in range(n)]
+    p, c = handle.prompt_tokens, sum(counts)
+    return ChatCompletion(id=cid, created=created, model=req.model, choices=choices,
+                          usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+
+
+async def _stream(req, handle, events: asyncio.Queue, cid: str, created: int, n: int):
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    want = bool(req.logprobs)
+
+    def chunk(choices: list[dict], usage=None) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else [],
-                "usage": usage}
+                "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    async def events():
-        yield chunk({"role": "assistant", "content": ""})
-        try:
-            async for piece in iterate_in_threadpool(pieces):
-                yield chunk({"content": piece})
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as e:  # noqa: BLE001 - reported in-band, as OpenAI does mid-stream
-            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
-            return
-        yield chunk({}, finish=info.get("finish_reason", "stop"))
-        if include_usage:
-            n = info.get("completion_tokens", 0)
-            yield chunk({}, usage={"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                                   "total_tokens": prompt_tokens + n}, choices=False)
-        yield "data: [DONE]\n\n"
+    def choice(i: int, delta: dict, finish=None, logprobs=None) -> dict:
+        return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": _logprobs(logprobs) if want else None}
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    try:
+        for i in range(n):
+            yield chunk([choice(i, {"role": "assistant", "content": ""})])
+        left, completion = n, 0
+        while left:
+            ev = await events.get()
+            if isinstance(ev, Failed):  # reported in-band, as OpenAI does mid-stream
+                err = {"message": f"The model failed while generating: {ev.error}", "type": "server_error",
+                       "param": None, "code": None}
+                yield f"data: {json.dumps({'error': err})}\n\n"
+                return
+            if isinstance(ev, Delta):
+                yield chunk([choice(ev.choice, {"content": ev.text}, logprobs=ev.logprobs)])
+            elif isinstance(ev, Finished):
+                left -= 1
+                completion += ev.completion_tokens
+                yield chunk([choice(ev.choice, {}, finish=ev.finish_reason, logprobs=ev.logprobs)])
+        if include_usage:
+            p = handle.prompt_tokens
+            yield chunk([], usage={"prompt_tokens": p, "completion_tokens": completion,
+                                   "total_tokens": p + completion})
+        yield "data: [DONE]\n\n"
+    finally:
+        with contextlib.suppress(Exception):
+            handle.cancel()  # the client went away (or we are done): free the slot at the next token
