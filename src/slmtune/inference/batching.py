@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 
 from slmtune.inference.kv_slots import SlotCache
 from slmtune.inference.metrics import ServingMetrics
@@ -244,7 +245,7 @@ class Adapters:
         return True
 
     def _insert(self, name: str, config, weights: dict) -> None:
-        from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+        from peft import get_peft_model, set_peft_model_state_dict
 
         e = self.engine
         if isinstance(e.model, PeftModel):
@@ -305,6 +306,7 @@ class BatchEngine:
         self._inbox: list[Request] = []
         self._lock = threading.Lock()
         self.queued = 0  # sequences submitted and not yet admitted
+        self.prefilling = 0  # admitted, in this step's prefill
         self._wake = threading.Event()
         self._stop = False
         self.steps = 0
@@ -330,7 +332,7 @@ class BatchEngine:
             name = adapter[0]
             self.adapters.register(name, adapter[1])
         with self._lock:
-            free = max(0, self.max_running - len(self.rows) - (self.long is not None))
+            free = max(0, self.max_running - self.occupied())
             if self.queued + n > self.max_queued + free:
                 raise Overloaded(f"The server is at capacity for model '{self.name}' ({self.queued} requests "
                                  "queued). Please retry after a short wait.", retry_after=1.0)
@@ -348,6 +350,10 @@ class BatchEngine:
         self._stop = True
         self.wake()
         self.thread.join(10)
+
+    def occupied(self) -> int:
+        """Slots taken: running rows, rows being prefilled, a long prompt in chunks."""
+        return len(self.rows) + self.prefilling + (self.long is not None)
 
     # --- the scheduler thread ------------------------------------------------------------------------------
     def adapters_in_use(self) -> set[str]:
@@ -457,6 +463,7 @@ class BatchEngine:
         self.waiting = keep + self.waiting
         admitted = len(batch) + (self.long is not None)
         if admitted:
+            self.prefilling = len(batch)
             self._unqueue(admitted)
         return batch
 
@@ -477,8 +484,11 @@ class BatchEngine:
         batch = self._admit()
         worked = False
         if batch:
-            self._prefill(batch, [self._prompt_ids(s) for s in batch], len(self.rows))
-            self.rows.extend(batch)
+            try:
+                self._prefill(batch, [self._prompt_ids(s) for s in batch], len(self.rows))
+            finally:
+                self.rows.extend(batch)
+                self.prefilling = 0
             worked = True
         elif self.long is not None:
             todo = self._prompt_ids(self.long)
@@ -524,8 +534,6 @@ class BatchEngine:
             kw["inputs_embeds"] = x
         else:
             kw["input_ids"] = tokens
-        from peft import PeftModel
-
         if isinstance(self.model, PeftModel):
             kw["adapter_names"] = [s.adapter or BASE for s in rows]
         out = self.model(**kw)
@@ -566,6 +574,7 @@ class BatchEngine:
         for i, (s, tok) in enumerate(zip(seqs, chosen.tolist())):
             req = s.request
             if req.cancelled or s.done:
+                s.done = True  # leaves the batch now
                 continue
             if req.first_token is None:
                 req.first_token = now

@@ -24,6 +24,25 @@ def _envelope(status: int, message: str, *, type_: str = "invalid_request_error"
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class RequestIdMiddleware:
+    """Adds ``x-request-id`` to every response. Plain ASGI (not ``@app.middleware``): Starlette's BaseHTTPMiddleware
+    wraps ``receive``, and a route could then no longer see that its client disconnected."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", new_id("req_").encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     settings = settings or Settings()
     db = Database(settings.db_url)
@@ -69,11 +88,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     for r in (files.router, jobs.router, models.router, chat.router):
         app.include_router(r, prefix="/v1")
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["x-request-id"] = new_id("req_")
-        return response
+    app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
