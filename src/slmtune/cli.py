@@ -537,6 +537,9 @@ def serve(
     job_nproc: JobNprocOpt = 1,
     onnx: Annotated[list[str] | None, typer.Option("--onnx", help="Serve an exported ONNX model as NAME "
                                                    "(NAME=DIR from `slmtune export onnx`; repeatable).")] = None,
+    adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Serve a tuned model trained outside the "
+                                                      "service as NAME (NAME=DIR: a run dir or adapter folder; "
+                                                      "repeatable). LoRA adapters share their base's batch.")] = None,
     max_running: Annotated[int, typer.Option(help="Chat sequences decoded together per model (its batch).")] = 32,
     max_queued: Annotated[int, typer.Option(help="Chat sequences waiting per model; past it a request gets 429 "
                                             "with Retry-After.")] = 128,
@@ -557,8 +560,19 @@ def serve(
         if not folder or not is_onnx_dir(folder):
             _fail(f"--onnx {item}: expected NAME=DIR with DIR written by `slmtune export onnx`", 2)
         onnx_models[name] = folder
+    local_adapters = {}
+    for item in adapter or []:
+        name, _, folder = item.partition("=")
+        try:
+            from slmtune.inference.generate import locate
+
+            if not name or locate(folder).adapter_dir is None:
+                raise ValueError("it holds no adapter")
+        except (OSError, ValueError, KeyError) as e:
+            _fail(f"--adapter {item}: expected NAME=DIR with DIR a run directory or an adapter folder ({e})", 2)
+        local_adapters[name] = folder
     settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                         onnx_models=onnx_models, max_running=max_running, max_queued=max_queued,
+                         onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running, max_queued=max_queued,
                          adapter_cache_size=adapter_cache, serve_precision=precision,
                          max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "

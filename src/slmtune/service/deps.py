@@ -22,7 +22,9 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the response is sent, so what a create/delete answered is what the
+# next request reads (with the default "request" scope the commit ran after the response: a read-after-write race)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_project(settings: SettingsDep, session: SessionDep,

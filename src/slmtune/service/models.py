@@ -19,6 +19,7 @@ _STARTED = now()
 def list_models(*, session: Session, settings: Settings, project: str) -> list[ModelObject]:
     out = [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in base_models(settings)]
     out += [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in settings.onnx_models]
+    out += [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in settings.local_adapters]
     jobs = session.scalars(select(JobRow).where(JobRow.project_id == project, JobRow.status == "succeeded",
                                                 JobRow.model_deleted.is_(False)).order_by(JobRow.seq))
     for job in jobs:
@@ -52,6 +53,11 @@ def resolve_for_chat(*, session: Session, settings: Settings, project: str,
     """(base model id, (adapter key, adapter folder) or None) for a chat request."""
     if model_id in base_models(settings):
         return model_id, None
+    if model_id in settings.local_adapters:  # `slmtune serve --adapter NAME=DIR`
+        from slmtune.inference.generate import locate
+
+        src = locate(settings.local_adapters[model_id])
+        return src.base, (model_id, src.adapter_dir)
     job = session.scalar(select(JobRow).where(JobRow.fine_tuned_model == model_id, JobRow.project_id == project,
                                               JobRow.model_deleted.is_(False), JobRow.status == "succeeded"))
     if job is not None:

@@ -25,6 +25,7 @@ class Settings:
     max_active_jobs_per_project: int = 8
     job_nproc: int = 1
     onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
+    local_adapters: dict = field(default_factory=dict)  # name → run dir / adapter folder trained outside the service
     adapter_cache_size: int = 8  # LoRA adapters kept loaded per base model (LRU)
     max_running: int = 32  # sequences decoded together per model; more wait in its queue
     max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After

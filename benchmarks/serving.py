@@ -1,0 +1,214 @@
+"""Chat serving under concurrent load: `slmtune serve` against `transformers serve --continuous-batching`.
+
+    .venv/bin/python benchmarks/serving.py [--levels 1,8,32] [--tokens 64] [--only slmtune|anchor] [--out FILE]
+
+Both servers run as separate processes on loopback, started and stopped by this script, on the same model folder
+(the default model, `smollm2-135m-instruct`, from the cache), each with its own defaults. For each level of
+concurrency, that many clients (asyncio + httpx, streaming) send greedy chats of `--tokens` tokens back to back;
+the script reports aggregate completion tokens/s, time to first token and whole-request latency (p50/p99).
+Then a mixed run that the anchor cannot do at all: 4 tuned LoRA adapters and the base behind one `slmtune serve`
+(`--adapter NAME=DIR`), requests round-robin over the five, against all requests on one adapter. Last, whether both
+servers give the same greedy text for each prompt. Prints Markdown tables (docs/serving.md) and writes the rows as
+JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
+           "Explain in detail how a bicycle works, part by part.",
+           "Describe a walk through a busy market on a summer morning.",
+           "Tell me everything you know about the history of tea.",
+           "Write a letter to a friend about your new job at a library.",
+           "Describe how to plant and care for a vegetable garden.",
+           "Write a long poem about the sea and the people who live by it.",
+           "Explain how rain forms, from the ocean to the clouds."]
+
+
+def free_port() -> int:
+    from slmtune.training.distributed import free_port as fp
+
+    return fp()
+
+
+def start(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{cmd[0]} did not start; log: {log}")
+
+
+async def one(client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, text, usage, pieces = None, "", None, 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for c in chunk.get("choices") or []:
+                piece = (c.get("delta") or {}).get("content") or ""
+                if piece:
+                    pieces += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    text += piece
+    n = usage["completion_tokens"] if usage else pieces
+    return {"ttft": ttft or 0.0, "latency": time.perf_counter() - t0, "tokens": n, "text": text}
+
+
+async def level(url: str, models: list[str], clients: int, per_client: int, tokens: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
+        async def worker(i: int) -> list[dict]:
+            out = []
+            for k in range(per_client):
+                j = i * per_client + k
+                out.append(await one(client, url, models[j % len(models)], PROMPTS[j % len(PROMPTS)], tokens))
+            return out
+
+        t0 = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(worker(i) for i in range(clients))) for r in rs]
+        wall = time.perf_counter() - t0
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
+
+    ttft, lat = [r["ttft"] for r in results], [r["latency"] for r in results]
+    total = sum(r["tokens"] for r in results)
+    return {"clients": clients, "requests": len(results), "tokens": total, "wall_s": wall, "tok_s": total / wall,
+            "ttft_p50": statistics.median(ttft), "ttft_p99": pct(ttft, 0.99), "lat_p50": statistics.median(lat),
+            "lat_p99": pct(lat, 0.99), "texts": [r["text"] for r in results]}
+
+
+def make_adapters(out: Path, k: int = 4) -> list[Path]:
+    """LoRA adapters shaped like `slmtune train --method lora` makes (r 16 on every linear layer), with random
+    non-zero weights: what matters for serving speed is their shape, not what they learned."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from slmtune.models.loading import load_base_model
+    from slmtune.models.registry import resolve
+
+    dirs = []
+    for i in range(k):
+        torch.manual_seed(i)
+        model = load_base_model(resolve(MODEL), "fp32")
+        config = LoraConfig(r=16, lora_alpha=32, init_lora_weights="gaussian",
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"])
+        peft = get_peft_model(model, config)
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.002)
+        peft.save_pretrained(out / f"adapter{i}")
+        dirs.append(out / f"adapter{i}")
+    return dirs
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| server | clients | requests | aggregate tok/s | TTFT p50 s | TTFT p99 s | latency p50 s | "
+            "latency p99 s |\n|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['tok_s']:.1f} | "
+                          f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['lat_p50']:.2f} | {r['lat_p99']:.2f} |\n"
+                          for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--only", choices=["slmtune", "anchor"])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-serving/rows.json"))
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    from slmtune.models.registry import resolve
+
+    model_dir = resolve(MODEL)
+    bin_dir = Path(sys.executable).parent
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    adapters = make_adapters(tmp)
+    rows, texts = [], {}
+
+    def per_client(c: int) -> int:
+        return max(1, min(4, 32 // c)) if c > 1 else 4
+
+    servers = []
+    if args.only != "anchor":
+        port = free_port()
+        cmd = [str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
+               "--data-dir", str(tmp / "svc")] + [f"--adapter=tuned{i}={d}" for i, d in enumerate(adapters)]
+        servers.append(("slmtune serve", cmd, port))
+    if args.only != "slmtune":
+        port = free_port()
+        servers.append(("transformers serve --continuous-batching", [
+            str(bin_dir / "transformers"), "serve", "--continuous-batching", "--host", "127.0.0.1", "--port",
+            str(port), str(model_dir)], port))
+    for name, cmd, port in servers:
+        proc = start(cmd, port, tmp / f"{port}.log")
+        model = MODEL if name.startswith("slmtune") else str(model_dir)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        try:
+            asyncio.run(level(url, [model], 2, 1, 8))  # warm-up: loads the model
+            for c in levels:
+                r = asyncio.run(level(url, [model], c, per_client(c), args.tokens))
+                if c == 1:
+                    texts[name] = r["texts"]
+                rows.append({"server": name, **{k: v for k, v in r.items() if k != "texts"}})
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+            if name.startswith("slmtune"):
+                asyncio.run(level(url, ["tuned0"], 2, 1, 8))  # loads the adapters
+                asyncio.run(level(url, [f"tuned{i}" for i in range(4)], 4, 1, 8))
+                for label, models in (("one adapter", ["tuned0"]),
+                                      ("4 adapters + base", [MODEL] + [f"tuned{i}" for i in range(4)])):
+                    r = asyncio.run(level(url, models, 8, 4, args.tokens))
+                    rows.append({"server": f"slmtune serve, {label}", **{k: v for k, v in r.items()
+                                                                         if k != "texts"}})
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print("\n" + table(rows))
+    if len(texts) == 2:
+        a, b = texts.values()
+        same = sum(x == y for x, y in zip(a, b))
+        print(f"same greedy text as the anchor: {same} of {len(a)} prompts")
+        rows.append({"same_text": same, "of": len(a)})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
