@@ -5,7 +5,7 @@ Each loop of the scheduler thread:
 1. takes in new requests and cancellations (a cancelled sequence leaves before the next forward);
 2. admits waiting sequences into free slots (FIFO; a sequence whose adapter is still loading waits and lets the
    ones behind it pass), short prompts prefilled together in one forward, a long one in chunks of its own;
-3. runs one decode step for every running sequence, each row with its own adapter (PEFT's ``adapter_names``),
+3. runs one decode step for every running sequence, each row with its own LoRA adapter (``lora_batch``),
    position, sampling parameters and random stream.
 
 Prefill of newcomers and decoding of the others thus alternate step by step. The KV cache is a slot per sequence
@@ -18,6 +18,7 @@ detokenizer with stop strings, and the adapter LRU that loads files off the sche
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -29,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 
 from slmtune.inference.kv_slots import SlotCache
+from slmtune.inference.lora_batch import BatchedLoRA, unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.sampling import SamplingParams, choose, token_logprobs
 
 log = logging.getLogger("slmtune.serving")
-BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
 class PromptTooLong(ValueError):
@@ -197,12 +197,13 @@ class Detokenizer:
 
 
 class Adapters:
-    """A bounded LRU of LoRA-family adapters inside one PEFT model. Files are read on a loader thread; the (fast)
-    insertion into the model happens on the scheduler thread between two steps, so decoding never waits on disk."""
+    """A bounded LRU of LoRA adapters in one base model (:class:`BatchedLoRA`). Files are read on a loader thread;
+    the (fast) copy into the model's adapter slots happens on the scheduler thread between two steps, so decoding
+    never waits on disk."""
 
     def __init__(self, engine: BatchEngine, capacity: int):
         self.engine = engine
-        self.capacity = max(1, capacity)
+        self.lora = BatchedLoRA(engine.model, capacity)
         self.loaded: OrderedDict[str, Path] = OrderedDict()
         self.paths: dict[str, Path] = {}
         self.reading: dict[str, Future] = {}
@@ -214,11 +215,12 @@ class Adapters:
 
     @staticmethod
     def _read(path: Path):
-        from peft import PeftConfig
         from peft.utils import load_peft_weights
 
-        config = PeftConfig.from_pretrained(str(path))
-        config.inference_mode = True
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        reason = unmixable(config)
+        if reason:
+            raise ValueError(f"{path}: {reason}: this adapter cannot share its base's batch")
         return config, load_peft_weights(str(path), device="cpu")
 
     def ready(self, name: str) -> bool:
@@ -235,42 +237,29 @@ class Adapters:
             return False
         if not fut.done():
             return False
-        del self.reading[name]
         try:
-            self._insert(name, *fut.result())
+            config, weights = fut.result()
+            if len(self.lora) >= self.lora.capacity and not self._evict():
+                return False  # every slot is in use by a running request: wait for one to finish
+            del self.reading[name]
+            self.lora.load(name, config, weights)
         except Exception as e:  # noqa: BLE001 - reported to the requests that asked for it
+            self.reading.pop(name, None)
             log.exception("adapter %s (%s) failed to load", name, self.paths[name])
             self.failed[name] = e
             return False
+        self.loaded[name] = self.paths[name]
+        self.engine.metrics.adapter_loads.labels(self.engine.name).inc()
         return True
 
-    def _insert(self, name: str, config, weights: dict) -> None:
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        e = self.engine
-        if isinstance(e.model, PeftModel):
-            e.model.add_adapter(name, config, low_cpu_mem_usage=True)
-        else:
-            e.model = get_peft_model(e.model, config, adapter_name=name, autocast_adapter_dtype=False,
-                                     low_cpu_mem_usage=True)
-        set_peft_model_state_dict(e.model, weights, adapter_name=name, low_cpu_mem_usage=True)
-        marker = f".{name}."
-        for pname, param in e.model.named_parameters():
-            if marker in pname and param.dtype != e.dtype:
-                param.data = param.data.to(e.dtype)  # adapter matmuls in the base's dtype (bf16 on CPU)
-            param.requires_grad_(False)
-        e.model.eval()
-        self.loaded[name] = self.paths[name]
-        e.metrics.adapter_loads.labels(e.name).inc()
-        in_use = e.adapters_in_use()
-        for old in list(self.loaded):
-            if len(self.loaded) <= self.capacity:
-                break
-            if old != name and old not in in_use:
-                with warnings.catch_warnings():  # "adapter X was active which is now deleted": we route by row
-                    warnings.simplefilter("ignore", UserWarning)
-                    e.model.delete_adapter(old)
+    def _evict(self) -> bool:
+        in_use = self.engine.adapters_in_use(running_only=True)
+        for old in self.loaded:
+            if old not in in_use:
+                self.lora.unload(old)
                 del self.loaded[old]
+                return True
+        return False
 
 
 class BatchEngine:
@@ -356,8 +345,8 @@ class BatchEngine:
         return len(self.rows) + self.prefilling + (self.long is not None)
 
     # --- the scheduler thread ------------------------------------------------------------------------------
-    def adapters_in_use(self) -> set[str]:
-        seqs = itertools.chain(self.rows, self.waiting, [self.long] if self.long else [])
+    def adapters_in_use(self, running_only: bool = False) -> set[str]:
+        seqs = itertools.chain(self.rows, [] if running_only else self.waiting, [self.long] if self.long else [])
         return {s.adapter for s in seqs if s.adapter}
 
     def _loop(self) -> None:
@@ -534,8 +523,7 @@ class BatchEngine:
             kw["inputs_embeds"] = x
         else:
             kw["input_ids"] = tokens
-        if isinstance(self.model, PeftModel):
-            kw["adapter_names"] = [s.adapter or BASE for s in rows]
+        self.adapters.lora.plan([s.adapter for s in rows], self.device)
         out = self.model(**kw)
         self.steps += 1
         return out.logits[:, -1].float()

@@ -3,7 +3,7 @@
 - A base model gets one :class:`BatchEngine`; its LoRA adapters (LoRA, rsLoRA, PiSSA/OLoRA-initialised) load into that one PEFT model (a bounded LRU) and share its batch: each row runs its own adapter or the
   plain base.
 - Adapter kinds PEFT cannot mix per row get an engine of their own, on their own copy of the base weights (a bounded
-  LRU of such engines): DoRA, IA³, LoHa, LoKr, VeRA, AdaLoRA are merged into the copy; prompt tuning and p-tuning add their
+  LRU of such engines): DoRA, PiSSA/OLoRA-initialised LoRA, LoRA with modules_to_save, IA³, LoHa, LoKr, VeRA, AdaLoRA are merged into the copy; prompt tuning and p-tuning add their
   virtual tokens, prefix tuning its key/value prefixes, through the same slot cache.
 
 Model loading takes seconds, so it runs on this server's own loader threads (``await server.prepare(...)``);
@@ -25,6 +25,7 @@ import torch
 
 from slmtune.inference.batching import (BatchEngine, Delta, Failed, Finished, Overloaded, PromptTooLong,
                                         Request)
+from slmtune.inference.lora_batch import unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.sampling import SamplingParams
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer, resolve_precision
@@ -32,14 +33,12 @@ from slmtune.models.registry import resolve
 
 __all__ = ["ModelServer", "Prepared", "Completion", "Overloaded", "PromptTooLong"]
 
-MIXABLE = {"LORA"}  # PEFT's adapter_names (one adapter per batch row) covers plain LoRA, not DoRA
-PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}
+def adapter_config(path: Path) -> dict:
+    return json.loads((Path(path) / "adapter_config.json").read_text())
 
 
 def adapter_kind(path: Path) -> str:
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-    kind = str(cfg.get("peft_type", "LORA")).upper()
-    return "DORA" if kind == "LORA" and cfg.get("use_dora") else kind
+    return str(adapter_config(path).get("peft_type", "LORA")).upper()
 
 
 def adapter_name(key: str) -> str:
@@ -159,7 +158,7 @@ class ModelServer:
         path = Path(path)
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no adapter_config.json (the tuned model's adapter is missing)")
-        if adapter_kind(path) in MIXABLE:
+        if unmixable(adapter_config(path)) is None:
             base = self._base(base_id)
             return Prepared(base.engine, base.tokenizer, (adapter_name(key), path))
         return self._own(base_id, key, path)
