@@ -200,12 +200,23 @@ def main() -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if args.only != "slmtune":  # same greedy text? slmtune in fp32 (as the anchor loads this folder), 4 at once
+        port = free_port()
+        proc = start([str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
+                      "--precision", "fp32", "--data-dir", str(tmp / "svc32")], port, tmp / "fp32.log")
+        try:
+            texts["slmtune serve --precision fp32, 4 in one batch"] = asyncio.run(level(
+                f"http://127.0.0.1:{port}/v1/chat/completions", [MODEL], 4, 1, args.tokens))["texts"]
+        finally:
+            proc.terminate()
+            proc.wait(30)
     print("\n" + table(rows))
-    if len(texts) == 2:
-        a, b = texts.values()
-        same = sum(x == y for x, y in zip(a, b))
-        print(f"same greedy text as the anchor: {same} of {len(a)} prompts")
-        rows.append({"same_text": same, "of": len(a)})
+    anchor = texts.get("transformers serve --continuous-batching")
+    for name, got in texts.items():
+        if anchor is not None and got is not anchor:
+            same = sum(x == y for x, y in zip(got, anchor))
+            print(f"{name}: the same greedy text as the anchor for {same} of {len(anchor)} prompts")
+            rows.append({"server": name, "same_text_as_anchor": same, "of": len(anchor)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from slmtune.inference.kv_slots import SlotCache
+from slmtune.inference.kv_slots import SlotCache, use_slot_attention
 from slmtune.inference.lora_batch import BatchedLoRA, unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.sampling import SamplingParams, choose, token_logprobs
@@ -270,6 +270,7 @@ class BatchEngine:
                  virtual_prompt: torch.Tensor | None = None, prefix_kv: list | None = None):
         self.name = name
         self.model = model.eval()
+        use_slot_attention(model)
         self.tokenizer = tokenizer
         self.detok = Detokenizer(tokenizer)
         config = model.config

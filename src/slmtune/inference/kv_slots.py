@@ -115,3 +115,37 @@ class SlotCache(Cache):
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
                    for t in (layer.keys, layer.values))
+
+
+ATTENTION = "slmtune_slots"
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for the slot cache. A decode step (one query per row) is two small batched matmuls with the query
+    heads grouped by their key/value head; on CPU that measured ~10× faster than ``scaled_dot_product_attention``
+    (32 rows, 100 positions: 0.12 ms against 1.2 ms a layer), whose kernels are built for blocks of queries and
+    copy the key/value heads for grouped-query attention. Prefill goes to transformers' SDPA path."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1 or dropout or kwargs.get("s_aux") is not None or kwargs.get("softcap"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, :key.shape[-2]]
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value).reshape(rows, heads, 1, value.shape[-1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_slot_attention(model) -> None:
+    """Switch a model that uses SDPA to :func:`slot_attention` (other implementations are left alone)."""
+    from transformers import AttentionInterface
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register(ATTENTION, slot_attention)
+    model.set_attn_implementation(ATTENTION)

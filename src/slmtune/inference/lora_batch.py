@@ -3,8 +3,8 @@
 Hand-written because PEFT's mixed-adapter forward (``adapter_names``) loops over the adapters of a batch in every
 layer (gather the rows, two matmuls, scatter back) and registers hooks on every LoRA layer per call: on the default
 model at 8 rows that costs 20-35 ms a step, as much as the base model's own step. Here each targeted linear layer
-keeps the loaded adapters side by side: ``A`` as ``[slots * r, in]`` and ``B * scale`` as ``[out, slots * r]``. A
-step computes ``x @ A.T`` for all slots at once, zeroes the columns that are not the row's own slot (a mask built
+keeps the loaded adapters side by side: ``A`` as ``[slots * r, in]`` and ``(B * scale).T`` as ``[slots * r, out]``.
+A step computes ``x @ A.T`` for the slots up to the highest one it uses, zeroes the columns that are not the row's own slot (a mask built
 once per step) and multiplies by ``B``: the result is exactly each row's own ``B @ A @ x * scale``, the other slots
 adding zeros. Rows on the plain base have an all-zero mask; a step with no adapter rows skips the hooks.
 
@@ -45,8 +45,8 @@ class _Layer:
         self.owner = owner
         out_f, in_f = module.weight.shape
         self.rank = 0
-        self.A = module.weight.new_zeros((0, in_f))
-        self.B = module.weight.new_zeros((out_f, 0))
+        self.A = module.weight.new_zeros((0, in_f))  # [slots * r, in]
+        self.B = module.weight.new_zeros((0, out_f))  # [slots * r, out]: B.T * scale, so a slot prefix is contiguous
         self.handle = module.register_forward_hook(self._hook)
 
     def ensure_rank(self, r: int) -> None:
@@ -54,27 +54,29 @@ class _Layer:
             return
         s = self.owner.capacity
         A = self.A.new_zeros((s, r, self.A.shape[1]))
-        B = self.B.new_zeros((self.B.shape[0], s, r))
+        B = self.B.new_zeros((s, r, self.B.shape[1]))
         if self.rank:
             A[:, :self.rank] = self.A.view(s, self.rank, -1)
-            B[:, :, :self.rank] = self.B.view(self.B.shape[0], s, self.rank)
-        self.rank, self.A, self.B = r, A.view(s * r, -1), B.view(B.shape[0], s * r)
+            B[:, :self.rank] = self.B.view(s, self.rank, -1)
+        self.rank, self.A, self.B = r, A.view(s * r, -1), B.view(s * r, -1)
 
     def put(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, scale: float) -> None:
         r = self.rank
         self.A[slot * r:(slot + 1) * r] = 0
-        self.B[:, slot * r:(slot + 1) * r] = 0
+        self.B[slot * r:(slot + 1) * r] = 0
         if a is not None:
             k = a.shape[0]
             self.A[slot * r:slot * r + k] = a.to(self.A.dtype)
-            self.B[:, slot * r:slot * r + k] = (b.float() * scale).to(self.B.dtype)
+            self.B[slot * r:slot * r + k] = (b.float() * scale).t().to(self.B.dtype)
 
     def _hook(self, module, inputs, output):
         masks = self.owner.masks
         if masks is None or not self.rank:
             return output
-        h = torch.matmul(inputs[0], self.A.t()) * masks[self.rank]
-        return output + torch.matmul(h, self.B.t())
+        mask = masks[self.rank]
+        k = mask.shape[-1]  # only the slots up to the highest one this step uses
+        h = torch.matmul(inputs[0], self.A[:k].t()) * mask
+        return output + torch.matmul(h, self.B[:k])
 
 
 class BatchedLoRA:
@@ -140,9 +142,11 @@ class BatchedLoRA:
         if not any(rows):
             self.masks = None
             return
-        slot = torch.tensor([self.slots[n] if n else -1 for n in rows], device=device)
+        slots = [self.slots[n] if n else -1 for n in rows]
+        slot = torch.tensor(slots, device=device)
+        width = max(slots) + 1
         dtype = next(iter(self.layers.values())).A.dtype
         self.masks = {}
         for r in {layer.rank for layer in self.layers.values() if layer.rank}:
-            cols = torch.arange(self.capacity * r, device=device) // r
+            cols = torch.arange(width * r, device=device) // r
             self.masks[r] = (cols[None, :] == slot[:, None]).to(dtype)[:, None, :]

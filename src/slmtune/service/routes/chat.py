@@ -16,7 +16,7 @@ from slmtune.inference.sampling import SamplingParams
 from slmtune.service import models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
-from slmtune.service.errors import BadRequest, RateLimited, ServerError
+from slmtune.service.errors import BadRequest, NotFound, RateLimited, ServerError
 from slmtune.service.schemas import (ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, ChoiceMessage,
                                      Usage)
 
@@ -54,7 +54,10 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
                                                 model_id=req.model)
         load = server.prepare(base, adapter)
     session.close()  # generation can take seconds: do not hold a database connection meanwhile
-    prepared = await load
+    try:
+        prepared = await load
+    except FileNotFoundError:
+        raise NotFound("model", req.model, param="model") from None
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
