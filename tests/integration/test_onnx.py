@@ -97,5 +97,14 @@ def test_the_service_serves_an_exported_model(tuned, tmp_path):
         direct = slmtune.load(tuned / "onnx").chat(msgs, max_new_tokens=10)
         assert reply.choices[0].message.content == direct == streamed.strip()
         assert reply.usage.completion_tokens > 0
+        # several at once share onnxruntime-genai's batch and still give each its own answer
+        from concurrent.futures import ThreadPoolExecutor
+
+        questions = [[{"role": "user", "content": f"What is your favorite {k}?"}] for k in ("city", "color", "fruit")]
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda m: client.chat.completions.create(
+                model="support-onnx", messages=m, max_tokens=10).choices[0].message.content, questions * 2))
+        alone = [slmtune.load(tuned / "onnx").chat(m, max_new_tokens=10) for m in questions]
+        assert together == alone * 2
     finally:
         srv.stop()

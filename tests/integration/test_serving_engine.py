@@ -96,7 +96,7 @@ def test_a_batch_of_eight_gives_each_request_its_answer_alone(base, tmp_path):
             collect(req, ev.get, timeout=60)
             alone.append(list(tokens_of(req)))
         # joining at different steps: each newcomer waits until the previous request has produced 3 tokens
-        steps_alone = srv.bases[base].engine.steps
+        steps_alone = srv.engine(base).steps
         reqs = []
         for i, a in enumerate(who):
             reqs.append(submit(srv, base, a, _msgs(i), params))
@@ -110,7 +110,7 @@ def test_a_batch_of_eight_gives_each_request_its_answer_alone(base, tmp_path):
         assert len({tuple(t) for t in alone}) > 2, "the adapters should change the answers"
         for i in (0, 1, 6):
             assert alone[i] == reference(base, who[i], _msgs(i), 24)
-        steps = srv.bases[base].engine.steps - steps_alone
+        steps = srv.engine(base).steps - steps_alone
         assert steps < sum(map(len, alone)) / 2, "the requests should have shared forward passes"
     finally:
         srv.shutdown()
@@ -170,7 +170,7 @@ def test_stop_strings_cut_the_answer(server):
 def test_cancel_frees_the_slot_at_the_next_token(server):
     params = SamplingParams(max_new_tokens=400)
     req, events = submit(server, "tiny-llama", None, _msgs(1), params)
-    engine = server.bases["tiny-llama"].engine
+    engine = server.engine("tiny-llama")
     deadline = time.time() + 30
     while len(req.seqs[0].tokens) < 3 and time.time() < deadline:
         time.sleep(0.002)
@@ -203,7 +203,7 @@ def test_adapters_beyond_the_cache_are_evicted_and_reloaded(adapters):
     try:
         p = SamplingParams(max_new_tokens=10)
         first = [srv.generate("tiny-llama", adapters[k], _msgs(0), p).choices[0].text for k in ("m0", "m1", "m2")]
-        engine = srv.bases["tiny-llama"].engine
+        engine = srv.engine("tiny-llama")
         assert len(engine.adapters.loaded) <= 2
         again = srv.generate("tiny-llama", adapters["m0"], _msgs(0), p).choices[0].text  # evicted, loaded again
         assert again == first[0]

@@ -102,14 +102,20 @@ class ModelServer:
                            metrics=self.metrics, **kw)
 
     def _base(self, base_id: str) -> Prepared:
-        with self._key_lock(base_id):
-            if base_id not in self.bases:
-                model_dir = resolve(base_id)
+        # keyed by the model folder: an id and its cache path (adapters often name the path) share one engine
+        model_dir = resolve(base_id)
+        key = str(Path(model_dir).resolve())
+        with self._key_lock(key):
+            if key not in self.bases:
                 model = load_base_model(model_dir, self.precision, self.device)
                 # two tokenizers: one renders prompts on the caller's side, one detokenizes on the engine thread
                 engine = self._engine(model, load_tokenizer(model_dir), base_id)
-                self.bases[base_id] = Prepared(engine, load_tokenizer(model_dir), None)
-            return self.bases[base_id]
+                self.bases[key] = Prepared(engine, load_tokenizer(model_dir), None)
+            return self.bases[key]
+
+    def engine(self, base_id: str) -> BatchEngine:
+        """The engine that serves ``base_id`` and its LoRA adapters (loading it if needed)."""
+        return self._base(base_id).engine
 
     def _own(self, base_id: str, key: str, path: Path) -> Prepared:
         """An engine of its own for an adapter that cannot share the base's batch."""
