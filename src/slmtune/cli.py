@@ -568,13 +568,16 @@ def serve(
 
             if not name or locate(folder).adapter_dir is None:
                 raise ValueError("it holds no adapter")
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - any reason the folder is not an adapter: say it, exit 2
             _fail(f"--adapter {item}: expected NAME=DIR with DIR a run directory or an adapter folder ({e})", 2)
         local_adapters[name] = folder
-    settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                         onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running, max_queued=max_queued,
-                         adapter_cache_size=adapter_cache, serve_precision=precision,
-                         max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
+    try:
+        settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                             onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
+                             max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
+                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
+    except ValueError as e:
+        _fail(f"slmtune serve: {e}", 2)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
     uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning")

@@ -22,7 +22,6 @@ import json
 import logging
 import threading
 import time
-import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor

@@ -4,9 +4,10 @@ Hand-written because PEFT's mixed-adapter forward (``adapter_names``) loops over
 layer (gather the rows, two matmuls, scatter back) and registers hooks on every LoRA layer per call: on the default
 model at 8 rows that costs 20-35 ms a step, as much as the base model's own step. Here each targeted linear layer
 keeps the loaded adapters side by side: ``A`` as ``[slots * r, in]`` and ``(B * scale).T`` as ``[slots * r, out]``.
-A step computes ``x @ A.T`` for the slots up to the highest one it uses, zeroes the columns that are not the row's own slot (a mask built
-once per step) and multiplies by ``B``: the result is exactly each row's own ``B @ A @ x * scale``, the other slots
-adding zeros. Rows on the plain base have an all-zero mask; a step with no adapter rows skips the hooks.
+A step computes ``x @ A.T`` for the slots up to the highest one it uses, zeroes the columns that are not the row's
+own slot (a mask built once per step) and multiplies by ``B``: the result is exactly each row's own
+``B @ A @ x * scale``, the other slots adding zeros. Rows on the plain base have an all-zero mask; a step with no
+adapter rows skips the hooks.
 
 Served this way: LoRA and rsLoRA adapters on linear layers (any rank, padded to the largest). Everything else
 (DoRA, ``modules_to_save``, rank/alpha patterns, embedding LoRA, PiSSA/OLoRA-initialised adapters whose base

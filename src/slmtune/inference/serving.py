@@ -1,9 +1,10 @@
 """Every model the service chats with, each behind a continuous-batching engine.
 
-- A base model gets one :class:`BatchEngine`; its LoRA adapters (LoRA, rsLoRA, PiSSA/OLoRA-initialised) load into that one PEFT model (a bounded LRU) and share its batch: each row runs its own adapter or the
-  plain base.
-- Adapter kinds PEFT cannot mix per row get an engine of their own, on their own copy of the base weights (a bounded
-  LRU of such engines): DoRA, PiSSA/OLoRA-initialised LoRA, LoRA with modules_to_save, IA³, LoHa, LoKr, VeRA, AdaLoRA are merged into the copy; prompt tuning and p-tuning add their
+- A base model gets one :class:`BatchEngine`; its LoRA adapters (LoRA, rsLoRA, any rank) load into slots of that
+  one model (a bounded LRU, ``lora_batch``) and share its batch: each row runs its own adapter or the plain base.
+- Adapters that cannot share that batch (``lora_batch.unmixable``) get an engine of their own, on their own copy
+  of the base weights (a bounded LRU of such engines): DoRA, PiSSA/OLoRA-initialised LoRA, LoRA with
+  modules_to_save, IA³, LoHa, LoKr, VeRA and AdaLoRA are merged into the copy; prompt tuning and p-tuning add their
   virtual tokens, prefix tuning its key/value prefixes, through the same slot cache.
 
 Model loading takes seconds, so it runs on this server's own loader threads (``await server.prepare(...)``);
