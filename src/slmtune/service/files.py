@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,30 +17,40 @@ from slmtune.service.settings import Settings
 UPLOAD_PURPOSES = {"fine-tune", "batch", "assistants", "vision", "user_data", "evals"}
 
 
-def check_jsonl(content: bytes, filename: str) -> int:
-    """Syntax check at upload: UTF-8 (BOM allowed), every non-blank line a JSON object. Returns the line count."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = content[: e.start].count(b"\n") + 1
-        raise BadRequest(f"Invalid file format for fine-tuning: {filename} line {line} is not valid UTF-8.",
-                         param="file", code="invalid_file_format") from None
+def _bad_line(filename: str, i: int, problem: str) -> BadRequest:
+    return BadRequest(f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON dictionary; "
+                      f"{filename} line {i}: {problem}.", param="file", code="invalid_file_format")
+
+
+def check_jsonl(lines, filename: str) -> int:
+    """Syntax check at upload: UTF-8 (BOM allowed), every non-blank line a JSON object. Returns the line count.
+
+    ``lines`` are raw byte lines (a file opened in binary mode, or ``content.split(b"\n")``). Lines end only at
+    ``\n`` (``\r\n`` too): JSON strings may hold U+2028 or U+0085, which ``str.splitlines`` would split on.
+    """
     n = 0
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, raw in enumerate(lines, start=1):
+        if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"Invalid file format for fine-tuning: {filename} line {i} is not valid UTF-8.",
+                             param="file", code="invalid_file_format") from None
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise BadRequest(
-                f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON dictionary; "
-                f"{filename} line {i}: {e.msg} (column {e.colno}).", param="file", code="invalid_file_format",
-            ) from None
+            raise _bad_line(filename, i, f"{e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise _bad_line(filename, i, "nested too deeply") from None
+        except ValueError as e:  # e.g. an integer longer than Python's 4300-digit limit
+            raise _bad_line(filename, i, str(e).split(";")[0]) from None
         if not isinstance(obj, dict):
-            raise BadRequest(
-                f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON dictionary; "
-                f"{filename} line {i} is a {type(obj).__name__}.", param="file", code="invalid_file_format",
-            )
+            raise BadRequest(f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON "
+                             f"dictionary; {filename} line {i} is a {type(obj).__name__}.", param="file",
+                             code="invalid_file_format")
         n += 1
     if n == 0:
         raise BadRequest(f"Invalid file format for fine-tuning: {filename} has no examples.", param="file",
@@ -47,33 +58,57 @@ def check_jsonl(content: bytes, filename: str) -> int:
     return n
 
 
+CHUNK = 1 << 20
+
+
 def create_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
-                content: bytes) -> FileRow:
+                source: BinaryIO) -> FileRow:
+    """Store an upload read from ``source`` in chunks (never whole in memory), checked before its row commits."""
     if purpose not in UPLOAD_PURPOSES:
         raise BadRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(sorted(UPLOAD_PURPOSES))}.",
                          param="purpose")
-    if len(content) > settings.max_upload_bytes:
-        raise TooLarge(f"File is {len(content)} bytes; the limit is {settings.max_upload_bytes} bytes.", param="file",
-                       code="file_too_large")
-    if purpose == "fine-tune":
-        if not filename.endswith(".jsonl"):
-            raise BadRequest(f"Invalid file format for fine-tuning: {filename!r} must be a .jsonl file.", param="file",
-                             code="invalid_file_format")
-        check_jsonl(content, filename)
-    return store_file(session=session, settings=settings, project=project, filename=filename, purpose=purpose,
-                      content=content)
+    if purpose == "fine-tune" and not filename.endswith(".jsonl"):
+        raise BadRequest(f"Invalid file format for fine-tuning: {filename!r} must be a .jsonl file.", param="file",
+                         code="invalid_file_format")
+    file_id = new_id("file-")
+    path = settings.files_dir / project / file_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    size = 0
+    try:
+        with open(tmp, "wb") as out:
+            while chunk := source.read(CHUNK):
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise TooLarge(f"File is larger than the limit of {settings.max_upload_bytes} bytes.",
+                                   param="file", code="file_too_large")
+                out.write(chunk)
+        if purpose == "fine-tune":
+            with open(tmp, "rb") as fh:
+                check_jsonl(fh, filename)
+        tmp.replace(path)  # the row is only committed after the bytes are on disk
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _add_row(session, file_id, project, filename, purpose, size, path)
 
 
 def store_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
                content: bytes) -> FileRow:
+    """A file the service writes itself (result files)."""
     file_id = new_id("file-")
     path = settings.files_dir / project / file_id
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
     tmp.write_bytes(content)
     tmp.replace(path)  # the row is only committed after the bytes are on disk
+    return _add_row(session, file_id, project, filename, purpose, len(content), path)
+
+
+def _add_row(session: Session, file_id: str, project: str, filename: str, purpose: str, size: int,
+             path: Path) -> FileRow:
     row = FileRow(id=file_id, project_id=project, filename=Path(filename).name or "upload", purpose=purpose,
-                  bytes=len(content), status="processed", created_at=now(), path=str(path))
+                  bytes=size, status="processed", created_at=now(), path=str(path))
     session.add(row)
     session.flush()
     return row

