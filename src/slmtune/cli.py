@@ -535,6 +535,9 @@ def serve(
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
     lease_seconds: LeaseOpt = 30.0,
     job_nproc: JobNprocOpt = 1,
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Allow --no-auth on an address other "
+                                                   "than loopback (anyone who reaches it acts as project "
+                                                   "'default').")] = False,
     onnx: Annotated[list[str] | None, typer.Option("--onnx", help="Serve an exported ONNX model as NAME "
                                                    "(NAME=DIR from `slmtune export onnx`; repeatable).")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Serve a tuned model trained outside the "
@@ -554,6 +557,9 @@ def serve(
 
     from slmtune.export.onnx import is_onnx_dir
 
+    if no_auth and not insecure_no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        _fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "
+              "--no-auth (and create keys with `slmtune keys create`), or add --insecure-no-auth", 2)
     onnx_models = {}
     for item in onnx or []:
         name, _, folder = item.partition("=")
@@ -622,6 +628,45 @@ def keys_create(project: Annotated[str, typer.Option(help="Project the key belon
     except ValueError as e:
         _fail(str(e), 2)
     print(key)
+
+
+@keys_app.command("list")
+def keys_list(project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
+              db: DbOpt = None) -> None:
+    """List API keys: prefix, project and creation time (the keys themselves are never stored)."""
+    import datetime
+
+    from slmtune.service.auth import list_keys
+    from slmtune.service.db import Database
+
+    database = Database(_settings(db).db_url)
+    database.create_all()
+    with database.session() as s:
+        rows = [(k.prefix, k.project_id, k.created_at) for k in list_keys(s, project)]
+    for prefix, proj, created in rows:
+        when = datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        print(f"{prefix}…\t{proj}\t{when}")
+    if not rows:
+        err.print("no API keys" + (f" for project {project}" if project else ""))
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as `slmtune keys list` shows it (or "
+                                                         "the whole key).")],
+                db: DbOpt = None) -> None:
+    """Revoke an API key: requests with it get 401 from now on."""
+    from slmtune.service.auth import revoke_key
+    from slmtune.service.db import Database
+
+    database = Database(_settings(db).db_url)
+    database.create_all()
+    try:
+        with database.session() as s:
+            row = revoke_key(s, prefix.rstrip("…"))
+            label = f"{row.prefix}… ({row.project_id})"
+    except LookupError as e:
+        _fail(str(e.args[0]), 2)
+    err.print(f"revoked {label}")
 
 
 def main() -> None:

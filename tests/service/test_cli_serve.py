@@ -48,3 +48,56 @@ def test_keys_create_then_serve_with_auth(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_keys_list_and_revoke(tmp_path):
+    from slmtune.service.auth import project_for_key
+    from slmtune.service.db import Database
+    from slmtune.service.errors import Unauthorized
+
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    keys = [run_cli("keys", "create", "--project", p, "--db", db).stdout.strip() for p in ("alpha", "beta")]
+    listed = run_cli("keys", "list", "--db", db)
+    assert listed.returncode == 0
+    assert [line.split("\t")[:2] for line in listed.stdout.splitlines()] == [
+        [keys[0][:12] + "…", "alpha"], [keys[1][:12] + "…", "beta"]]
+    assert keys[0] not in listed.stdout  # only prefixes are shown
+    assert run_cli("keys", "list", "--project", "beta", "--db", db).stdout.count("\n") == 1
+    r = run_cli("keys", "revoke", keys[0][:12] + "…", "--db", db)
+    assert r.returncode == 0 and "revoked" in r.stderr
+    database = Database(db)
+    with database.session() as s:
+        assert project_for_key(s, f"Bearer {keys[1]}") == "beta"
+        try:
+            project_for_key(s, f"Bearer {keys[0]}")
+            raise AssertionError("a revoked key still works")
+        except Unauthorized:
+            pass
+    again = run_cli("keys", "revoke", keys[0][:12], "--db", db)
+    assert again.returncode == 2 and "no API key starts with" in again.stderr
+
+
+def test_no_auth_is_refused_on_a_public_address(tmp_path):
+    r = run_cli("serve", "--no-auth", "--host", "0.0.0.0", "--data-dir", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and "--insecure-no-auth" in r.stderr
+
+
+def test_health_looks_at_the_database(tmp_path):
+    from tests.service.conftest import start_server
+
+    srv = start_server("sqlite", tmp_path, workers=0, auth=False)
+    try:
+        base = srv.url.removesuffix("/v1")
+        ok = httpx.get(base + "/health")
+        assert ok.status_code == 200 and ok.json()["database"] == "ok"
+        db_file = tmp_path / "slmtune.db"
+        srv.app.state.db.engine.dispose()
+        db_file.rename(tmp_path / "moved.db")
+        (tmp_path / "slmtune.db").mkdir()  # the database path is now unusable
+        down = httpx.get(base + "/health")
+        assert down.status_code == 503 and down.json()["status"] == "unavailable"
+        (tmp_path / "slmtune.db").rmdir()
+        (tmp_path / "moved.db").rename(db_file)
+        assert httpx.get(base + "/health").status_code == 200
+    finally:
+        srv.stop()

@@ -143,7 +143,15 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     def health():
-        return {"status": "ok"}
+        """200 when the database answers, 503 when it does not (load balancers take the server out meanwhile)."""
+        from sqlalchemy import text
+
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as e:  # noqa: BLE001 - any database failure means not ready
+            return JSONResponse({"status": "unavailable", "database": type(e).__name__}, status_code=503)
+        return {"status": "ok", "database": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics():

@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from slmtune.service.db import ApiKey, Project
@@ -44,3 +45,21 @@ def project_for_key(session: Session, authorization: str | None) -> str:
     if row is None:
         raise Unauthorized(f"Incorrect API key provided: {key[:10]}***.")
     return row.project_id
+
+
+def list_keys(session: Session, project: str | None = None) -> list[ApiKey]:
+    q = select(ApiKey).order_by(ApiKey.created_at)
+    if project:
+        q = q.where(ApiKey.project_id == project)
+    return list(session.scalars(q))
+
+
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    """Delete the key whose listed prefix (or the whole key) is ``prefix``; it stops working at once."""
+    rows = [k for k in list_keys(session) if prefix.startswith(k.prefix) or k.prefix.startswith(prefix)]
+    if not rows:
+        raise LookupError(f"no API key starts with {prefix!r} (see `slmtune keys list`)")
+    if len(rows) > 1:
+        raise LookupError(f"{len(rows)} keys start with {prefix!r}; give the whole prefix from `slmtune keys list`")
+    session.delete(rows[0])
+    return rows[0]
