@@ -151,7 +151,7 @@ def test_cancel_mid_run_stops_training_within_seconds(client, files):
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
-def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(client, files):
+def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(client, files, server):
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["long"].id,
                                          hyperparameters={"n_epochs": 1, "batch_size": 4,
                                                           "learning_rate_multiplier": 100})
@@ -160,6 +160,13 @@ def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(clien
     paused = wait_status(client, job.id, "paused")
     msgs = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
     assert any(m.startswith("Job paused at step") for m in msgs)
+    from sqlalchemy import select
+
+    from slmtune.service.db import JobRow
+    from slmtune.service.worker import MAX_ATTEMPTS
+
+    with server.app.state.db.session() as s:  # as after many pause/resume cycles: each one was a claim
+        s.scalar(select(JobRow).where(JobRow.id == job.id)).attempts = MAX_ATTEMPTS
     resumed = client.fine_tuning.jobs.resume(paused.id)
     assert resumed.status == "queued"
     done = wait_status(client, job.id, ("succeeded", "failed"))

@@ -199,6 +199,7 @@ def resume_job(*, session: Session, project: str, job_id: str) -> JobRow:
                          code="invalid_state")
     job.status = "queued"
     job.pause_requested = False
+    job.attempts = 0  # a pause is a clean stop, not a failed start: pause/resume cycles never use up the attempts
     add_event(session, job.id, "Job resumed: moving job to queued state")
     return job
 
