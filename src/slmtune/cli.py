@@ -613,15 +613,21 @@ def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOp
         w.shutdown()
 
 
+def _keys_db(db: str | None):
+    from slmtune.service.db import Database
+
+    database = Database(_settings(db).db_url)
+    database.create_all()
+    return database
+
+
 @keys_app.command("create")
 def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")],
                 db: DbOpt = None) -> None:
     """Create an API key for a project and print it (it is shown only once)."""
     from slmtune.service.auth import create_key
-    from slmtune.service.db import Database
 
-    database = Database(_settings(db).db_url)
-    database.create_all()
+    database = _keys_db(db)
     try:
         with database.session() as s:
             key = create_key(s, project)
@@ -637,11 +643,8 @@ def keys_list(project: Annotated[str | None, typer.Option(help="Only this projec
     import datetime
 
     from slmtune.service.auth import list_keys
-    from slmtune.service.db import Database
 
-    database = Database(_settings(db).db_url)
-    database.create_all()
-    with database.session() as s:
+    with _keys_db(db).session() as s:
         rows = [(k.prefix, k.project_id, k.created_at) for k in list_keys(s, project)]
     for prefix, proj, created in rows:
         when = datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -656,12 +659,9 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as 
                 db: DbOpt = None) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
     from slmtune.service.auth import revoke_key
-    from slmtune.service.db import Database
 
-    database = Database(_settings(db).db_url)
-    database.create_all()
     try:
-        with database.session() as s:
+        with _keys_db(db).session() as s:
             row = revoke_key(s, prefix.rstrip("…"))
             label = f"{row.prefix}… ({row.project_id})"
     except LookupError as e:

@@ -71,15 +71,11 @@ class Failed:
     error: BaseException
 
 
-_ids = itertools.count()
-
-
 class Request:
     """A chat request with ``n`` choices, each a :class:`Sequence` in the batch."""
 
     def __init__(self, engine: BatchEngine, prompt: list[int], params: SamplingParams, n: int, adapter: str | None,
                  emit: Callable[[object], None]):
-        self.id = next(_ids)
         self.engine = engine
         self.prompt = prompt
         self.params = params
@@ -158,7 +154,7 @@ class Detokenizer:
         seq.tokens.append(token)
         out: list[object] = []
         if token in self.eos:
-            return self._finish(seq, "stop", out)
+            return self.finish(seq, "stop", out)
         if lp is not None:
             seq.held.append(self.entry(token, *lp))
         seq.text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
@@ -168,9 +164,9 @@ class Detokenizer:
             hits = [i for i in (text.find(s, start) for s in p.stop) if i >= 0]
             if hits:
                 seq.text = text = text[:min(hits)]
-                return self._finish(seq, "stop", out)
+                return self.finish(seq, "stop", out)
         if len(seq.tokens) >= p.max_new_tokens:
-            return self._finish(seq, "length", out)
+            return self.finish(seq, "length", out)
         safe = len(text) - _holdback(text, p.stop) if p.stop else len(text)
         if text.endswith("\ufffd"):  # the rest of a multi-byte character comes with the next token
             safe = min(safe, len(text) - 1)
@@ -186,7 +182,9 @@ class Detokenizer:
         held, seq.held = seq.held, []
         return held
 
-    def _finish(self, seq: Sequence, reason: str, out: list[object]) -> list[object]:
+    def finish(self, seq: Sequence, reason: str, out: list[object] | None = None) -> list[object]:
+        """End ``seq``: the text not emitted yet, then its Finished event (appended to ``out``)."""
+        out = [] if out is None else out
         seq.done = True
         if len(seq.text) > seq.sent:
             out.append(Delta(seq.choice, seq.text[seq.sent:], self._take(seq)))
@@ -270,7 +268,6 @@ class BatchEngine:
         self.name = name
         self.model = model.eval()
         use_slot_attention(model)
-        self.tokenizer = tokenizer
         self.detok = Detokenizer(tokenizer)
         config = model.config
         self.max_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
@@ -350,7 +347,6 @@ class BatchEngine:
         return {s.adapter for s in seqs if s.adapter}
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         while not self._stop:
             self._wake.clear()
             self._take_inbox()
@@ -360,8 +356,10 @@ class BatchEngine:
                     worked = self._step()
             except Exception as e:  # noqa: BLE001 - a failed forward fails its requests, not the server
                 log.exception("batch step failed on %s", self.name)
-                self._fail_all(e)
+                self._fail(self.rows + ([self.long] if self.long else []), e)
+                self.rows, self.long = [], None
                 worked = True
+            self.metrics.running.labels(self.name).set(len(self.rows) + (self.long is not None))
             if not worked:
                 self._wake.wait(0.5)
 
@@ -395,24 +393,19 @@ class BatchEngine:
             self.rows.pop()
         if indices and self.long is not None:  # keep the long prefill right after the running rows
             self.cache.move(len(self.rows) + len(indices), len(self.rows), self.long.cached)
-        self.metrics.running.labels(self.name).set(len(self.rows) + (self.long is not None))
 
-    def _fail_all(self, error: BaseException) -> None:
-        seqs = self.rows + ([self.long] if self.long else [])
+    @staticmethod
+    def _fail(seqs: list[Sequence], error: BaseException) -> None:
+        """Fail the requests of ``seqs`` (each once); their sequences leave wherever they are."""
         for req in {id(s.request): s.request for s in seqs}.values():
             req.cancelled = True
             req.emit(Failed(error))
-        self.rows, self.long = [], None
-        self.metrics.running.labels(self.name).set(0)
 
     def _fail_waiting_on_adapter(self, name: str) -> None:
-        error = self.adapters.failed[name]
         hit = [s for s in self.waiting if s.adapter == name]
         self.waiting = deque(s for s in self.waiting if s.adapter != name)
         self._unqueue(len(hit))
-        for req in {id(s.request): s.request for s in hit}.values():
-            req.cancelled = True
-            req.emit(Failed(ValueError(f"the tuned model's adapter could not be loaded: {error}")))
+        self._fail(hit, ValueError(f"the tuned model's adapter could not be loaded: {self.adapters.failed[name]}"))
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences that go into free slots now (prefilled together in one forward)."""
@@ -489,7 +482,6 @@ class BatchEngine:
                 self.long = None
             worked = True
         self._finish_done()
-        self.metrics.running.labels(self.name).set(len(self.rows) + (self.long is not None))
         if self.rows:
             self._decode()
             self._finish_done()

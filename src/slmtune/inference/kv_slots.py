@@ -112,10 +112,6 @@ class SlotCache(Cache):
         for layer, (k, v) in zip(self.layers, per_layer):
             layer.write(slot, k, v)
 
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
-                   for t in (layer.keys, layer.values))
-
 
 ATTENTION = "slmtune_slots"
 

@@ -167,7 +167,7 @@ class OnnxEngine:
     def _loop(self, og) -> None:
         import time
 
-        from slmtune.inference.batching import Failed, Finished
+        from slmtune.inference.batching import Failed
 
         try:
             self.engine = og.Engine(self.model.model)
@@ -218,13 +218,7 @@ class OnnxEngine:
                 out = [] if seq.done else self.detok.accept(seq, int(ev.token), None)
                 finished = "FINISHED" in str(ev.flags) or str(ev.finish_reason) != "FinishReason.NONE"
                 if finished and not seq.done:
-                    seq.done = True
-                    if len(seq.text) > seq.sent:
-                        from slmtune.inference.batching import Delta
-
-                        out.append(Delta(seq.choice, seq.text[seq.sent:]))
-                    reason = "length" if "MAX" in str(ev.finish_reason) else "stop"
-                    out.append(Finished(seq.choice, reason, len(seq.tokens)))
+                    self.detok.finish(seq, "length" if "MAX" in str(ev.finish_reason) else "stop", out)
                 for e in out:
                     req.emit(e)
                 if seq.done:

@@ -51,11 +51,11 @@ def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     for i, (p, g) in enumerate(zip(params, generators)):
         if p.greedy:
             continue
-        row = logits[i] / p.temperature
+        row = logits[i].cpu() / p.temperature  # the generators are CPU streams (the same on any device)
         if p.top_p < 1.0:
             sorted_logits, order = torch.sort(row, descending=True)
-            cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop = cum - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the smallest set reaching top_p
+            probs = torch.softmax(sorted_logits, dim=-1)
+            drop = probs.cumsum(-1) - probs >= p.top_p  # keep the smallest set reaching top_p
             sorted_logits[drop] = float("-inf")
             row = torch.full_like(row, float("-inf")).scatter(0, order, sorted_logits)
         probs = torch.softmax(row, dim=-1)

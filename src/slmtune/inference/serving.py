@@ -86,7 +86,9 @@ class ModelServer:
         self.adapter_cache_size = adapter_cache_size
         self.own_engines = max(1, own_engines)
         self.metrics = metrics or ServingMetrics()
-        self.bases: dict[str, Prepared] = {}
+        self.bases: dict[str, Prepared] = {}  # model folder → its engine
+        self._folders: dict[str, str] = {}  # base id as requested → model folder, once loaded
+        self._routes: dict[tuple[str, str, str], Prepared] = {}  # (base, adapter key, path) → how it is served
         self.own: OrderedDict[tuple[str, str], Prepared] = OrderedDict()
         self._locks: dict[object, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -104,6 +106,8 @@ class ModelServer:
 
     def _base(self, base_id: str) -> Prepared:
         # keyed by the model folder: an id and its cache path (adapters often name the path) share one engine
+        if base_id in self._folders:
+            return self.bases[self._folders[base_id]]
         model_dir = resolve(base_id)
         key = str(Path(model_dir).resolve())
         with self._key_lock(key):
@@ -112,6 +116,7 @@ class ModelServer:
                 # two tokenizers: one renders prompts on the caller's side, one detokenizes on the engine thread
                 engine = self._engine(model, load_tokenizer(model_dir), base_id)
                 self.bases[key] = Prepared(engine, load_tokenizer(model_dir), None)
+            self._folders[base_id] = key
             return self.bases[key]
 
     def engine(self, base_id: str) -> BatchEngine:
@@ -161,17 +166,39 @@ class ModelServer:
     def prepare_sync(self, base_id: str, adapter: tuple[str, Path] | None = None) -> Prepared:
         if adapter is None:
             return self._base(base_id)
-        key, path = adapter
-        path = Path(path)
+        key, path = adapter[0], Path(adapter[1])
+        route = (base_id, key, str(path))
+        if (ready := self._ready(base_id, adapter)) is not None:
+            return ready
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no adapter_config.json (the tuned model's adapter is missing)")
         if unmixable(adapter_config(path)) is None:
             base = self._base(base_id)
-            return Prepared(base.engine, base.tokenizer, (adapter_name(key), path))
-        return self._own(base_id, key, path)
+            prepared = Prepared(base.engine, base.tokenizer, (adapter_name(key), path))
+        else:
+            prepared = self._own(base_id, key, path)
+        self._routes[route] = prepared
+        return prepared
+
+    def _ready(self, base_id: str, adapter: tuple[str, Path] | None) -> Prepared | None:
+        """What a request needs, if it was prepared before (no file reads, no thread hop)."""
+        if adapter is None:
+            folder = self._folders.get(base_id)
+            return self.bases[folder] if folder else None
+        p = self._routes.get((base_id, adapter[0], str(adapter[1])))
+        if p is None or not p.engine.thread.is_alive():
+            return None
+        if p.adapter is None:  # an engine of its own: keep its LRU order
+            with self._lock:
+                if (base_id, adapter[0]) in self.own:
+                    self.own.move_to_end((base_id, adapter[0]))
+        return p
 
     async def prepare(self, base_id: str, adapter: tuple[str, Path] | None = None) -> Prepared:
         """Load what a request needs on this server's loader threads (the event loop and its pool stay free)."""
+        ready = self._ready(base_id, adapter)
+        if ready is not None:
+            return ready
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.prepare_sync, base_id, adapter)
 
@@ -207,20 +234,30 @@ class ModelServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def collect(req: Request, get, timeout: float | None = None) -> Completion:
-    """Gather a request's events into a Completion (raises what the engine reported)."""
-    choices = [Choice() for _ in req.seqs]
-    left = len(choices)
-    while left:
-        ev = get(timeout=timeout) if timeout else get()
+class Collector:
+    """Gathers a request's events into a :class:`Completion`, whoever waits for them (a thread or a coroutine)."""
+
+    def __init__(self, req: Request):
+        self.completion = Completion(req.prompt_tokens, [Choice() for _ in req.seqs])
+        self.left = len(req.seqs)
+
+    def add(self, ev) -> bool:
+        """Take one event; True once every choice has finished. Raises what the engine reported."""
         if isinstance(ev, Failed):
             raise ev.error
-        c = choices[ev.choice]
+        c = self.completion.choices[ev.choice]
+        c.logprobs += ev.logprobs or []
         if isinstance(ev, Delta):
             c.text += ev.text
-            c.logprobs += ev.logprobs or []
         elif isinstance(ev, Finished):
             c.finish_reason, c.completion_tokens = ev.finish_reason, ev.completion_tokens
-            c.logprobs += ev.logprobs or []
-            left -= 1
-    return Completion(req.prompt_tokens, choices)
+            self.left -= 1
+        return self.left == 0
+
+
+def collect(req: Request, get, timeout: float | None = None) -> Completion:
+    """Wait for a request's events with ``get`` (a queue's) and return its Completion."""
+    c = Collector(req)
+    while not c.add(get(timeout=timeout) if timeout else get()):
+        pass
+    return c.completion

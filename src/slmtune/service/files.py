@@ -70,10 +70,7 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
     if purpose == "fine-tune" and not filename.endswith(".jsonl"):
         raise BadRequest(f"Invalid file format for fine-tuning: {filename!r} must be a .jsonl file.", param="file",
                          code="invalid_file_format")
-    file_id = new_id("file-")
-    path = settings.files_dir / project / file_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
+    file_id, path, tmp = _new_path(settings, project)
     size = 0
     try:
         with open(tmp, "wb") as out:
@@ -96,13 +93,18 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
 def store_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
                content: bytes) -> FileRow:
     """A file the service writes itself (result files)."""
-    file_id = new_id("file-")
-    path = settings.files_dir / project / file_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
+    file_id, path, tmp = _new_path(settings, project)
     tmp.write_bytes(content)
     tmp.replace(path)  # the row is only committed after the bytes are on disk
     return _add_row(session, file_id, project, filename, purpose, len(content), path)
+
+
+def _new_path(settings: Settings, project: str) -> tuple[str, Path, Path]:
+    """A new file id, its final path, and the ``.part`` path its bytes are written to first."""
+    file_id = new_id("file-")
+    path = settings.files_dir / project / file_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return file_id, path, path.with_suffix(".part")
 
 
 def _add_row(session: Session, file_id: str, project: str, filename: str, purpose: str, size: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from sqlalchemy import select
@@ -48,16 +49,23 @@ def delete_model(*, session: Session, project: str, model_id: str) -> None:
     job.model_deleted = True
 
 
+@functools.lru_cache(maxsize=256)
+def _local_adapter(folder: str) -> tuple[str, Path]:
+    """(base id, adapter folder) of a run dir or adapter folder; read once, not on every chat request."""
+    from slmtune.inference.generate import locate
+
+    src = locate(folder)
+    return src.base, src.adapter_dir
+
+
 def resolve_for_chat(*, session: Session, settings: Settings, project: str,
                      model_id: str) -> tuple[str, tuple[str, Path] | None]:
     """(base model id, (adapter key, adapter folder) or None) for a chat request."""
     if model_id in base_models(settings):
         return model_id, None
     if model_id in settings.local_adapters:  # `slmtune serve --adapter NAME=DIR`
-        from slmtune.inference.generate import locate
-
-        src = locate(settings.local_adapters[model_id])
-        return src.base, (model_id, src.adapter_dir)
+        base, adapter_dir = _local_adapter(str(settings.local_adapters[model_id]))
+        return base, (model_id, adapter_dir)
     job = session.scalar(select(JobRow).where(JobRow.fine_tuned_model == model_id, JobRow.project_id == project,
                                               JobRow.model_deleted.is_(False), JobRow.status == "succeeded"))
     if job is not None:

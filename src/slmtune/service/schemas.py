@@ -225,7 +225,7 @@ class ChatCompletionRequest(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _top_logprobs(self):
+    def _bounds(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("logprobs must be true when top_logprobs is set")
         size = sum(len(m["content"]) for m in self.text_messages())

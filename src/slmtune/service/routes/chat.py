@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from slmtune.inference.batching import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
+from slmtune.inference.serving import Collector
 from slmtune.service import models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
@@ -88,24 +89,17 @@ def _logprobs(entries: list[dict] | None) -> dict | None:
 
 
 async def _complete(req, handle, events: asyncio.Queue, cid: str, created: int, n: int) -> ChatCompletion:
-    texts, reasons, counts = [""] * n, ["stop"] * n, [0] * n
-    lps: list[list[dict]] = [[] for _ in range(n)]
-    left = n
-    while left:
-        ev = await events.get()
-        if isinstance(ev, Failed):
-            raise ServerError(f"The model failed while generating: {ev.error}") from None
-        if isinstance(ev, Delta):
-            texts[ev.choice] += ev.text
-            lps[ev.choice] += ev.logprobs or []
-        elif isinstance(ev, Finished):
-            reasons[ev.choice], counts[ev.choice] = ev.finish_reason, ev.completion_tokens
-            lps[ev.choice] += ev.logprobs or []
-            left -= 1
-    want = bool(req.logprobs)
-    choices = [Choice(index=i, message=ChoiceMessage(content=texts[i].strip()), finish_reason=reasons[i],
-                      logprobs=ChoiceLogprobs(content=lps[i]) if want else None) for i in range(n)]
-    p, c = handle.prompt_tokens, sum(counts)
+    collector = Collector(handle)
+    try:
+        while not collector.add(await events.get()):
+            pass
+    except Exception as e:  # noqa: BLE001 - what the engine reported for this request
+        raise ServerError(f"The model failed while generating: {e}") from None
+    done, want = collector.completion, bool(req.logprobs)
+    choices = [Choice(index=i, message=ChoiceMessage(content=c.text.strip()), finish_reason=c.finish_reason,
+                      logprobs=ChoiceLogprobs(content=c.logprobs) if want else None)
+               for i, c in enumerate(done.choices)]
+    p, c = done.prompt_tokens, done.completion_tokens
     return ChatCompletion(id=cid, created=created, model=req.model, choices=choices,
                           usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
 
