@@ -514,6 +514,27 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploa
 LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
 JobNprocOpt = Annotated[int, typer.Option(help="Processes per training job (DDP; the job's batch size is split "
                                           "over them).", min=1)]
+MigrateOpt = Annotated[bool, typer.Option("--migrate", help="Upgrade an older database schema at start (back the "
+                                          "database up first); without it start-up stops and says so.")]
+
+
+def _open_db(url: str, migrate: bool = False):
+    """The service database, its schema created or checked (``slmtune.service.schema``); exit 2 with the reason."""
+    from slmtune.service.db import Database
+    from slmtune.service.schema import SchemaError
+
+    database = Database(url)
+    try:
+        done = database.ensure_schema(migrate)
+    except SchemaError as e:
+        _fail(f"database {_shown(url)}: {e}", 2)
+    if "created" in done or "upgraded" in done or "stamped" in done:
+        err.print(f"database {_shown(url)}: {done}")
+    return database
+
+
+def _shown(url: str) -> str:
+    return url.split("@")[-1]
 
 
 def _settings(db: str | None, data_dir: Path | None = None, **kw):
@@ -549,6 +570,7 @@ def serve(
     adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
     precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
                                            "bf16 or fp32.")] = "auto",
+    migrate: MigrateOpt = False,
 ) -> None:
     """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
     import uvicorn
@@ -581,56 +603,65 @@ def serve(
         settings = _settings(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
                              onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
                              max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
-                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc)
+                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,
+                             migrate=migrate)
     except ValueError as e:
         _fail(f"slmtune serve: {e}", 2)
-    err.print(f"slmtune serve: http://{host}:{port}/v1  db={settings.db_url.split('@')[-1]}  "
+    _open_db(settings.db_url, migrate).dispose()
+    err.print(f"slmtune serve: http://{host}:{port}/v1  db={_shown(settings.db_url)}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
     uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning")
 
 
 @app.command()
 def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
-           job_nproc: JobNprocOpt = 1) -> None:
+           job_nproc: JobNprocOpt = 1, migrate: MigrateOpt = False) -> None:
     """Run a job worker against the service database (more workers = more jobs at once).
 
     Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS).
+    SIGTERM or Ctrl-C: the running job saves a checkpoint and goes back to the queue (another worker resumes it);
+    a second signal stops its training at once.
     """
     import signal as _signal
 
-    from slmtune.service.db import Database
     from slmtune.service.worker import Worker
 
     settings = _settings(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc)
-    database = Database(settings.db_url)
-    database.create_all()
-    w = Worker(settings, database)
-    _signal.signal(_signal.SIGTERM, lambda *_: w.shutdown())
-    err.print(f"slmtune worker {w.id}: polling {settings.db_url.split('@')[-1]}")
-    try:
-        w.run_forever()
-    except KeyboardInterrupt:
+    w = Worker(settings, _open_db(settings.db_url, migrate))
+
+    def stop(*_):  # first signal: checkpoint and hand the job back; a second: stop its training now
+        if w.stop.is_set():
+            w.kill_child()
         w.shutdown()
+
+    _signal.signal(_signal.SIGTERM, stop)
+    _signal.signal(_signal.SIGINT, stop)
+    err.print(f"slmtune worker {w.id}: polling {_shown(settings.db_url)}")
+    w.run_forever()
 
 
 def _keys_db(db: str | None):
-    from slmtune.service.db import Database
-
-    database = Database(_settings(db).db_url)
-    database.create_all()
-    return database
+    return _open_db(_settings(db).db_url)
 
 
 @keys_app.command("create")
 def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")],
+                expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90m, 12h or 30d (default: "
+                                                               "until revoked).")] = None,
                 db: DbOpt = None) -> None:
     """Create an API key for a project and print it (it is shown only once)."""
-    from slmtune.service.auth import create_key
+    import time
 
+    from slmtune.service.auth import create_key, parse_duration
+
+    try:
+        expires_at = int(time.time()) + parse_duration(expires_in) if expires_in else None
+    except ValueError as e:
+        _fail(f"--expires-in {e}", 2)
     database = _keys_db(db)
     try:
         with database.session() as s:
-            key = create_key(s, project)
+            key = create_key(s, project, expires_at)
     except ValueError as e:
         _fail(str(e), 2)
     print(key)
@@ -639,16 +670,17 @@ def keys_create(project: Annotated[str, typer.Option(help="Project the key belon
 @keys_app.command("list")
 def keys_list(project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
               db: DbOpt = None) -> None:
-    """List API keys: prefix, project and creation time (the keys themselves are never stored)."""
-    import datetime
+    """List API keys: prefix, project, creation time and expiry (the keys themselves are never stored)."""
+    import time
 
-    from slmtune.service.auth import list_keys
+    from slmtune.service.auth import utc_time, list_keys
 
     with _keys_db(db).session() as s:
-        rows = [(k.prefix, k.project_id, k.created_at) for k in list_keys(s, project)]
-    for prefix, proj, created in rows:
-        when = datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        print(f"{prefix}…\t{proj}\t{when}")
+        rows = [(k.prefix, k.project_id, k.created_at, k.expires_at) for k in list_keys(s, project)]
+    for prefix, proj, created, expires in rows:
+        ends = "never expires" if expires is None else (
+            f"{'expired' if expires <= time.time() else 'expires'} {utc_time(expires)}")
+        print(f"{prefix}…\t{proj}\t{utc_time(created)}\t{ends}")
     if not rows:
         err.print("no API keys" + (f" for project {project}" if project else ""))
 
@@ -667,6 +699,64 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as 
     except LookupError as e:
         _fail(str(e.args[0]), 2)
     err.print(f"revoked {label}")
+
+
+db_app = typer.Typer(help="The service database's schema (Alembic migrations shipped with slmtune).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _schema_call(fn, *args):
+    from slmtune.service.schema import SchemaError
+
+    try:
+        return fn(*args)
+    except SchemaError as e:
+        _fail(str(e), 2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None, revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
+    """Upgrade the database schema to this release's newest revision (back the database up first)."""
+    from slmtune.service import schema
+
+    url = _settings(db).db_url
+    before, after = _schema_call(schema.upgrade, url, revision)
+    err.print(f"database {_shown(url)}: " + (f"already at {after}" if before == after else f"{before or 'empty'} → {after}"))
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Revision to go back to (see `slmtune db history`).")],
+                 db: DbOpt = None) -> None:
+    """Downgrade the schema before installing an older slmtune (columns added since are dropped with their data)."""
+    from slmtune.service import schema
+
+    url = _settings(db).db_url
+    before, after = _schema_call(schema.downgrade, url, revision)
+    err.print(f"database {_shown(url)}: {before} → {after or 'empty'}")
+
+
+@db_app.command("current")
+def db_current(db: DbOpt = None) -> None:
+    """Print the database's schema revision and whether this release can use it."""
+    from slmtune.service import schema
+
+    url = _settings(db).db_url
+    rev, st = _schema_call(schema.revision_of, url)
+    say = {"head": "up to date", "behind": f"older than this release's {schema.heads()[0]}: run `slmtune db upgrade`",
+           "ahead": "newer than this release knows (a newer slmtune upgraded it)", "empty": "no slmtune tables yet",
+           "legacy": f"made by slmtune 0.1 (no revision yet; `slmtune db upgrade` stamps it {schema.BASELINE})"}[st]
+    print(f"{rev or '-'}\t{say}")
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """List the schema revisions this release ships, oldest first."""
+    from slmtune.service import schema
+
+    head = schema.heads()[0]
+    for rev, down, msg in schema.history():
+        print(f"{down or '-'} → {rev}{' (head)' if rev == head else ''}\t{msg}")
 
 
 def main() -> None:

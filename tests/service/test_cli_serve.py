@@ -101,3 +101,28 @@ def test_health_looks_at_the_database(tmp_path):
         assert httpx.get(base + "/health").status_code == 200
     finally:
         srv.stop()
+
+
+def test_keys_with_an_expiry_stop_working_after_it(tmp_path):
+    from sqlalchemy import update
+
+    from slmtune.service.auth import hash_key, project_for_key
+    from slmtune.service.db import ApiKey, Database
+    from slmtune.service.errors import Unauthorized
+
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    key = run_cli("keys", "create", "--project", "temp", "--expires-in", "12h", "--db", db).stdout.strip()
+    assert "\texpires 20" in run_cli("keys", "list", "--db", db).stdout
+    bad = run_cli("keys", "create", "--project", "temp", "--expires-in", "soon", "--db", db)
+    assert bad.returncode == 2 and "--expires-in" in bad.stderr and "30d" in bad.stderr
+    database = Database(db)
+    with database.session() as s:
+        assert project_for_key(s, f"Bearer {key}") == "temp"
+        s.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key)).values(expires_at=int(time.time()) - 1))
+    with database.session() as s:
+        try:
+            project_for_key(s, f"Bearer {key}")
+            raise AssertionError("an expired key still works")
+        except Unauthorized as e:
+            assert "expired on" in str(e)
+    assert "\texpired 20" in run_cli("keys", "list", "--db", db).stdout

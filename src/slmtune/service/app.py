@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         from slmtune.service.auth import ensure_project
         from slmtune.service.worker import start_worker_threads
 
-        db.create_all()
+        db.ensure_schema(settings.migrate)
         if not settings.auth:
             with db.session() as s:
                 ensure_project(s, settings.default_project)
@@ -85,8 +85,10 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
                                     max_queued=settings.max_queued, metrics=app.state.metrics)
         app.state.workers = start_worker_threads(settings, db, workers)
         yield
+        for w in app.state.workers:  # all stop taking jobs; each hands its running job back to the queue
+            w.stop.set()
         for w in app.state.workers:
-            w.shutdown()
+            w.shutdown(wait=w.shutdown_grace + 30)
         app.state.inference.shutdown()
         app.state.onnx.shutdown()
         db.dispose()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,11 +32,22 @@ def ensure_project(session: Session, project: str) -> Project:
     return row
 
 
-def create_key(session: Session, project: str) -> str:
+def create_key(session: Session, project: str, expires_at: int | None = None) -> str:
     ensure_project(session, project)
     key = "sk-slm-" + secrets.token_urlsafe(32)
-    session.add(ApiKey(key_hash=hash_key(key), project_id=project, prefix=key[:12]))
+    session.add(ApiKey(key_hash=hash_key(key), project_id=project, prefix=key[:12], expires_at=expires_at))
     return key
+
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``90m``, ``12h``, ``30d`` → seconds (for ``slmtune keys create --expires-in``)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([mhd])\s*", text or "")
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"{text!r}: give a positive number of minutes, hours or days, e.g. 90m, 12h or 30d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def project_for_key(session: Session, authorization: str | None) -> str:
@@ -44,7 +57,13 @@ def project_for_key(session: Session, authorization: str | None) -> str:
     row = session.get(ApiKey, hash_key(key))
     if row is None:
         raise Unauthorized(f"Incorrect API key provided: {key[:10]}***.")
+    if row.expires_at is not None and row.expires_at <= time.time():
+        raise Unauthorized(f"The API key {key[:10]}*** expired on {utc_time(row.expires_at)}; create a new one.")
     return row.project_id
+
+
+def utc_time(t: int) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def list_keys(session: Session, project: str | None = None) -> list[ApiKey]:

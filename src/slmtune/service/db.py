@@ -1,5 +1,8 @@
 """Service storage: SQLAlchemy 2 tables, one engine per URL (SQLite with WAL by default, PostgreSQL for scale).
 
+The tables change only through a migration in ``migrations/versions`` (``slmtune.service.schema``); a test runs
+``alembic check`` so that a model edited without one fails CI.
+
 Every row that a user can see belongs to one project. Public ids (``file-…``, ``ftjob-…``) are strings; an
 integer ``seq`` column gives a stable newest-first order for cursor pagination.
 """
@@ -25,9 +28,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from slmtune.service import schema
 
 _B62 = string.ascii_letters + string.digits
 
@@ -56,6 +62,7 @@ class ApiKey(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: never
 
 
 class FileRow(Base):
@@ -99,7 +106,8 @@ class JobRow(Base):
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims since the last (re)start by a user
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # every claim: the fencing token
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -150,8 +158,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def ensure_schema(self, migrate: bool = False) -> str:
+        """Create the tables at the newest migration, or check (and with ``migrate`` upgrade) an existing
+        database; raises ``schema.SchemaError`` naming the command to run. See ``slmtune.service.schema``."""
+        return schema.ensure(self.url, migrate=migrate)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -162,6 +172,13 @@ class Database:
             except BaseException:
                 s.rollback()
                 raise
+
+    def clock(self):
+        """The database's own time in epoch seconds, as an SQL expression: leases are set and compared on it, so
+        workers on machines whose clocks disagree still agree on when a lease ran out."""
+        if self.engine.dialect.name == "postgresql":
+            return func.extract("epoch", func.clock_timestamp())
+        return (func.julianday("now") - 2440587.5) * 86400.0
 
     def dispose(self) -> None:
         self.engine.dispose()

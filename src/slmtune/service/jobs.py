@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,11 +128,8 @@ def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
 
 
 # --- read ---------------------------------------------------------------------------------------------------------
-def get_job(*, session: Session, project: str, job_id: str, lock: bool = False) -> JobRow:
-    q = select(JobRow).where(JobRow.id == job_id, JobRow.project_id == project)
-    if lock:
-        q = q.with_for_update()
-    row = session.scalar(q)
+def get_job(*, session: Session, project: str, job_id: str) -> JobRow:
+    row = session.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.project_id == project))
     if row is None:
         raise NotFound("job", job_id)
     return row
@@ -169,46 +166,52 @@ def to_public(job: JobRow) -> FineTuningJob:
 
 
 # --- state changes requested by users -------------------------------------------------------------------------------
+def _transition(session: Session, project: str, job_id: str, allowed, values: dict, refuse) -> JobRow:
+    """Compare-and-set ``UPDATE … WHERE status IN allowed``: a change that raced another (a worker finishing the
+    job, a second request) is refused with the status that won, never written over it."""
+    res = session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.project_id == project,
+                                               JobRow.status.in_(allowed)).values(**values))
+    job = get_job(session=session, project=project, job_id=job_id)  # 404 for another project's id
+    if res.rowcount != 1:
+        session.refresh(job)
+        raise BadRequest(refuse(job), param="id", code="invalid_state")
+    session.refresh(job)
+    return job
+
+
 def cancel_job(*, session: Session, project: str, job_id: str) -> JobRow:
-    job = get_job(session=session, project=project, job_id=job_id, lock=True)
-    if job.status in TERMINAL:
-        raise BadRequest(f"Job {job_id} is already {job.status} and cannot be cancelled.", param="id",
-                         code="invalid_state")
-    job.status = "cancelled"
-    job.finished_at = now()
-    job.pause_requested = False
+    job = _transition(session, project, job_id, ACTIVE,
+                      {"status": "cancelled", "finished_at": now(), "pause_requested": False},
+                      lambda j: f"Job {job_id} is already {j.status} and cannot be cancelled.")
     add_event(session, job.id, "Job cancelled", key="cancelled")
     return job
 
 
 def pause_job(*, session: Session, project: str, job_id: str) -> JobRow:
-    job = get_job(session=session, project=project, job_id=job_id, lock=True)
-    if job.status != "running":
-        raise BadRequest(f"Job {job_id} is {job.status}; only a running job can be paused.", param="id",
-                         code="invalid_state")
-    if not job.pause_requested:
-        job.pause_requested = True
-        add_event(session, job.id, "Pause requested: saving a checkpoint")
+    job = get_job(session=session, project=project, job_id=job_id)
+    if job.status == "running" and job.pause_requested:
+        return job
+    job = _transition(session, project, job_id, ("running",), {"pause_requested": True},
+                      lambda j: f"Job {job_id} is {j.status}; only a running job can be paused.")
+    add_event(session, job.id, "Pause requested: saving a checkpoint")
     return job
 
 
 def resume_job(*, session: Session, project: str, job_id: str) -> JobRow:
-    job = get_job(session=session, project=project, job_id=job_id, lock=True)
-    if job.status != "paused":
-        raise BadRequest(f"Job {job_id} is {job.status}; only a paused job can be resumed.", param="id",
-                         code="invalid_state")
-    job.status = "queued"
-    job.pause_requested = False
-    job.attempts = 0  # a pause is a clean stop, not a failed start: pause/resume cycles never use up the attempts
+    # attempts back to 0: a pause is a clean stop, not a failed start, so pause/resume cycles never use them up
+    job = _transition(session, project, job_id, ("paused",),
+                      {"status": "queued", "pause_requested": False, "attempts": 0},
+                      lambda j: f"Job {job_id} is {j.status}; only a paused job can be resumed.")
     add_event(session, job.id, "Job resumed: moving job to queued state")
     return job
 
 
 # --- events and checkpoints -----------------------------------------------------------------------------------------
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
-              data: dict | None = None, key: str | None = None) -> EventRow | None:
+              data: dict | None = None, key: str | None = None, created_at: int | None = None) -> EventRow | None:
     """Insert an event. With ``key``, an event already stored under that key is kept and this one dropped."""
-    row = EventRow(id=new_id("ftevent-"), job_id=job_id, created_at=now(), level=level, type=type, message=message,
+    row = EventRow(id=new_id("ftevent-"), job_id=job_id, created_at=created_at or now(), level=level, type=type,
+                   message=message,
                    data=data if data is not None else {}, dedupe_key=key)
     if key is None:
         session.add(row)

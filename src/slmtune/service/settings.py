@@ -31,6 +31,7 @@ class Settings:
     max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After
     serve_precision: str = "auto"  # chat weights: bf16 where the CPU/GPU has fast bf16, else fp32
     lease_seconds: float = 30.0
+    migrate: bool = False  # upgrade an older database schema at start (else start-up stops and says what to run)
     test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")
 
     def __post_init__(self) -> None:

@@ -241,7 +241,11 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None 
 
     if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    # A group of its own (Ctrl-C is forwarded below), except under the service's job process, which leads a group
+    # that its worker kills whole; torchrun also gets SIGTERM (and stops its ranks) if this process dies.
+    own_group = not os.environ.get("SLMTUNE_JOB_GROUP")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=own_group, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_term_with_parent)
     tail: list[str] = []
     events = _EventTail(run_dir / "events.jsonl", sinks or [])
     try:
@@ -251,15 +255,15 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None 
                 sys.stderr.write(line)
         code = proc.wait()
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)
+        _signal(proc, signal.SIGINT, own_group)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _signal(proc, signal.SIGKILL, own_group)
         raise
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _signal(proc, signal.SIGKILL, own_group)
             proc.wait()
         events.close()
     result_file = run_dir / RESULT_FILE
@@ -272,6 +276,26 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None 
         return None
     data = json.loads(result_file.read_text())
     return TrainResult(**data)
+
+
+def _signal(proc: subprocess.Popen, sig: int, own_group: bool) -> None:
+    """To torchrun's group; in the service's job group a SIGINT reached every process already."""
+    try:
+        if own_group:
+            os.killpg(proc.pid, sig)
+        elif sig != signal.SIGINT:
+            proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _term_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _noise(line: str) -> bool:
