@@ -554,6 +554,10 @@ def serve(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")] = False,
     max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
+    rate_limit: Annotated[int, typer.Option(help="Requests a minute per API key (bursts up to as many); past it "
+                                            "429 with Retry-After. 0: no limit.", min=0)] = 3000,
+    max_storage_mb: Annotated[int, typer.Option(help="Stored file megabytes per project (uploads and result "
+                                                "files); past it an upload gets 413. 0: no quota.", min=0)] = 0,
     lease_seconds: LeaseOpt = 30.0,
     job_nproc: JobNprocOpt = 1,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Allow --no-auth on an address other "
@@ -604,6 +608,7 @@ def serve(
                              onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
                              max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
                              max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,
+                             rate_limit_rpm=rate_limit, max_storage_bytes=max_storage_mb * 1024 * 1024,
                              migrate=migrate)
     except ValueError as e:
         _fail(f"slmtune serve: {e}", 2)

@@ -70,10 +70,10 @@ class Server:
         self.server.should_exit = True
         self.thread.join(30)
 
-    def client(self, key: str = "none", **kw):
+    def client(self, key: str = "none", max_retries: int = 0, **kw):
         from openai import OpenAI
 
-        return OpenAI(base_url=self.url, api_key=key, max_retries=0, **kw)
+        return OpenAI(base_url=self.url, api_key=key, max_retries=max_retries, **kw)
 
     def new_key(self, project: str) -> str:
         from slmtune.service.auth import create_key

@@ -83,3 +83,40 @@ def test_job_and_chat_fields_are_bounded(api_server):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x" * 1_000_001}])
     assert "characters" in e.value.body["message"]
+
+
+def test_a_key_past_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_not(tmp_path):
+    srv = start_server("sqlite", tmp_path, workers=0, auth=True, rate_limit_rpm=30)  # a burst of 30, then 1 / 2 s
+    try:
+        busy, quiet = srv.new_key("busy"), srv.new_key("quiet")
+        for _ in range(30):
+            assert srv.client(busy).models.list().data
+        with pytest.raises(openai.RateLimitError) as e:
+            srv.client(busy).models.list()
+        assert e.value.body["code"] == "rate_limit_exceeded" and "30 requests per minute" in e.value.body["message"]
+        assert 1 <= int(e.value.response.headers["retry-after"]) <= 2  # one request refills in 2 s
+        assert srv.client(quiet).models.list().data  # buckets are per key
+        bad = httpx.get(srv.url + "/models", headers={"Authorization": "Bearer sk-slm-unknown"})
+        assert bad.status_code == 401  # an unknown key is refused as such, never counted
+        # the SDK's own retry honours Retry-After: the same call succeeds once the bucket refills
+        assert srv.client(busy, max_retries=2).models.list().data
+    finally:
+        srv.stop()
+
+
+def test_uploads_past_the_projects_storage_quota_get_413_and_deleting_frees_it(tmp_path):
+    srv = start_server("sqlite", tmp_path, workers=0, auth=True, max_storage_bytes=3000)
+    try:
+        client, other = srv.client(srv.new_key("small")), srv.client(srv.new_key("other"))
+        body = (GOOD + "\n").encode() * (1000 // (len(GOOD) + 1))
+        kept = [upload(client, body) for _ in range(3000 // len(body))]
+        with pytest.raises(openai.APIStatusError) as e:
+            upload(client, body)
+        assert e.value.status_code == 413 and e.value.body["code"] == "storage_quota_exceeded"
+        assert "quota is 3000 bytes" in e.value.body["message"]
+        assert len(client.files.list().data) == len(kept)  # nothing stored for the refused upload
+        assert upload(other, body).bytes == len(body)  # the quota is per project
+        client.files.delete(kept[0].id)
+        assert upload(client, body).bytes == len(body)
+    finally:
+        srv.stop()

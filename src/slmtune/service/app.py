@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
+from slmtune.service.ratelimit import RateLimiter
 from slmtune.service.settings import Settings
 
 log = logging.getLogger("slmtune.service")
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.metrics = ServingMetrics()
+    app.state.limiter = RateLimiter(settings.rate_limit_rpm)
 
     from slmtune.service.routes import chat, files, jobs, models
 

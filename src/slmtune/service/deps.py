@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from slmtune.service.auth import project_for_key
+from slmtune.service.auth import hash_key, project_for_key
 from slmtune.service.settings import Settings
 
 
@@ -27,11 +27,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_project(settings: SettingsDep, session: SessionDep,
+def get_project(request: Request, settings: SettingsDep, session: SessionDep,
                 authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's project (401 for a missing, unknown or expired key), after the key's rate limit (429)."""
     if not settings.auth:
+        request.app.state.limiter.check(settings.default_project)
         return settings.default_project
-    return project_for_key(session, authorization)
+    project = project_for_key(session, authorization)
+    request.app.state.limiter.check(hash_key(authorization.split(" ", 1)[1].strip()))  # known keys only
+    return project
 
 
 ProjectDep = Annotated[str, Depends(get_project)]

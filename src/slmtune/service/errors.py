@@ -6,6 +6,8 @@ permanent conflict because the OpenAI SDK retries 409s: invalid state transition
 
 from __future__ import annotations
 
+import math
+
 
 class APIError(Exception):
     status = 400
@@ -57,7 +59,7 @@ class RateLimited(APIError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         kw.setdefault("code", "rate_limit_exceeded")
         super().__init__(message, **kw)
-        self.headers = {"retry-after": str(max(1, round(retry_after)))}
+        self.headers = {"retry-after": str(max(1, math.ceil(retry_after)))}
 
 
 class ServerError(APIError):

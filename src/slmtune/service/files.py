@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from slmtune.service.db import FileRow, new_id, now
@@ -83,11 +83,25 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
         if purpose == "fine-tune":
             with open(tmp, "rb") as fh:
                 check_jsonl(fh, filename)
+        _check_quota(session, settings, project, size)
         tmp.replace(path)  # the row is only committed after the bytes are on disk
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return _add_row(session, file_id, project, filename, purpose, size, path)
+
+
+def _check_quota(session: Session, settings: Settings, project: str, size: int) -> None:
+    """``--max-storage-mb``: the project's stored bytes (uploads and result files) plus this upload must fit. Two
+    uploads racing may both pass the check (the quota is a guard against runaway use, not an accounting ledger)."""
+    if not settings.max_storage_bytes:
+        return
+    used = session.scalar(select(func.coalesce(func.sum(FileRow.bytes), 0)).where(
+        FileRow.project_id == project, FileRow.deleted.is_(False)))
+    if used + size > settings.max_storage_bytes:
+        raise TooLarge(f"Storage quota exceeded: this project stores {used} bytes, this file is {size} bytes and "
+                       f"the quota is {settings.max_storage_bytes} bytes; delete files you no longer need.",
+                       param="file", code="storage_quota_exceeded")
 
 
 def store_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,

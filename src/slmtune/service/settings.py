@@ -23,6 +23,8 @@ class Settings:
     min_examples: int = 10
     max_examples: int = 100_000
     max_active_jobs_per_project: int = 8
+    rate_limit_rpm: int = 3000  # requests a minute per API key (bursts up to as many); 0 turns the limit off
+    max_storage_bytes: int = 0  # stored file bytes per project (uploads and result files); 0: no quota
     job_nproc: int = 1
     onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
     local_adapters: dict = field(default_factory=dict)  # name → run dir / adapter folder trained outside the service
@@ -42,6 +44,8 @@ class Settings:
             self.db_url = "postgresql+psycopg://" + self.db_url[len("postgresql://"):]
         if self.max_upload_bytes <= 0 or self.lease_seconds <= 0:
             raise ValueError("max_upload_bytes and lease_seconds must be positive")
+        if self.rate_limit_rpm < 0 or self.max_storage_bytes < 0:
+            raise ValueError("rate_limit_rpm and max_storage_bytes must be 0 (off) or positive")
         if self.max_running < 1 or self.max_queued < 0:
             raise ValueError("max_running must be at least 1 and max_queued at least 0")
         if self.serve_precision not in ("auto", "fp32", "bf16"):
