@@ -135,3 +135,50 @@ def wait_for(fn, timeout: float = 180, interval: float = 0.3):
 def wait_status(client, job_id: str, statuses, timeout: float = 180):
     statuses = {statuses} if isinstance(statuses, str) else set(statuses)
     return wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in statuses and j, timeout)
+
+
+class ServeProcess:
+    """`slmtune serve` in a process of its own, as a user starts it (signals reach it for real)."""
+
+    def __init__(self, db_url: str, data_dir: Path, *args: str):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + "/v1"
+        exe = Path(sys.executable).parent / "slmtune"
+        self.log = open(data_dir.parent / f"serve-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(self.port), "--db", db_url, "--data-dir", str(data_dir),
+             "--lease-seconds", "3", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "SLMTUNE_TEST_MODELS": "1"},
+            start_new_session=True)
+        import httpx
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None and time.time() < deadline, self.output()
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-4000:]
+
+    def client(self, key: str = "none", **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url, api_key=key, max_retries=0, **kw)
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()

@@ -14,6 +14,7 @@ from slmtune.inference.metrics import ServingMetrics
 from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
 from slmtune.service.ratelimit import RateLimiter
+from slmtune.service.schemas import error_responses
 from slmtune.service.settings import Settings
 
 log = logging.getLogger("slmtune.service")
@@ -63,6 +64,30 @@ class UploadLimitMiddleware:
         await self.app(scope, receive, send)
 
 
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, less the 422 it lists for every route: invalid requests answer 400 here, as OpenAI's
+    do (the handler below), so a client generated from the schema expects what the server sends."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path in doc["paths"].values():
+            for op in path.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def _allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """The methods some route answers at this request's path (Starlette's own matching, method swapped)."""
+    from starlette.routing import Match
+
+    return [m for m in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+            if any(route.matches({**scope, "method": m})[0] == Match.FULL for route in app.router.routes)]
+
+
 def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     settings = settings or Settings()
     db = Database(settings.db_url)
@@ -109,7 +134,8 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     from slmtune.service.routes import chat, files, jobs, models
 
     for r in (files.router, jobs.router, models.router, chat.router):
-        app.include_router(r, prefix="/v1")
+        app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
+    app.openapi = lambda: _openapi(app)
 
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
@@ -137,7 +163,10 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         msg = "Invalid URL" if exc.status_code == 404 else str(exc.detail)
-        return _envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})")
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        if exc.status_code == 405:  # Starlette names the methods of the first matching route only: name them all
+            headers["allow"] = ", ".join(_allowed_methods(app, request.scope))
+        return _envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from slmtune.service.db import FileRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, TooLarge
-from slmtune.service.schemas import FileObject
+from slmtune.service.schemas import FileObject, UploadPurpose
 from slmtune.service.settings import Settings
 
-UPLOAD_PURPOSES = {"fine-tune", "batch", "assistants", "vision", "user_data", "evals"}
+UPLOAD_PURPOSES = set(get_args(UploadPurpose))
 
 
 def _bad_line(filename: str, i: int, problem: str) -> BadRequest:

@@ -20,7 +20,31 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# --- errors -------------------------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict:
+    """The ``responses=`` of a route or router: each status answers with the error envelope."""
+    text = {400: "Invalid request (the message names the field)", 401: "Missing, unknown or expired API key",
+            404: "No such object in this project", 413: "Upload past the size limit or the project's storage quota",
+            429: "Rate limit or queue limit; see Retry-After"}
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+
+
 # --- files ----------------------------------------------------------------------------------------------------
+UploadPurpose = Literal["fine-tune", "batch", "assistants", "vision", "user_data", "evals"]
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"

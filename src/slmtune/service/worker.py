@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -360,6 +361,9 @@ class Worker:
         self.child = ctx.Process(target=_child_main, args=(self.settings.db_url, job_id, token, ft_name, cfg, resume,
                                                              os.getpid()), daemon=True)
         self.child.start()
+        with open(run_dir / "starts.jsonl", "a") as fh:  # one line per training process ever started for the job
+            fh.write(json.dumps({"worker": self.id, "claim": token, "pid": self.child.pid, "at": time.time(),
+                                 "resume": resume}) + "\n")
         interrupted, kill_at = False, None
         while self.child.is_alive():
             self.child.join(1.0)

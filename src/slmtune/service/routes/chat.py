@@ -40,7 +40,10 @@ async def _watch_disconnect(request: Request, handle) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                              "description": "A chat.completion, or with `stream: true` server-sent "
+                                             "chat.completion.chunk events ending in `data: [DONE]`"}})
 async def create_chat_completion(req: ChatCompletionRequest, request: Request, session: SessionDep,
                                  settings: SettingsDep, project: ProjectDep):
     """Chat with a base model, a fine-tuned model or a checkpoint; `stream: true` answers with server-sent events."""

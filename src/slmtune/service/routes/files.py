@@ -8,14 +8,14 @@ from starlette.concurrency import run_in_threadpool
 
 from slmtune.service import files
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
-from slmtune.service.schemas import Deleted, FileList, FileObject
+from slmtune.service.schemas import Deleted, FileList, FileObject, UploadPurpose, error_responses
 
 router = APIRouter(tags=["files"])
 
 
-@router.post("/files", response_model=FileObject)
+@router.post("/files", response_model=FileObject, responses=error_responses(413))
 async def upload_file(session: SessionDep, settings: SettingsDep, project: ProjectDep,
-                      file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]) -> FileObject:
+                      file: Annotated[UploadFile, File()], purpose: Annotated[UploadPurpose, Form()]) -> FileObject:
     """Upload a file; fine-tune files must be JSONL (checked line by line, 400 naming the bad line)."""
     # copied from Starlette's spooled upload in chunks and checked on a worker thread, not on the event loop
     row = await run_in_threadpool(files.create_file, session=session, settings=settings, project=project,
@@ -41,7 +41,9 @@ def retrieve_file(file_id: str, session: SessionDep, project: ProjectDep) -> Fil
     return files.to_public(files.get_file(session=session, project=project, file_id=file_id))
 
 
-@router.get("/files/{file_id}/content", response_class=Response)
+@router.get("/files/{file_id}/content", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}}})
 def file_content(file_id: str, session: SessionDep, project: ProjectDep) -> Response:
     """The file's bytes (result files are base64-encoded CSV, as OpenAI serves them)."""
     row = files.get_file(session=session, project=project, file_id=file_id)
