@@ -47,6 +47,7 @@ class EventBus:
 
     def __init__(self, sinks: Iterable[Sink] = ()):
         self.sinks: list[Sink] = list(sinks)
+        self._reported: set[tuple] = set()
 
     def add(self, sink: Sink) -> None:
         self.sinks.append(sink)
@@ -58,7 +59,11 @@ class EventBus:
             except Exception as e:  # noqa: BLE001 - a display problem must not kill a run
                 import sys
 
-                print(f"slmtune: event sink {sink!r} failed: {e}", file=sys.stderr)
+                key = (id(sink), type(e), str(e))
+                if key not in self._reported:  # once per sink and error, not once per event (a full disk)
+                    self._reported.add(key)
+                    print(f"slmtune: event sink {sink!r} failed: {e} (repeats of this error are not shown)",
+                          file=sys.stderr)
 
     __call__ = emit
 

@@ -51,7 +51,8 @@ def test_sigterm_to_the_server_hands_the_job_back_and_a_restart_finishes_it(back
                                         hyperparameters={"n_epochs": 2, "batch_size": 4})  # 120 steps
         wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= 20, timeout=240)
         srv.proc.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends on a restart
-        assert srv.proc.wait(120) == 0, srv.output()
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "terminated by SIGTERM"
+        assert srv.proc.wait(120) in (0, -signal.SIGTERM), srv.output()
         srv.log.close()
 
         again = ServeProcess(db, tmp_path / "data", "--no-auth")
@@ -59,7 +60,7 @@ def test_sigterm_to_the_server_hands_the_job_back_and_a_restart_finishes_it(back
         msgs = messages(c, job.id)
         handed_back = [m for m in msgs if m.startswith("Worker stopping: job returned to the queue at step ")]
         assert handed_back, msgs
-        saved_at = int(handed_back[0].split("at step ")[1].split()[0])
+        saved_at = int(handed_back[0].split("at step ")[1].split(";")[0])
         assert saved_at >= 20  # the checkpoint was taken when the signal came, not at an epoch end
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=400)
         assert done.status == "succeeded", done.error
@@ -133,11 +134,10 @@ def test_a_full_disk_while_checkpointing_fails_the_job_clearly_and_keeps_the_dat
                                         hyperparameters={"n_epochs": 2, "batch_size": 4})  # checkpoint at step 60
         wait_for(lambda: metrics_steps(c, job.id), timeout=240)
         filler = runs / "filler"
-        with open(filler, "wb") as fh:  # take every byte left on the disk
+        with open(filler, "wb", buffering=0) as fh:  # take every byte left on the disk
             try:
                 while True:
                     fh.write(b"\0" * 65536)
-                    fh.flush()
             except OSError:
                 pass
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=300)
@@ -192,7 +192,8 @@ def test_a_cancel_racing_success_wins_and_a_late_cancel_is_refused(backend, tmp_
         assert done.status == job_now.status == "cancelled"  # ... and it stands: success never overwrote it
         assert job_now.fine_tuned_model is None and job_now.result_files == []
         assert "The job has successfully completed" not in messages(c, job.id)
-        assert not [m for m in c.models.list().data if m.id.startswith("ft:")]
+        # no tuned model appears (its per-epoch checkpoints stay listed, as for any job that stopped early)
+        assert not [m for m in c.models.list().data if m.id.startswith("ft:") and ":ckpt-step-" not in m.id]
 
         # the other order: a cancel after the success was recorded is refused and changes nothing
         w.cancel = lambda jid: None
