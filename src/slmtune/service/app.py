@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -64,6 +66,45 @@ class UploadLimitMiddleware:
         await self.app(scope, receive, send)
 
 
+class AdmissionMiddleware:
+    """At most ``limit`` API requests (chat excepted) run at once; the rest wait on the event loop, at no cost.
+
+    Why: a request holds its database connection from its route to the end of its session, and in between FastAPI
+    validates the response on the thread pool. With every thread busy, requests holding connections wait for a
+    thread while the threads wait for a connection: with 200 clients that stalled requests for 60 s and ended in
+    pool timeouts (500). Admitting no more requests than there are threads (the pool is larger) rules that out.
+    The slot is released when the response starts: the session is closed by then (``SessionDep`` has function
+    scope), so a long download does not hold it. Chat requests are not counted: they let go of their session
+    before generating, and generation runs on the model's own thread.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+        self._sem: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/") or path.startswith("/v1/chat/"):
+            return await self.app(scope, receive, send)
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.limit)
+        await self._sem.acquire()
+        held = True
+
+        async def send_and_release(message):
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                self._sem.release()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            if held:
+                self._sem.release()
+
+
 def _openapi(app: FastAPI) -> dict:
     """FastAPI's document, less the 422 it lists for every route: invalid requests answer 400 here, as OpenAI's
     do (the handler below), so a client generated from the schema expects what the server sends."""
@@ -90,7 +131,8 @@ def _allowed_methods(app: FastAPI, scope: dict) -> list[str]:
 
 def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     settings = settings or Settings()
-    db = Database(settings.db_url)
+    # in-server workers, their heartbeats and the health check take connections too: a margin over the threads
+    db = Database(settings.db_url, pool_size=settings.api_threads + 2 * workers + 4)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -100,6 +142,8 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         from slmtune.service.worker import start_worker_threads
 
         db.ensure_schema(settings.migrate)
+        # sync routes and dependencies run on anyio's thread pool: as many threads as the pool has connections
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         if not settings.auth:
             with db.session() as s:
                 ensure_project(s, settings.default_project)
@@ -137,6 +181,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
     app.openapi = lambda: _openapi(app)
 
+    app.add_middleware(AdmissionMiddleware, limit=settings.api_threads)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
 

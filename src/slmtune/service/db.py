@@ -143,9 +143,14 @@ class CheckpointRow(Base):
 class Database:
     """An engine plus a session factory for one URL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, pool_size: int | None = None):
+        """``pool_size``: connections kept open; the API server passes its thread count plus a margin (see
+        ``create_app``): a request holds its connection from the key check to the end of its route, so a smaller
+        pool lets threads that wait for a connection starve the requests that hold one."""
         self.url = url
         kw: dict = {"future": True}
+        if pool_size:
+            kw |= {"pool_size": pool_size, "max_overflow": 10, "pool_timeout": 60}
         if url.startswith("sqlite"):
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
             path = url.split("///", 1)[-1]

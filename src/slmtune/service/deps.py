@@ -34,6 +34,10 @@ def get_project(request: Request, settings: SettingsDep, session: SessionDep,
         request.app.state.limiter.check(settings.default_project)
         return settings.default_project
     project = project_for_key(session, authorization)
+    # End the key lookup's transaction: its connection goes back to the pool now. Held, it would wait with the
+    # request for a free thread, and 200 waiting requests would hold every connection while the threads that
+    # could finish them wait for one (seen as 60 s stalls and pool timeouts under load).
+    session.commit()
     request.app.state.limiter.check(hash_key(authorization.split(" ", 1)[1].strip()))  # known keys only
     return project
 

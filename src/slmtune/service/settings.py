@@ -23,6 +23,7 @@ class Settings:
     min_examples: int = 10
     max_examples: int = 100_000
     max_active_jobs_per_project: int = 8
+    api_threads: int = 32  # threads serving the API's sync routes (each may hold a database connection)
     rate_limit_rpm: int = 3000  # requests a minute per API key (bursts up to as many); 0 turns the limit off
     max_storage_bytes: int = 0  # stored file bytes per project (uploads and result files); 0: no quota
     job_nproc: int = 1
@@ -46,6 +47,8 @@ class Settings:
             raise ValueError("max_upload_bytes and lease_seconds must be positive")
         if self.rate_limit_rpm < 0 or self.max_storage_bytes < 0:
             raise ValueError("rate_limit_rpm and max_storage_bytes must be 0 (off) or positive")
+        if self.api_threads < 1:
+            raise ValueError("api_threads must be at least 1")
         if self.max_running < 1 or self.max_queued < 0:
             raise ValueError("max_running must be at least 1 and max_queued at least 0")
         if self.serve_precision not in ("auto", "fp32", "bf16"):
