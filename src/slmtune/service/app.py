@@ -74,8 +74,9 @@ class AdmissionMiddleware:
     thread while the threads wait for a connection: with 200 clients that stalled requests for 60 s and ended in
     pool timeouts (500). Admitting no more requests than there are threads (the pool is larger) rules that out.
     The slot is released when the response starts: the session is closed by then (``SessionDep`` has function
-    scope), so a long download does not hold it. Chat requests are not counted: they let go of their session
-    before generating, and generation runs on the model's own thread.
+    scope), so a long download does not hold it. Not counted: chat requests (they let go of their session before
+    generating, and generation runs on the model's own thread) and uploads (async routes: no thread hop while
+    they hold a connection, and a slow client sending 512 MB must not hold a slot meanwhile).
     """
 
     def __init__(self, app, limit: int):
@@ -84,7 +85,8 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/") or path.startswith("/v1/chat/"):
+        if (scope["type"] != "http" or not path.startswith("/v1/") or path.startswith("/v1/chat/")
+                or (scope["method"] == "POST" and path.rstrip("/") == "/v1/files")):
             return await self.app(scope, receive, send)
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.limit)

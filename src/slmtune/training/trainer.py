@@ -164,9 +164,10 @@ class EventCallback(TrainerCallback):
         if self.interrupted:  # second Ctrl-C: give up at once
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        # Only a flag here: the handler runs between two bytecodes of the main thread, which may be inside a sink
+        # holding its lock (the service's database sink), so emitting from here could deadlock. The message goes out
+        # from the next step's callback.
         self.interrupted = True
-        self.bus.emit(ev.message("Interrupt received: saving a checkpoint after this step (Ctrl-C again to abort)",
-                                 level="warn"))
 
     def on_train_begin(self, args, state, control, **kw):
         try:
@@ -183,6 +184,9 @@ class EventCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if self.interrupted:
+            if not control.should_training_stop:
+                self.bus.emit(ev.message("Interrupt received: saving a checkpoint after this step (Ctrl-C again "
+                                         "to abort)", level="warn"))
             control.should_save = True
             control.should_training_stop = True
 
