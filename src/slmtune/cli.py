@@ -615,7 +615,11 @@ def serve(
     _open_db(settings.db_url, migrate).dispose()
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={_shown(settings.db_url)}  "
               f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
-    uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning")
+    # keep-alive 75 s (uvicorn's default is 5): a client reusing a connection the moment the server closes it as
+    # idle gets a connection reset on a request it cannot safely retry (seen under load); load balancers idle out
+    # at 60 s, so the server must keep connections longer than they do
+    uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning",
+                timeout_keep_alive=75)
 
 
 @app.command()

@@ -27,6 +27,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def committed(session: Session, value):
+    """Commit now, on the route's own thread, and return ``value``: a write route ends its transaction as soon as
+    its work is done. Left to the session dependency, the commit would come after the response is validated on
+    another thread hop, and on SQLite the write lock would be held meanwhile (every other writer waiting on it)."""
+    session.commit()
+    return value
+
+
 def get_project(request: Request, settings: SettingsDep, session: SessionDep,
                 authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's project (401 for a missing, unknown or expired key), after the key's rate limit (429)."""

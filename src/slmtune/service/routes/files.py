@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from slmtune.service import files
-from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
+from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
 from slmtune.service.schemas import Deleted, FileList, FileObject, UploadPurpose, error_responses
 
 router = APIRouter(tags=["files"])
@@ -18,8 +18,12 @@ async def upload_file(session: SessionDep, settings: SettingsDep, project: Proje
                       file: Annotated[UploadFile, File()], purpose: Annotated[UploadPurpose, Form()]) -> FileObject:
     """Upload a file; fine-tune files must be JSONL (checked line by line, 400 naming the bad line)."""
     # copied from Starlette's spooled upload in chunks and checked on a worker thread, not on the event loop
-    row = await run_in_threadpool(files.create_file, session=session, settings=settings, project=project,
-                                  filename=file.filename or "upload", purpose=purpose, source=file.file)
+    def store():
+        return committed(session, files.create_file(session=session, settings=settings, project=project,
+                                                    filename=file.filename or "upload", purpose=purpose,
+                                                    source=file.file))
+
+    row = await run_in_threadpool(store)
     return files.to_public(row)
 
 
@@ -53,5 +57,5 @@ def file_content(file_id: str, session: SessionDep, project: ProjectDep) -> Resp
 @router.delete("/files/{file_id}", response_model=Deleted)
 def delete_file(file_id: str, session: SessionDep, project: ProjectDep) -> Deleted:
     """Delete a file (jobs that already started keep their own copy)."""
-    files.delete_file(session=session, project=project, file_id=file_id)
+    committed(session, files.delete_file(session=session, project=project, file_id=file_id))
     return Deleted(id=file_id, object="file")

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from slmtune.service import jobs
-from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
+from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
 from slmtune.service.schemas import CheckpointList, EventList, FineTuningJob, FineTuningJobCreate, JobList
 
 router = APIRouter(tags=["fine-tuning"])
@@ -17,7 +17,7 @@ _META = re.compile(r"^metadata\[(.+)\]$")
 def create_job(req: FineTuningJobCreate, session: SessionDep, settings: SettingsDep,
                project: ProjectDep) -> FineTuningJob:
     """Create a job; returns at once in `validating_files` (validation and training run in a worker)."""
-    return jobs.to_public(jobs.create_job(session=session, settings=settings, project=project, req=req))
+    return jobs.to_public(committed(session, jobs.create_job(session=session, settings=settings, project=project, req=req)))
 
 
 @router.get("/fine_tuning/jobs", response_model=JobList)
@@ -40,19 +40,19 @@ def retrieve_job(job_id: str, session: SessionDep, project: ProjectDep) -> FineT
 @router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> FineTuningJob:
     """Cancel a job that has not finished; training stops within seconds."""
-    return jobs.to_public(jobs.cancel_job(session=session, project=project, job_id=job_id))
+    return jobs.to_public(committed(session, jobs.cancel_job(session=session, project=project, job_id=job_id)))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob)
 def pause_job(job_id: str, session: SessionDep, project: ProjectDep) -> FineTuningJob:
     """Pause a running job: it saves a checkpoint, frees its worker and becomes `paused`."""
-    return jobs.to_public(jobs.pause_job(session=session, project=project, job_id=job_id))
+    return jobs.to_public(committed(session, jobs.pause_job(session=session, project=project, job_id=job_id)))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob)
 def resume_job(job_id: str, session: SessionDep, project: ProjectDep) -> FineTuningJob:
     """Resume a paused job from its checkpoint."""
-    return jobs.to_public(jobs.resume_job(session=session, project=project, job_id=job_id))
+    return jobs.to_public(committed(session, jobs.resume_job(session=session, project=project, job_id=job_id)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=EventList)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from slmtune.service import models
-from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
+from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
 from slmtune.service.schemas import Deleted, ModelList, ModelObject
 
 router = APIRouter(tags=["models"])
@@ -24,5 +24,5 @@ def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, pr
 @router.delete("/models/{model_id:path}", response_model=Deleted)
 def delete_model(model_id: str, session: SessionDep, project: ProjectDep) -> Deleted:
     """Delete a fine-tuned model of this project (base models cannot be deleted)."""
-    models.delete_model(session=session, project=project, model_id=model_id)
+    committed(session, models.delete_model(session=session, project=project, model_id=model_id))
     return Deleted(id=model_id, object="model")
