@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/python examples/demo/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not real_model"
