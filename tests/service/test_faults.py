@@ -40,38 +40,55 @@ def starts(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "starts.jsonl").read_text().splitlines()]
 
 
-def test_sigterm_to_the_server_hands_the_job_back_and_a_restart_finishes_it(backend, tmp_path):
+def handed_back_at(client, job_id: str) -> list[int]:
+    """The steps at which a stopping worker handed the job back to the queue, oldest first."""
+    prefix = "Worker stopping: job returned to the queue at step "
+    return [int(m[len(prefix):].split(";")[0]) for m in messages(client, job_id) if m.startswith(prefix)]
+
+
+def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and_it_finishes(backend, tmp_path):
     db = make_db_url(backend, tmp_path)
     srv = ServeProcess(db, tmp_path / "data", "--no-auth")
-    again = None
+    again = worker = last = None
     try:
         c = srv.client()
         f = upload(c, tmp_path, 240)
         job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
-                                        hyperparameters={"n_epochs": 2, "batch_size": 4})  # 120 steps
+                                        hyperparameters={"n_epochs": 3, "batch_size": 4})  # 180 steps
         wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= 10, timeout=240)
         srv.proc.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends on a restart
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "terminated by SIGTERM"
         assert srv.proc.wait(120) in (0, -signal.SIGTERM), srv.output()
         srv.log.close()
 
-        again = ServeProcess(db, tmp_path / "data", "--no-auth")
+        again = ServeProcess(db, tmp_path / "data", "--no-auth", "--no-worker")
         c = again.client()
-        msgs = messages(c, job.id)
-        handed_back = [m for m in msgs if m.startswith("Worker stopping: job returned to the queue at step ")]
-        assert handed_back, msgs
-        saved_at = int(handed_back[0].split("at step ")[1].split(";")[0])
-        assert 10 <= saved_at < 120  # the checkpoint was taken when the signal came, not at the end
+        first = handed_back_at(c, job.id)
+        assert len(first) == 1 and 10 <= first[0] < 180, first  # checkpointed when the signal came
+        assert c.fine_tuning.jobs.retrieve(job.id).status == "queued"
+
+        worker = start_worker(db, tmp_path / "data")
+        wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= first[0] + 5, timeout=240)
+        worker.send_signal(signal.SIGTERM)  # `slmtune worker` the same way
+        assert worker.wait(120) == 0, worker.stderr.read().decode()[-3000:]
+        second = handed_back_at(c, job.id)
+        assert len(second) == 2 and first[0] < second[1] < 180, second
+
+        last = start_worker(db, tmp_path / "data")
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=400)
         assert done.status == "succeeded", done.error
-        assert_every_step_once(c, job.id, 120)
-        assert f"Resuming from checkpoints/step-{saved_at}" in " ".join(messages(c, job.id))
+        assert_every_step_once(c, job.id, 180)
+        text = " ".join(messages(c, job.id))
+        assert all(f"Resuming from checkpoints/step-{s}" in text for s in second)
         run_dir = tmp_path / "data" / "runs" / job.id
-        assert [s["resume"] for s in starts(run_dir)] == [False, True]  # trained twice, resumed once, no failure
+        assert [s["resume"] for s in starts(run_dir)] == [False, True, True]  # three starts, no failed attempt
     finally:
         for s in (srv, again):
             if s is not None:
                 s.kill()
+        for p in (worker, last):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not os.environ.get("SLMTUNE_TEST_POSTGRES_URL"), reason="needs PostgreSQL")
@@ -110,7 +127,7 @@ def test_four_workers_racing_on_postgresql_train_every_job_exactly_once(tmp_path
         f = upload(c, tmp_path, 16)
         jobs = [c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
                                           hyperparameters={"n_epochs": 1, "batch_size": 4}) for _ in range(12)]
-        workers = [start_worker(srv) for _ in range(4)]
+        workers = [start_worker(srv.settings.db_url, srv.settings.data_dir) for _ in range(4)]
         for job in jobs:
             done = wait_status(c, job.id, ("succeeded", "failed"), timeout=600)
             assert done.status == "succeeded", done.error

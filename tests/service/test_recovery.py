@@ -13,10 +13,11 @@ from tests.helpers import FACTS, chat_record, write_jsonl
 from tests.service.conftest import start_server, wait_for, wait_status
 
 
-def start_worker(srv) -> subprocess.Popen:
+def start_worker(db_url: str, data_dir: Path) -> subprocess.Popen:
+    """`slmtune worker` in its own session (a process group its test can kill whole)."""
     exe = Path(sys.executable).parent / "slmtune"
     return subprocess.Popen(
-        [str(exe), "worker", "--db", srv.settings.db_url, "--data-dir", str(srv.settings.data_dir),
+        [str(exe), "worker", "--db", db_url, "--data-dir", str(data_dir),
          "--lease-seconds", "3"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "SLMTUNE_TEST_MODELS": "1"},
         start_new_session=True,
@@ -37,7 +38,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint_with_no_event_lost_or_dou
         f = c.files.create(file=open(path, "rb"), purpose="fine-tune")
         job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
                                         hyperparameters={"n_epochs": 3, "batch_size": 4})  # 60 steps an epoch
-        first = start_worker(srv)
+        first = start_worker(srv.settings.db_url, srv.settings.data_dir)
         wait_for(lambda: c.fine_tuning.jobs.checkpoints.list(job.id).data, timeout=240)
         wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= 65, timeout=240)  # past the checkpoint
         os.killpg(first.pid, signal.SIGKILL)  # worker and its training child, as a machine failure would
@@ -45,7 +46,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint_with_no_event_lost_or_dou
         killed_at = max(metrics_steps(c, job.id))
         assert c.fine_tuning.jobs.retrieve(job.id).status == "running"  # nobody told the database
 
-        second = start_worker(srv)  # takes the job over once the lease (3 s) runs out
+        second = start_worker(srv.settings.db_url, srv.settings.data_dir)  # takes the job over once the lease (3 s) runs out
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=400)
         assert done.status == "succeeded", done.error
         steps = metrics_steps(c, job.id)

@@ -144,9 +144,9 @@ class Database:
     """An engine plus a session factory for one URL."""
 
     def __init__(self, url: str, pool_size: int | None = None):
-        """``pool_size``: connections kept open; the API server passes its thread count plus a margin (see
-        ``create_app``): a request holds its connection from the key check to the end of its route, so a smaller
-        pool lets threads that wait for a connection starve the requests that hold one."""
+        """``pool_size``: connections kept open. The API server admits at most as many requests at once as it has
+        threads, and passes that count plus a margin for its workers (``create_app``, ``AdmissionMiddleware``), so
+        no request waits for a connection that another request holds while waiting for a thread."""
         self.url = url
         kw: dict = {"future": True}
         if pool_size:

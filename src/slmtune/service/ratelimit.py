@@ -3,8 +3,8 @@
 Each key may make ``rpm`` requests a minute on average, with bursts up to ``rpm`` requests; past that a request
 gets 429 ``rate_limit_exceeded`` with ``Retry-After`` (seconds until the bucket holds a request again). Several API
 servers behind a load balancer each keep their own buckets, so a key's effective limit is ``rpm`` per server.
-Hand-written because it is twenty lines: no library we already use has one for FastAPI, and an in-process bucket
-needs no extra service.
+Hand-written because it is twenty lines: no library we already depend on has one; slowapi/limits would add two
+packages and a decorator per route for the same bucket, and the answer must be OpenAI's error envelope anyway.
 """
 
 from __future__ import annotations
