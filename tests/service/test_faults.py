@@ -30,6 +30,15 @@ def messages(client, job_id: str) -> list[str]:
     return [e.message for e in reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data)]
 
 
+def training_job(client, tmp: Path, n_epochs: int, past_step: int):
+    """A tiny-llama job on 240 examples (60 steps an epoch), returned once its metrics have reached ``past_step``."""
+    f = upload(client, tmp, 240)
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
+                                         hyperparameters={"n_epochs": n_epochs, "batch_size": 4})
+    wait_for(lambda: max(metrics_steps(client, job.id), default=0) >= past_step, timeout=240)
+    return job
+
+
 def assert_every_step_once(client, job_id: str, total: int) -> None:
     assert sorted(metrics_steps(client, job_id)) == list(range(1, total + 1)), "every step's metrics exactly once"
     msgs = messages(client, job_id)
@@ -52,10 +61,7 @@ def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and
     again = worker = last = None
     try:
         c = srv.client()
-        f = upload(c, tmp_path, 240)
-        job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
-                                        hyperparameters={"n_epochs": 3, "batch_size": 4})  # 180 steps
-        wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= 10, timeout=240)
+        job = training_job(c, tmp_path, n_epochs=3, past_step=10)  # 180 steps
         srv.proc.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends on a restart
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "terminated by SIGTERM"
         assert srv.proc.wait(120) in (0, -signal.SIGTERM), srv.output()
@@ -97,10 +103,7 @@ def test_postgresql_restarted_mid_job_loses_no_event(tmp_path):
     srv = start_server("postgres", tmp_path, workers=1, auth=False)
     try:
         c = srv.client()
-        f = upload(c, tmp_path, 240)
-        job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
-                                        hyperparameters={"n_epochs": 1, "batch_size": 4})  # 60 steps
-        wait_for(lambda: max(metrics_steps(c, job.id), default=0) >= 5, timeout=240)
+        job = training_job(c, tmp_path, n_epochs=1, past_step=5)  # 60 steps
         ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
         subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60)
         down = time.time()
@@ -151,10 +154,7 @@ def test_a_full_disk_while_checkpointing_fails_the_job_clearly_and_keeps_the_dat
     srv = start_server("sqlite", tmp_path, workers=1, auth=False)
     try:
         c = srv.client()
-        f = upload(c, tmp_path, 240)
-        job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
-                                        hyperparameters={"n_epochs": 2, "batch_size": 4})  # checkpoint at step 60
-        wait_for(lambda: metrics_steps(c, job.id), timeout=240)
+        job = training_job(c, tmp_path, n_epochs=2, past_step=1)  # its first checkpoint comes at step 60
         filler = runs / "filler"
         with open(filler, "wb", buffering=0) as fh:  # take every byte left on the disk
             try:

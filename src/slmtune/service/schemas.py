@@ -71,6 +71,41 @@ class Deleted(BaseModel):
     deleted: bool = True
 
 
+# --- slmtune extras (not in the OpenAI API; under /v1/slmtune/) ---------------------------------------------------
+class CheckProblem(BaseModel):
+    line: int = Field(description="1-based line of the JSONL file.")
+    field: str = Field(description="The record's field, e.g. messages[1].role.")
+    message: str
+
+
+class PreviewSegment(BaseModel):
+    text: str
+    trained: bool = Field(description="True where these tokens carry loss (what the model learns to write).")
+    tokens: int
+
+
+class PreviewExample(BaseModel):
+    line: int
+    tokens: int
+    trained_tokens: int
+    segments: list[PreviewSegment]
+
+
+class FileCheck(BaseModel):
+    """``GET /v1/slmtune/files/{file_id}/check``: the file as training reads it, for one base model."""
+
+    object: Literal["file.check"] = "file.check"
+    file_id: str
+    filename: str
+    model: str
+    ok: bool
+    n_problems: int
+    problems: list[CheckProblem] = Field(description="The first 200 problems, in line order.")
+    formats: dict[str, int] = Field(description="Examples per detected format (chat, completion, preference).")
+    stats: dict[str, Any] = Field(description="Token statistics, as `slmtune data validate` prints them.")
+    preview: list[PreviewExample]
+
+
 # --- fine-tuning jobs -------------------------------------------------------------------------------------------
 class SupervisedHyperparameters(_In):
     batch_size: Literal["auto"] | int = Field("auto", description="Examples per step, 1–256.")

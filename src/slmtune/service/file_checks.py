@@ -1,0 +1,59 @@
+"""``GET /v1/slmtune/files/{id}/check``: a stored file checked the way training will read it, for one base model.
+
+The same checks as ``slmtune data validate`` (every problem with its line and field), the token statistics, and a
+preview of the first examples as the model will see them: the chat template rendered, cut into runs of tokens
+that carry loss and runs that do not, so a person can see what the model is trained on. Plain data function, no
+HTTP (the web console and the SDK-less clients call it through the route).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy.orm import Session
+
+from slmtune.data.tokenize import IGNORE_INDEX
+from slmtune.data.validate import check_file
+from slmtune.service.errors import BadRequest
+from slmtune.service.files import get_file
+from slmtune.service.jobs import base_models
+from slmtune.service.schemas import CheckProblem, FileCheck, PreviewExample, PreviewSegment
+from slmtune.service.settings import Settings
+
+MAX_PROBLEMS = 200  # listed in the answer; the total is always given
+
+
+def check_stored_file(*, session: Session, settings: Settings, project: str, file_id: str, model: str,
+                      max_seq_length: int = 1024, preview: int = 3) -> FileCheck:
+    from slmtune.models.loading import load_tokenizer
+    from slmtune.models.registry import resolve
+
+    row = get_file(session=session, project=project, file_id=file_id)
+    if row.purpose != "fine-tune":
+        raise BadRequest(f"File {file_id} has purpose {row.purpose!r}; only fine-tune files can be checked.",
+                         param="file_id", code="invalid_file_purpose")
+    if model not in base_models(settings):
+        raise BadRequest(f"Model {model!r} is not available for fine-tuning; available: "
+                         f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
+    path, filename = row.path, row.filename
+    session.close()  # loading a tokenizer can take seconds: hold no database connection meanwhile
+    tokenizer = load_tokenizer(resolve(model))
+    report = check_file(path, tokenizer, max_seq_length=max_seq_length)
+    problems = [CheckProblem(line=p.line, field=p.path, message=p.message) for p in report.problems]
+    examples = [report.examples[e.line] for e in report.encoded]
+    return FileCheck(
+        file_id=file_id, filename=filename, model=model, ok=report.ok, n_problems=len(problems),
+        problems=problems[:MAX_PROBLEMS], formats=dict(Counter(ex.kind for ex in examples)),
+        stats=report.stats(), preview=[_preview(tokenizer, enc) for enc in report.encoded[:preview]])
+
+
+def _preview(tokenizer, enc) -> PreviewExample:
+    """Consecutive tokens with the same loss flag, decoded together."""
+    segments: list[PreviewSegment] = []
+    start = 0
+    for i in range(1, len(enc.input_ids) + 1):
+        if i == len(enc.input_ids) or (enc.labels[i] != IGNORE_INDEX) != (enc.labels[start] != IGNORE_INDEX):
+            segments.append(PreviewSegment(text=tokenizer.decode(enc.input_ids[start:i]), trained=enc.labels[start]
+                                           != IGNORE_INDEX, tokens=i - start))
+            start = i
+    return PreviewExample(line=enc.line, tokens=enc.n_tokens, trained_tokens=enc.n_trained, segments=segments)
