@@ -152,30 +152,32 @@ def test_a_full_disk_while_checkpointing_fails_the_job_clearly_and_keeps_the_dat
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(runs)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
-    srv = start_server("sqlite", tmp_path, workers=1, auth=False)
-    try:
-        c = srv.client()
-        job = training_job(c, tmp_path, n_epochs=2, past_step=1)  # its first checkpoint comes at step 60
-        filler = runs / "filler"
-        with open(filler, "wb", buffering=0) as fh:  # take every byte left on the disk
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-            except OSError:
-                pass
-        done = wait_status(c, job.id, ("succeeded", "failed"), timeout=300)
-        assert done.status == "failed"
-        assert done.error.code == "training_failed" and "No space left on device" in done.error.message, done.error
-        assert c.fine_tuning.jobs.checkpoints.list(job.id).data == []  # no row for a checkpoint never written
-        assert done.fine_tuned_model is None and not [m for m in c.models.list().data if m.id.startswith("ft:")]
-        msgs = messages(c, job.id)
-        assert msgs[-1] == done.error.message and "Fine-tuning job started" in msgs
-        filler.unlink()  # space again: the service goes on as before
-        job2 = c.fine_tuning.jobs.create(model="tiny-llama", training_file=upload(c, tmp_path, 16, "s.jsonl").id,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4})
-        assert wait_status(c, job2.id, ("succeeded", "failed"), timeout=300).status == "succeeded"
+    try:  # the mount goes away whatever happens inside
+        srv = start_server("sqlite", tmp_path, workers=1, auth=False)
+        try:
+            c = srv.client()
+            job = training_job(c, tmp_path, n_epochs=2, past_step=1)  # its first checkpoint comes at step 60
+            filler = runs / "filler"
+            with open(filler, "wb", buffering=0) as fh:  # take every byte left on the disk
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                except OSError:
+                    pass
+            done = wait_status(c, job.id, ("succeeded", "failed"), timeout=300)
+            assert done.status == "failed"
+            assert done.error.code == "training_failed" and "No space left on device" in done.error.message, done.error
+            assert c.fine_tuning.jobs.checkpoints.list(job.id).data == []  # no row for a checkpoint never written
+            assert done.fine_tuned_model is None and not [m for m in c.models.list().data if m.id.startswith("ft:")]
+            msgs = messages(c, job.id)
+            assert msgs[-1] == done.error.message and "Fine-tuning job started" in msgs
+            filler.unlink()  # space again: the service goes on as before
+            job2 = c.fine_tuning.jobs.create(model="tiny-llama", training_file=upload(c, tmp_path, 16, "s.jsonl").id,
+                                             hyperparameters={"n_epochs": 1, "batch_size": 4})
+            assert wait_status(c, job2.id, ("succeeded", "failed"), timeout=300).status == "succeeded"
+        finally:
+            srv.stop()
     finally:
-        srv.stop()
         subprocess.run(["umount", "-l", str(runs)], capture_output=True)
 
 

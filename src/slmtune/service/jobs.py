@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -15,6 +16,8 @@ from slmtune.service.files import get_file
 from slmtune.service.schemas import (
     FineTuningJob,
     FineTuningJobCreate,
+    JobPlan,
+    JobPlanRequest,
     JobCheckpoint,
     JobError,
     JobEvent,
@@ -35,18 +38,7 @@ def base_models(settings: Settings) -> list[str]:
 
 # --- create -------------------------------------------------------------------------------------------------------
 def create_job(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> JobRow:
-    if req.model not in base_models(settings):
-        if req.model.startswith("ft:"):
-            raise NotImplementedYet("Continued training from a fine-tuned model is not supported yet.", param="model",
-                                    code="model_not_supported")
-        raise BadRequest(f"Model {req.model!r} is not available for fine-tuning; available: "
-                         f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
-    for param, fid in (("training_file", req.training_file), ("validation_file", req.validation_file)):
-        if fid is not None:
-            f = get_file(session=session, project=project, file_id=fid, param=param)
-            if f.purpose != "fine-tune":
-                raise BadRequest(f"File {fid} has purpose {f.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
-                                 param=param, code="invalid_file_purpose")
+    _check_model_and_files(session=session, settings=settings, project=project, req=req)
     method = _method_dict(req)
     if req.integrations:
         raise NotImplementedYet("Integrations are not supported yet.", param="integrations")
@@ -70,6 +62,21 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}", key="created")
     return job
+
+
+def _check_model_and_files(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> None:
+    if req.model not in base_models(settings):
+        if req.model.startswith("ft:"):
+            raise NotImplementedYet("Continued training from a fine-tuned model is not supported yet.", param="model",
+                                    code="model_not_supported")
+        raise BadRequest(f"Model {req.model!r} is not available for fine-tuning; available: "
+                         f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
+    for param, fid in (("training_file", req.training_file), ("validation_file", req.validation_file)):
+        if fid is not None:
+            f = get_file(session=session, project=project, file_id=fid, param=param)
+            if f.purpose != "fine-tune":
+                raise BadRequest(f"File {fid} has purpose {f.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+                                 param=param, code="invalid_file_purpose")
 
 
 def _method_dict(req: FineTuningJobCreate) -> dict:
@@ -125,6 +132,48 @@ def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
     if out["learning_rate_multiplier"] == "auto":
         out["learning_rate_multiplier"] = 1.0 if n_examples >= 100 else 5.0  # small files need a larger step
     return out
+
+
+def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, validation_path, output) -> dict:
+    """The engine's config for a job, its hyperparameters resolved: the worker trains it, the planner predicts it.
+    LoRA; ``learning_rate_multiplier`` scales ``BASE_LR``; DPO adds its objective and beta."""
+    return {
+        "model": {"name": model},
+        "data": {"train": str(train_path), "validation": str(validation_path) if validation_path else None},
+        "method": {"name": "lora"},
+        "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+                  "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": seed % (2**31),
+                  "save_total_limit": 3,
+                  **({"objective": "dpo", "dpo_beta": hp["beta"]} if kind == "dpo" else {})},
+        "run": {"output": str(output)},
+    }
+
+
+def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlanRequest) -> JobPlan:
+    """The planner's prediction for a job body (``POST /v1/slmtune/plan``), "auto" resolved as the worker will
+    resolve it for this training file. Nothing is created."""
+    import tempfile
+
+    from slmtune.data.formats import read_jsonl
+    from slmtune.planner import plan
+
+    _check_model_and_files(session=session, settings=settings, project=project, req=req)
+    method = _method_dict(req)
+    train = get_file(session=session, project=project, file_id=req.training_file, param="training_file")
+    val = (get_file(session=session, project=project, file_id=req.validation_file, param="validation_file")
+           if req.validation_file else None)
+    session.close()  # reading the file and the model takes seconds: hold no database connection meanwhile
+    examples, problems = read_jsonl(train.path)
+    if problems:
+        p = problems[0]
+        raise BadRequest(f"The training file cannot be planned: line {p.line}: {p.path}: {p.message}",
+                         param="training_file", code="invalid_training_file")
+    kind = method["type"]
+    hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(examples))
+    cfg = train_config(model=req.model, kind=kind, hp=hp, seed=req.seed or 0, train_path=train.path,
+                       validation_path=val.path if val else None, output=Path(tempfile.gettempdir()) / "slmtune-plan")
+    result = plan(cfg, memory_limit_mb=req.memory_limit_mb, nproc=settings.job_nproc)
+    return JobPlan(hyperparameters=hp, **result.to_dict())
 
 
 # --- read ---------------------------------------------------------------------------------------------------------

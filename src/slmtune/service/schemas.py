@@ -149,6 +149,34 @@ class FineTuningJobCreate(_In):
     trainingType: str | None = Field(None, description="Azure OpenAI extra; accepted and ignored.")  # noqa: N815
 
 
+class JobPlanRequest(FineTuningJobCreate):
+    """``POST /v1/slmtune/plan`` (slmtune extra): a job body, planned and not created."""
+
+    memory_limit_mb: float | None = Field(None, gt=0, description="Memory to plan against (default: this machine's "
+                                                                  "available memory).")
+
+
+class JobPlan(BaseModel):
+    """The planner's prediction for a job (``slmtune plan`` for the job's config)."""
+
+    object: Literal["fine_tuning.job.plan"] = "fine_tuning.job.plan"
+    hyperparameters: dict[str, Any] = Field(description="The job's hyperparameters with \"auto\" resolved.")
+    method: str
+    precision: str
+    total_params: int
+    trainable_params: int
+    peak_memory_mb: float
+    memory_breakdown_mb: dict[str, float]
+    tokens_per_second: float
+    tokens_total: int
+    steps: int
+    wall_seconds: float
+    cost: float | None = None
+    fits: bool
+    reason: str = Field(description="Why it does not fit (empty when it fits).")
+    notes: list[str]
+
+
 class JobError(BaseModel):
     code: str
     message: str

@@ -326,17 +326,11 @@ class Worker:
 
     def _config(self, job: JobRow, run_dir: Path) -> dict:
         hp = _hyper(job.method)
-        cfg = {
-            "model": {"name": job.model},
-            "data": {"train": str(run_dir / "data" / "train.jsonl"),
-                     "validation": str(run_dir / "data" / "validation.jsonl") if job.validation_file else None},
-            "method": {"name": "lora"},
-            "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
-                      "learning_rate": J.BASE_LR * hp["learning_rate_multiplier"], "seed": job.seed % (2**31),
-                      "save_total_limit": 3,
-                      **({"objective": "dpo", "dpo_beta": hp["beta"]} if job.method["type"] == "dpo" else {})},
-            "run": {"output": str(run_dir / "run")},
-        }
+        data = run_dir / "data"
+        cfg = J.train_config(model=job.model, kind=job.method["type"], hp=hp, seed=job.seed,
+                             train_path=data / "train.jsonl",
+                             validation_path=data / "validation.jsonl" if job.validation_file else None,
+                             output=run_dir / "run")
         if self.settings.job_nproc > 1:  # the job's batch size is global: split it over the processes
             from slmtune.training.distributed import free_port
 

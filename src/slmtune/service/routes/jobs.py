@@ -7,7 +7,8 @@ from fastapi import APIRouter, Query, Request
 
 from slmtune.service import jobs
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
-from slmtune.service.schemas import CheckpointList, EventList, FineTuningJob, FineTuningJobCreate, JobList
+from slmtune.service.schemas import (CheckpointList, EventList, FineTuningJob, FineTuningJobCreate, JobList, JobPlan,
+                                     JobPlanRequest)
 
 router = APIRouter(tags=["fine-tuning"])
 _META = re.compile(r"^metadata\[(.+)\]$")
@@ -18,6 +19,13 @@ def create_job(req: FineTuningJobCreate, session: SessionDep, settings: Settings
                project: ProjectDep) -> FineTuningJob:
     """Create a job; returns at once in `validating_files` (validation and training run in a worker)."""
     return jobs.to_public(committed(session, jobs.create_job(session=session, settings=settings, project=project, req=req)))
+
+
+@router.post("/slmtune/plan", response_model=JobPlan)
+def plan_job(req: JobPlanRequest, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> JobPlan:
+    """slmtune extra: a job body (the fields of `POST /fine_tuning/jobs`, plus `memory_limit_mb`) planned, not
+    created: peak memory, tokens/s, steps, time, whether it fits and why not, with "auto" resolved."""
+    return jobs.plan_job(session=session, settings=settings, project=project, req=req)
 
 
 @router.get("/fine_tuning/jobs", response_model=JobList)
