@@ -16,7 +16,7 @@ from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.data.validate import check_file
 from slmtune.service.errors import BadRequest
 from slmtune.service.files import get_file
-from slmtune.service.jobs import base_models
+from slmtune.service.jobs import check_model
 from slmtune.service.schemas import CheckProblem, FileCheck, PreviewExample, PreviewSegment
 from slmtune.service.settings import Settings
 
@@ -32,9 +32,7 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
     if row.purpose != "fine-tune":
         raise BadRequest(f"File {file_id} has purpose {row.purpose!r}; only fine-tune files can be checked.",
                          param="file_id", code="invalid_file_purpose")
-    if model not in base_models(settings):
-        raise BadRequest(f"Model {model!r} is not available for fine-tuning; available: "
-                         f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
+    check_model(settings, model)
     path, filename = row.path, row.filename
     session.close()  # loading a tokenizer can take seconds: hold no database connection meanwhile
     tokenizer = load_tokenizer(resolve(model))

@@ -64,19 +64,30 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
     return job
 
 
-def _check_model_and_files(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> None:
-    if req.model not in base_models(settings):
-        if req.model.startswith("ft:"):
+def check_model(settings: Settings, model: str) -> None:
+    """400 (param ``model``) unless ``model`` is a base model this service fine-tunes."""
+    if model not in base_models(settings):
+        if model.startswith("ft:"):
             raise NotImplementedYet("Continued training from a fine-tuned model is not supported yet.", param="model",
                                     code="model_not_supported")
-        raise BadRequest(f"Model {req.model!r} is not available for fine-tuning; available: "
+        raise BadRequest(f"Model {model!r} is not available for fine-tuning; available: "
                          f"{', '.join(base_models(settings))}.", param="model", code="model_not_available")
+
+
+def _check_model_and_files(*, session: Session, settings: Settings, project: str,
+                           req: FineTuningJobCreate) -> tuple[FileRow, FileRow | None]:
+    """The request's training and validation file rows, after checking the model and the files' purpose."""
+    check_model(settings, req.model)
+    rows = []
     for param, fid in (("training_file", req.training_file), ("validation_file", req.validation_file)):
+        f = None
         if fid is not None:
             f = get_file(session=session, project=project, file_id=fid, param=param)
             if f.purpose != "fine-tune":
                 raise BadRequest(f"File {fid} has purpose {f.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
                                  param=param, code="invalid_file_purpose")
+        rows.append(f)
+    return rows[0], rows[1]
 
 
 def _method_dict(req: FineTuningJobCreate) -> dict:
@@ -157,11 +168,8 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
     from slmtune.data.formats import read_jsonl
     from slmtune.planner import plan
 
-    _check_model_and_files(session=session, settings=settings, project=project, req=req)
+    train, val = _check_model_and_files(session=session, settings=settings, project=project, req=req)
     method = _method_dict(req)
-    train = get_file(session=session, project=project, file_id=req.training_file, param="training_file")
-    val = (get_file(session=session, project=project, file_id=req.validation_file, param="validation_file")
-           if req.validation_file else None)
     session.close()  # reading the file and the model takes seconds: hold no database connection meanwhile
     examples, problems = read_jsonl(train.path)
     if problems:
