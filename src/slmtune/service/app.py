@@ -183,6 +183,10 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
     app.openapi = lambda: _openapi(app)
 
+    from slmtune.service.console import mount_console
+
+    mount_console(app)
+
     app.add_middleware(AdmissionMiddleware, limit=settings.api_threads)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)

@@ -77,3 +77,22 @@ def resolve_for_chat(*, session: Session, settings: Settings, project: str,
         job = session.scalar(select(JobRow).where(JobRow.id == ckpt.job_id))
         return job.model, (model_id, Path(ckpt.path))
     raise NotFound("model", model_id, param="model")
+
+
+def adapter_archive(*, session: Session, settings: Settings, project: str, model_id: str) -> Path:
+    """A zip of the adapter folder of a fine-tuned model or checkpoint (``adapter_config.json`` and weights, loadable
+    with ``PeftModel.from_pretrained`` after unzipping), written to a temporary file the caller deletes."""
+    import shutil
+    import tempfile
+
+    from slmtune.service.errors import BadRequest
+
+    _, adapter = resolve_for_chat(session=session, settings=settings, project=project, model_id=model_id)
+    if adapter is None:
+        raise BadRequest(f"{model_id} is a base model: it has no adapter to download.", param="model",
+                         code="model_not_fine_tuned")
+    folder = adapter[1]
+    if not (folder / "adapter_config.json").exists():
+        raise NotFound("model", model_id, param="model")
+    tmp = Path(tempfile.mkdtemp(prefix="slmtune-adapter-"))
+    return Path(shutil.make_archive(str(tmp / "adapter"), "zip", root_dir=folder))

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import shutil
+
 from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from slmtune.service import models
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
@@ -19,6 +23,17 @@ def list_models(session: SessionDep, settings: SettingsDep, project: ProjectDep)
 def retrieve_model(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> ModelObject:
     """One model."""
     return models.get_model(session=session, settings=settings, project=project, model_id=model_id)
+
+
+@router.get("/slmtune/models/{model_id:path}/adapter", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
+def download_adapter(model_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep) -> FileResponse:
+    """slmtune extra: the adapter of a fine-tuned model or checkpoint as a zip (adapter_config.json and weights)."""
+    path = models.adapter_archive(session=session, settings=settings, project=project, model_id=model_id)
+    session.close()
+    name = model_id.replace(":", "_").strip("_") + ".zip"
+    return FileResponse(path, media_type="application/zip", filename=name,
+                        background=BackgroundTask(shutil.rmtree, path.parent, ignore_errors=True))
 
 
 @router.delete("/models/{model_id:path}", response_model=Deleted)
