@@ -164,7 +164,8 @@ const ROUTES = [
   [/^#\/playground(?:\?(.*))?$/, playgroundView, "playground"],
   [/^#\/models$/, modelsView, "models"],
 ];
-function stopTimers() { timers.forEach(clearInterval); timers = []; viewToken++; }
+function stopPolling() { timers.forEach(clearInterval); timers = []; }
+function stopTimers() { stopPolling(); viewToken++; }  // leaving the view: its late answers are dropped too
 async function route() {
   stopTimers();
   const token = viewToken;
@@ -180,8 +181,10 @@ async function route() {
       if (a.dataset.nav === nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     });
     clear(view(), h("p", { class: "muted", text: "Loading…" }));
+    delete view().dataset.ready;
     try {
       await fn(token, ...m.slice(1).map((x) => (x === undefined ? x : decodeURIComponent(x))));
+      if (token === viewToken) view().dataset.ready = nav;  // rendered (tests wait on this)
     } catch (err) {
       if (err.status !== 401 && token === viewToken) clear(view(), alertBox(err.message));
     }
@@ -194,19 +197,17 @@ async function route() {
 async function datasetsView(token) {
   const models = await baseModels();
   const modelSel = h("select", {}, models.map((m) => h("option", { value: m, text: m })));
-  const picker = h("input", { type: "file", accept: ".jsonl", class: "visually-hidden", tabindex: "-1",
-    id: nextId("f") });
+  // the drop zone takes drags; the native file input inside it is the keyboard's way in (Tab, then Enter or Space)
+  const picker = h("input", { type: "file", accept: ".jsonl", id: nextId("f") });
   const status = h("div", { "aria-live": "polite", id: "upload-status" });
   const checkPanel = h("section", { id: "check", "aria-label": "File check" });
   const tbody = h("tbody");
-  const drop = h("div", { class: "drop", role: "button", tabindex: "0", id: "drop",
-    "aria-label": "Upload a JSONL file: drop it here, or press Enter to choose one",
-    onclick: () => picker.click(),
-    onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); picker.click(); } },
+  const drop = h("div", { class: "drop", id: "drop",
     ondragover: (e) => { e.preventDefault(); drop.classList.add("over"); },
     ondragleave: () => drop.classList.remove("over"),
     ondrop: (e) => { e.preventDefault(); drop.classList.remove("over"); upload(e.dataTransfer.files); } },
-    h("strong", { text: "Drop a .jsonl file here" }), h("span", { text: " or press to choose one" }));
+    h("p", {}, h("strong", { text: "Drop a .jsonl file here" }), " or choose one:"),
+    h("label", { for: picker.id, class: "visually-hidden", text: "Upload a JSONL file" }), picker);
   picker.addEventListener("change", () => { upload(picker.files); picker.value = ""; });
 
   async function upload(files) {
@@ -252,8 +253,7 @@ async function datasetsView(token) {
   if (token !== viewToken) return;
   clear(view(),
     h("h1", { text: "Datasets" }),
-    h("div", { class: "card" }, drop, h("label", { class: "visually-hidden", for: picker.id,
-      text: "Choose a JSONL file" }), picker,
+    h("div", { class: "card" }, drop,
     h("div", { class: "row" }, field("Check for base model", modelSel,
       "Token counts and the preview use this model's tokenizer and chat template.")), status),
     checkPanel,
@@ -575,7 +575,7 @@ async function jobView(token, jobId) {
     if (job.status !== lastStatus || !TERMINAL.has(job.status)) await drawCheckpoints();
     if (TERMINAL.has(job.status) && !filesShown) { filesShown = true; await drawFiles(job); }
     lastStatus = job.status;
-    if (TERMINAL.has(job.status)) stopTimers();
+    if (TERMINAL.has(job.status)) stopPolling();
   }
   clear(view(), head, progressEl,
     h("section", { class: "charts", "aria-label": "Curves" }, lossChart.el, accChart.el),
@@ -768,7 +768,7 @@ async function modelsView(token) {
             onclick: async () => {
               if (!confirm(`Delete ${m.id}? Its checkpoints go with it.`)) return;
               try { await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
-                clear(status, alertBox(`Deleted ${m.id}.`, "ok")); await refresh(); }
+                await refresh(); clear(status, alertBox(`Deleted ${m.id}.`, "ok")); }
               catch (e) { clear(status, alertBox(e.message)); }
             } }) : null));
     }));

@@ -1,0 +1,262 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright for Python (no browser download),
+against a real `create_app` server on loopback with auth on, a real worker and a real tiny-llama training run.
+
+The console is a client of the public API, so these tests check what a user sees: errors that name the line, a
+job page that reaches `succeeded` with its loss curve drawn from every logged step, streamed chat, deletion, the
+key refused, projects kept apart, and user text shown as text. `.ci/run` installs chromium when it is missing; on
+a developer machine without it these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import FACTS, chat_record, write_jsonl
+from tests.service.conftest import start_server, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and not os.environ.get("CI"):
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)",
+                allow_module_level=True)
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is missing: apt-get install -y chromium"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = start_server("sqlite", tmp_path_factory.mktemp("console"))
+    yield s
+    s.stop()
+
+
+class Page:
+    """A browser tab on the console that records what a user could not see: console errors (CSP violations
+    among them), uncaught exceptions, and every URL requested (the key must never be in one)."""
+
+    def __init__(self, browser, srv, width: int = 1280):
+        self.base = f"http://127.0.0.1:{srv.port}"
+        self.ctx = browser.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
+        self.page = self.ctx.new_page()
+        self.errors: list[str] = []
+        self.urls: list[str] = []
+        # console errors, CSP violations among them; not the browser's own line for each 4xx the tests provoke
+        self.page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                     and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.urls.append(r.url))
+        self.page.on("dialog", lambda d: d.accept())
+
+    def goto(self, hash_: str = ""):
+        self.page.goto(f"{self.base}/{hash_}")
+
+    def sign_in(self, key: str):
+        self.goto("#/datasets")
+        self.page.get_by_label("API key").fill(key)
+        self.page.get_by_role("button", name="Sign in").click()
+
+    def nav(self, name: str, ready: str):
+        """Click a link of the main navigation; wait until its page has rendered."""
+        self.page.get_by_role("navigation").get_by_role("link", name=name).click()
+        self.page.locator(f"#view[data-ready={ready}]").wait_for()
+
+    def close(self):
+        self.ctx.close()
+
+
+def test_console_upload_train_chat_delete(browser, srv, tmp_path):
+    key = srv.new_key("console")
+    client = srv.client(key)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [chat_record(*FACTS[0]), "{not json", chat_record(*FACTS[1])])
+    good = write_jsonl(tmp_path / "facts.jsonl", [chat_record(k, v) for k, v in FACTS * 3])
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in(key)
+        page.get_by_role("heading", name="Datasets").wait_for()
+        page.get_by_label("Check for base model").select_option("tiny-llama")
+
+        # a file with a broken line: refused, and the message names the file and the line
+        page.set_input_files("input[type=file]", str(bad))
+        alert = page.locator("#upload-status .alert.error")
+        alert.wait_for()
+        assert "bad.jsonl line 2" in alert.inner_text()
+
+        # the good file: the file input is reached with Tab from the page's first link (keyboard users get there)
+        page.locator("a.skip").focus()
+        for _ in range(12):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.type") == "file":
+                break
+        assert page.evaluate("document.activeElement.labels[0].textContent") == "Upload a JSONL file"
+        page.set_input_files("input[type=file]", str(good))
+        page.locator("#check h2").wait_for(timeout=120_000)
+        assert "No problems" in page.locator("#check").inner_text()
+        trained = page.locator("#check pre mark.trained")
+        assert trained.count() >= 1 and "My favorite color is blue." in trained.first.inner_text()
+        file_id = client.files.list().data[0].id
+        assert page.locator("#files").get_by_text(file_id).count() == 1
+
+        # a job for tiny-llama: 2 epochs, planned live before launch
+        t.nav("New job", "new")
+        page.get_by_label("Base model", exact=True).select_option("tiny-llama")
+        page.get_by_label("Training file").select_option(file_id)
+        page.get_by_label("Epochs").fill("2")
+        page.get_by_label("Batch size").fill("2")
+        plan = page.locator("#plan")
+        plan.get_by_text("Fits in memory.").wait_for(timeout=120_000)
+        wait_for(lambda: "n epochs 2" in plan.inner_text(), timeout=30)
+        assert "Steps" in plan.inner_text() and "Peak memory" in plan.inner_text()
+        page.get_by_role("button", name="Create job").click()
+
+        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        job = client.fine_tuning.jobs.list().data[0]
+        assert job.status == "succeeded" and job.hyperparameters.n_epochs == 2
+        logged = sorted({e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+                         if e.type == "metrics" and "train_loss" in e.data})
+        assert len(logged) == 12  # 12 examples / batch 2 × 2 epochs
+        chart = page.locator("#loss-chart")
+        wait_for(lambda: chart.get_attribute("data-points") == str(len(logged)), timeout=30)
+        # the curve is drawn: uPlot's canvas holds non-background pixels
+        inked = page.evaluate("""() => {
+            const c = document.querySelector('#loss-chart canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+        assert inked > 500
+        assert page.locator("#checkpoints tbody tr").count() >= 1
+        assert page.locator("#events").get_by_text("The job has successfully completed").count() == 1
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Download step_metrics.csv").click()
+        csv_text = Path(dl.value.path()).read_text()
+        assert csv_text.splitlines()[0].startswith("step") and len(csv_text.splitlines()) > len(logged)
+
+        # chat with the tuned model, the base model beside it; the reply arrives in pieces
+        page.locator("#try-model").click()
+        page.locator("#view[data-ready=playground]").wait_for()
+        assert page.get_by_label("Model A", exact=True).input_value() == job.fine_tuned_model
+        assert page.get_by_label("Model B", exact=True).input_value() == "tiny-llama"
+        page.evaluate("""() => { window.__updates = 0;
+            new MutationObserver(() => window.__updates++).observe(document.querySelector('#pane-A'),
+                {subtree: true, childList: true, characterData: true}); }""")
+        page.get_by_label("Message").fill("What is your favorite color?")
+        page.get_by_label("Message").press("Control+Enter")
+        page.locator("#pane-A .msg.assistant[data-state=done]").wait_for(timeout=120_000)
+        page.locator("#pane-B .msg.assistant[data-state=done]").wait_for(timeout=120_000)
+        assert page.locator("#pane-A .msg.assistant").inner_text().strip()
+        assert page.evaluate("window.__updates") > 3  # the user turn, the empty reply, then text chunk by chunk
+
+        # delete the tuned model from the models page
+        t.nav("Models", "models")
+        row = page.locator(f"#models tr[data-model='{job.fine_tuned_model}']")
+        row.wait_for()
+        row.get_by_text("Call it").click()  # the snippets open; the key is a placeholder, never the real one
+        snippet = row.locator("details.snippet").inner_text()
+        assert "chat/completions" in snippet and "SLMTUNE_API_KEY" in snippet and key not in snippet
+        row.get_by_role("button", name=f"Delete {job.fine_tuned_model}").click()
+        page.get_by_text(f"Deleted {job.fine_tuned_model}.").wait_for()
+        assert row.count() == 0
+        assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
+
+        assert not [u for u in t.urls if key in u], "the API key appeared in a URL"
+        assert key not in page.evaluate("document.cookie")
+        assert t.errors == [], t.errors
+    finally:
+        t.close()
+
+
+def test_wrong_key_is_refused_and_projects_stay_apart(browser, srv, tmp_path):
+    key_a, key_b = srv.new_key("alpha"), srv.new_key("beta")
+    a = srv.client(key_a)
+    f = a.files.create(file=(write_jsonl(tmp_path / "a.jsonl", [chat_record(k, v) for k, v in FACTS * 3])),
+                       purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, suffix="alphaonly")
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in("sk-slm-not-a-key")
+        msg = page.get_by_role("alert")
+        msg.wait_for()
+        assert "The key was refused" in msg.inner_text() and "Incorrect API key" in msg.inner_text()
+        assert page.get_by_label("API key").is_visible()  # still on the sign-in form
+
+        page.get_by_label("API key").fill(key_b)
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("#view[data-ready=datasets]").wait_for()
+        t.nav("Jobs", "jobs")
+        page.locator("#jobs").get_by_text("No jobs yet.").wait_for()
+        assert job.id not in page.content()
+        t.nav("Datasets", "datasets")
+        page.get_by_text("No files yet.").wait_for()
+        t.goto(f"#/jobs/{job.id}")  # another project's job id typed in: not found, nothing of it shown
+        page.get_by_role("alert").wait_for()
+        assert "does not exist" in page.get_by_role("alert").inner_text()
+        t.nav("Models", "models")
+        assert "alphaonly" not in page.content()
+
+        page.get_by_role("button", name="Sign out").click()
+        assert page.get_by_label("API key").is_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+    finally:
+        t.close()
+        a.fine_tuning.jobs.cancel(job.id)
+
+
+def test_script_in_a_dataset_renders_as_text_at_800px(browser, srv, tmp_path):
+    key = srv.new_key("xss")
+    evil = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
+    path = write_jsonl(tmp_path / "<img src=x onerror=window.__pwned=3>.jsonl", [
+        {"messages": [{"role": "user", "content": evil}, {"role": "assistant", "content": evil}]}] * 4)
+    t = Page(browser, srv, width=800)
+    page = t.page
+    try:
+        t.sign_in(key)
+        page.get_by_role("heading", name="Datasets").wait_for()
+        page.get_by_label("Check for base model").select_option("tiny-llama")
+        page.set_input_files("input[type=file]", str(path))
+        page.locator("#check h2").wait_for(timeout=120_000)
+        assert evil in page.locator("#check pre.rendered").first.inner_text()  # the characters, as typed
+        assert "<img src=x onerror=window.__pwned=3>.jsonl" in page.locator("#files").inner_text()
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#view script, #view img").count() == 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= 800  # nothing runs off the side
+        # every page fits 800 px
+        for nav, ready in (("New job", "new"), ("Jobs", "jobs"), ("Playground", "playground"), ("Models", "models")):
+            t.nav(nav, ready)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 800, nav
+
+        headers = httpx.get(t.base + "/").headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-eval" not in csp and "unsafe-inline" not in csp
+        assert t.errors == [], t.errors
+    finally:
+        t.close()
+
+
+def test_console_assets_are_served_from_the_package(srv):
+    base = f"http://127.0.0.1:{srv.port}"
+    page = httpx.get(base + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for path in ("/console/app.js", "/console/app.css", "/console/vendor/uplot-1.6.32/uPlot.iife.min.js"):
+        r = httpx.get(base + path)
+        assert r.status_code == 200 and r.content, path
+    assert httpx.get(base + "/console/../service/app.py").status_code == 404
+    # the API itself answers JSON without the console's CSP (OpenAPI clients and /docs are unaffected)
+    assert "content-security-policy" not in httpx.get(base + "/v1/models").headers
+    assert json.loads(httpx.get(base + "/openapi.json").text)["paths"].get("/") is None
