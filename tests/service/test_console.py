@@ -260,3 +260,43 @@ def test_console_assets_are_served_from_the_package(srv):
     # the API itself answers JSON without the console's CSP (OpenAPI clients and /docs are unaffected)
     assert "content-security-policy" not in httpx.get(base + "/v1/models").headers
     assert json.loads(httpx.get(base + "/openapi.json").text)["paths"].get("/") is None
+
+
+def test_a_scenario_job_from_the_console_shows_its_before_after_report(browser, srv, tmp_path):
+    from tests.service.test_scenario_jobs import RECORDS
+
+    key = srv.new_key("scenario-console")
+    path = write_jsonl(tmp_path / "reviews.jsonl", RECORDS)
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in(key)
+        page.locator("#view[data-ready=datasets]").wait_for()
+        page.get_by_label("Check for base model").select_option("tiny-llama")
+        page.get_by_label("File format").select_option("classification")
+        page.set_input_files("input[type=file]", str(path))
+        page.locator("#check h2").wait_for(timeout=120_000)
+        assert "No problems" in page.locator("#check").inner_text()
+        assert "classification records" in page.locator("#check dl").inner_text()
+
+        t.nav("New job", "new")
+        page.get_by_label("Base model", exact=True).select_option("tiny-llama")
+        page.get_by_label("Scenario").select_option("classification")
+        page.get_by_label("Training file").select_option(index=1)
+        page.get_by_label("Epochs").fill("2")
+        page.get_by_label("Batch size").fill("4")
+        wait_for(lambda: "Steps6" in page.locator("#plan").inner_text().replace("\n", "").replace(" ", ""),
+                 timeout=60)
+        page.get_by_label("Suffix").press("Enter")  # the form submits from the keyboard
+
+        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        report = page.locator("#report")
+        report.get_by_role("heading", name="Scenario report").wait_for(timeout=30_000)
+        assert report.locator("table").count() >= 1 and "accuracy" in report.inner_text()
+        wait_for(lambda: page.evaluate("[...document.querySelectorAll('#report img')].length > 0 && "
+                                       "[...document.querySelectorAll('#report img')].every(i => i.complete && "
+                                       "i.naturalWidth > 0)"), timeout=30)
+        assert "classification" in page.locator("dl.stats").first.inner_text()
+        assert t.errors == [], t.errors
+    finally:
+        t.close()

@@ -28,7 +28,7 @@ def _example_json(ex) -> dict:
                          for m in ex.messages]}
 
 
-def _write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
+def write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         for r in records:
@@ -53,10 +53,10 @@ def prepare(cfg, run_dir: Path) -> None:
     (run_dir / SCENARIO_FILE).write_text(json.dumps(
         {"name": name, "meta": meta, "train": d.train, "validation": d.validation,
          "validation_lines": [r.line for r in val] if not d.validation else None}, indent=2))
-    _write_examples(run_dir / "data" / "train.jsonl", name, meta, train)
+    write_examples(run_dir / "data" / "train.jsonl", name, meta, train)
     d.train = str(run_dir / "data" / "train.jsonl")
     if val:
-        _write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
+        write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
         d.validation = str(run_dir / "data" / "validation.jsonl")
     d.validation_split = 0.0
 

@@ -3,17 +3,23 @@
 The same checks as ``slmtune data validate`` (every problem with its line and field), the token statistics, and a
 preview of the first examples as the model will see them: the chat template rendered, cut into runs of tokens
 that carry loss and runs that do not, so a person can see what the model is trained on. Plain data function, no
-HTTP (the web console and the SDK-less clients call it through the route).
+HTTP (the web console and the SDK-less clients call it through the route). With ``scenario``, the file holds that
+scenario's records: they are checked as records, then as the chat examples they become (lines are the records').
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.data.validate import check_file
+from slmtune.scenarios.catalog import build_meta
+from slmtune.scenarios.pipeline import write_examples
+from slmtune.scenarios.records import read_records
 from slmtune.service.errors import BadRequest
 from slmtune.service.files import get_file
 from slmtune.service.jobs import check_model
@@ -24,7 +30,7 @@ MAX_PROBLEMS = 200  # listed in the answer; the total is always given
 
 
 def check_stored_file(*, session: Session, settings: Settings, project: str, file_id: str, model: str,
-                      max_seq_length: int = 1024, preview: int = 3) -> FileCheck:
+                      max_seq_length: int = 1024, preview: int = 3, scenario: str | None = None) -> FileCheck:
     from slmtune.models.loading import load_tokenizer
     from slmtune.models.registry import resolve
 
@@ -36,16 +42,32 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
     path, filename = row.path, row.filename
     session.close()  # loading a tokenizer can take seconds: hold no database connection meanwhile
     tokenizer = load_tokenizer(resolve(model))
-    report = check_file(path, tokenizer, max_seq_length=max_seq_length)
-    problems = [CheckProblem(line=p.line, field=p.path, message=p.message) for p in report.problems]
+    with tempfile.TemporaryDirectory(prefix="slmtune-check-") as tmp:
+        line_of = None  # example line → record line, for a scenario file
+        if scenario:
+            records, record_problems = read_records(path, scenario)
+            if record_problems:
+                problems = [CheckProblem(line=p.line, field=p.path, message=p.message) for p in record_problems]
+                return FileCheck(file_id=file_id, filename=filename, model=model, ok=False,
+                                 n_problems=len(problems), problems=problems[:MAX_PROBLEMS], formats={},
+                                 stats={"records": len(records)}, preview=[])
+            path = Path(tmp) / "examples.jsonl"
+            write_examples(path, scenario, build_meta(scenario, records), records)
+            line_of = [0] + [r.line for r in records]
+        report = check_file(path, tokenizer, max_seq_length=max_seq_length)
+    at = (lambda n: line_of[n] if 0 < n < len(line_of) else n) if line_of else (lambda n: n)
+    problems = [CheckProblem(line=at(p.line), field=p.path, message=p.message) for p in report.problems]
     examples = [report.examples[e.line] for e in report.encoded]
+    formats = dict(Counter(ex.kind for ex in examples))
+    if scenario:
+        formats = {f"{scenario} records": len(examples)}
     return FileCheck(
         file_id=file_id, filename=filename, model=model, ok=report.ok, n_problems=len(problems),
-        problems=problems[:MAX_PROBLEMS], formats=dict(Counter(ex.kind for ex in examples)),
-        stats=report.stats(), preview=[_preview(tokenizer, enc) for enc in report.encoded[:preview]])
+        problems=problems[:MAX_PROBLEMS], formats=formats, stats=report.stats(),
+        preview=[_preview(tokenizer, enc, at(enc.line)) for enc in report.encoded[:preview]])
 
 
-def _preview(tokenizer, enc) -> PreviewExample:
+def _preview(tokenizer, enc, line: int) -> PreviewExample:
     """Consecutive tokens with the same loss flag, decoded together."""
     segments: list[PreviewSegment] = []
     start = 0
@@ -54,4 +76,4 @@ def _preview(tokenizer, enc) -> PreviewExample:
             segments.append(PreviewSegment(text=tokenizer.decode(enc.input_ids[start:i]), trained=enc.labels[start]
                                            != IGNORE_INDEX, tokens=i - start))
             start = i
-    return PreviewExample(line=enc.line, tokens=enc.n_tokens, trained_tokens=enc.n_trained, segments=segments)
+    return PreviewExample(line=line, tokens=enc.n_tokens, trained_tokens=enc.n_trained, segments=segments)

@@ -123,7 +123,9 @@ def _method_dict(req: FineTuningJobCreate) -> dict:
     if lrm != "auto" and not lrm > 0:
         raise BadRequest("hyperparameters.learning_rate_multiplier must be 'auto' or > 0.",
                          param="hyperparameters.learning_rate_multiplier")
-    return {"type": kind, kind: {"hyperparameters": values}}
+    if req.scenario is not None and kind != "supervised":
+        raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
+    return {"type": kind, kind: {"hyperparameters": values}, **({"scenario": req.scenario} if req.scenario else {})}
 
 
 def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
@@ -145,12 +147,20 @@ def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
     return out
 
 
-def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, validation_path, output) -> dict:
+SCENARIO_HOLDOUT = 0.2  # a scenario job without a validation file scores base and tuned on this share of its records
+
+
+def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, validation_path, output,
+                 scenario: str | None = None) -> dict:
     """The engine's config for a job, its hyperparameters resolved: the worker trains it, the planner predicts it.
-    LoRA; ``learning_rate_multiplier`` scales ``BASE_LR``; DPO adds its objective and beta."""
+    LoRA; ``learning_rate_multiplier`` scales ``BASE_LR``; DPO adds its objective and beta; a scenario job trains on
+    its records and is scored (base vs tuned) on the validation records or a seeded hold-out."""
+    holdout = SCENARIO_HOLDOUT if scenario and not validation_path else 0.0
     return {
         "model": {"name": model},
-        "data": {"train": str(train_path), "validation": str(validation_path) if validation_path else None},
+        "data": {"train": str(train_path), "validation": str(validation_path) if validation_path else None,
+                 "validation_split": holdout},
+        **({"scenario": {"name": scenario}} if scenario else {}),
         "method": {"name": "lora"},
         "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
                   "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": seed % (2**31),
@@ -171,16 +181,29 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
     train, val = _check_model_and_files(session=session, settings=settings, project=project, req=req)
     method = _method_dict(req)
     session.close()  # reading the file and the model takes seconds: hold no database connection meanwhile
-    examples, problems = read_jsonl(train.path)
-    if problems:
-        p = problems[0]
-        raise BadRequest(f"The training file cannot be planned: line {p.line}: {p.path}: {p.message}",
-                         param="training_file", code="invalid_training_file")
-    kind = method["type"]
-    hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(examples))
-    cfg = train_config(model=req.model, kind=kind, hp=hp, seed=req.seed or 0, train_path=train.path,
-                       validation_path=val.path if val else None, output=Path(tempfile.gettempdir()) / "slmtune-plan")
-    result = plan(cfg, memory_limit_mb=req.memory_limit_mb, nproc=settings.job_nproc)
+    with tempfile.TemporaryDirectory(prefix="slmtune-plan-") as tmp:
+        train_path = Path(train.path)
+        if req.scenario:  # the planner measures the chat examples the records become
+            from slmtune.scenarios.catalog import build_meta
+            from slmtune.scenarios.pipeline import write_examples
+            from slmtune.scenarios.records import read_records
+
+            records, problems = read_records(train_path, req.scenario)
+            if not problems:
+                train_path = Path(tmp) / "train.jsonl"
+                write_examples(train_path, req.scenario, build_meta(req.scenario, records), records)
+        else:
+            problems = read_jsonl(train_path)[1]
+        if problems:
+            p = problems[0]
+            raise BadRequest(f"The training file cannot be planned: line {p.line}: {p.path}: {p.message}",
+                             param="training_file", code="invalid_training_file")
+        kind = method["type"]
+        hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(read_jsonl(train_path)[0]))
+        cfg = train_config(model=req.model, kind=kind, hp=hp, seed=req.seed or 0, train_path=train_path,
+                           validation_path=val.path if val and not req.scenario else None, output=Path(tmp) / "run",
+                           scenario=req.scenario)
+        result = plan(cfg, memory_limit_mb=req.memory_limit_mb, nproc=settings.job_nproc)
     return JobPlan(hyperparameters=hp, **result.to_dict())
 
 

@@ -132,6 +132,9 @@ class Method(_In):
     reinforcement: dict | None = None
 
 
+ScenarioName = Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"]
+
+
 class FineTuningJobCreate(_In):
     """``POST /v1/fine_tuning/jobs`` (https://platform.openai.com/docs/api-reference/fine-tuning/create)."""
 
@@ -145,6 +148,10 @@ class FineTuningJobCreate(_In):
     seed: int | None = Field(None, ge=0, le=2147483647)
     method: Method | None = None
     metadata: dict[str, str] | None = None
+    scenario: ScenarioName | None = Field(
+        None, description="slmtune extra: the files hold this scenario's records (docs/scenarios.md), turned into "
+        "chat examples by its prompt template; after training the base and tuned models are scored on the "
+        "validation records (or a 20% hold-out) and report.md with its plots joins the job's result files.")
     # --- vendor extras (accepted, not used) ---
     trainingType: str | None = Field(None, description="Azure OpenAI extra; accepted and ignored.")  # noqa: N815
 

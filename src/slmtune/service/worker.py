@@ -286,8 +286,11 @@ class Worker:
             path = data_dir / name
             if not path.exists():
                 continue
-            rep = check_file(path, tokenizer, max_seq_length=1024)
-            if not rep.problems:
+            if method.get("scenario"):  # scenario records: the engine turns them into chat examples
+                rep = _ScenarioCheck(path, method["scenario"])
+            else:
+                rep = check_file(path, tokenizer, max_seq_length=1024)
+            if not rep.problems and not method.get("scenario"):
                 for ex in rep.examples.values():
                     if (want and ex.kind != want) or (not want and ex.kind == "preference"):
                         rep.problems.append(Problem(str(path), ex.line, "(root)", (
@@ -315,7 +318,8 @@ class Worker:
                 return False
             if param == "training_file":
                 n_train = n
-                (run_dir / "data" / "tokens").write_text(str(rep.stats()["tokens_total"]))
+                if "tokens_total" in rep.stats():
+                    (run_dir / "data" / "tokens").write_text(str(rep.stats()["tokens_total"]))
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
@@ -330,7 +334,7 @@ class Worker:
         cfg = J.train_config(model=job.model, kind=job.method["type"], hp=hp, seed=job.seed,
                              train_path=data / "train.jsonl",
                              validation_path=data / "validation.jsonl" if job.validation_file else None,
-                             output=run_dir / "run")
+                             output=run_dir / "run", scenario=job.method.get("scenario"))
         if self.settings.job_nproc > 1:  # the job's batch size is global: split it over the processes
             from slmtune.training.distributed import free_port
 
@@ -432,7 +436,14 @@ class Worker:
         # OpenAI serves the result file base64-encoded; clients decode it with base64.b64decode (spec §5).
         result = store_file(session=s, settings=self.settings, project=job.project_id, filename="step_metrics.csv",
                             purpose="fine-tune-results", content=base64.b64encode(metrics_csv))
-        s.execute(update(JobRow).where(JobRow.id == job.id).values(result_files=[result.id]))
+        results = [result.id]
+        report = run_dir / "run" / "report.md"
+        if report.exists():  # a scenario job: its before/after report and plots, as written
+            for path in [report, *sorted((run_dir / "run" / "plots").glob("*.png"))]:
+                results.append(store_file(session=s, settings=self.settings, project=job.project_id,
+                                          filename=path.name, purpose="fine-tune-results",
+                                          content=path.read_bytes()).id)
+        s.execute(update(JobRow).where(JobRow.id == job.id).values(result_files=results))
         J.add_event(s, job.id, f"New fine-tuned model created: {ft_name}", key="model-created")
         J.add_event(s, job.id, "The job has successfully completed", key="succeeded")
 
@@ -441,6 +452,18 @@ class Worker:
                      error={"code": code, "message": message, "param": param}, finished_at=now(),
                      lease_until=None, worker_id=None):
             J.add_event(s, job.id, message, level="error", key="failed")
+
+
+class _ScenarioCheck:
+    """A scenario file's records checked as the engine will read them, shaped like the data check's report."""
+
+    def __init__(self, path: Path, scenario: str):
+        from slmtune.scenarios.records import read_records
+
+        self.records, self.problems = read_records(path, scenario)
+
+    def stats(self) -> dict:
+        return {"examples": len(self.records)}
 
 
 def _hyper(method: dict) -> dict:

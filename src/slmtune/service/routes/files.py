@@ -8,7 +8,15 @@ from starlette.concurrency import run_in_threadpool
 
 from slmtune.service import file_checks, files
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
-from slmtune.service.schemas import Deleted, FileCheck, FileList, FileObject, UploadPurpose, error_responses
+from slmtune.service.schemas import (
+    Deleted,
+    FileCheck,
+    FileList,
+    FileObject,
+    ScenarioName,
+    UploadPurpose,
+    error_responses,
+)
 
 router = APIRouter(tags=["files"])
 
@@ -58,11 +66,15 @@ def file_content(file_id: str, session: SessionDep, project: ProjectDep) -> Resp
 def check_file(file_id: str, session: SessionDep, settings: SettingsDep, project: ProjectDep,
                model: Annotated[str, Query(min_length=1, max_length=200)],
                max_seq_length: Annotated[int, Query(ge=16, le=131072)] = 1024,
-               preview: Annotated[int, Query(ge=0, le=20)] = 3) -> FileCheck:
+               preview: Annotated[int, Query(ge=0, le=20)] = 3,
+               scenario: Annotated[ScenarioName | None, Query(description="The file holds this scenario's "
+                                                               "records (as for a job's `scenario`).")] = None
+               ) -> FileCheck:
     """slmtune extra: the checks of `slmtune data validate` for one base model (every problem with its line and
     field), token statistics, and the first examples as rendered for training with the loss-carrying text marked."""
     return file_checks.check_stored_file(session=session, settings=settings, project=project, file_id=file_id,
-                                         model=model, max_seq_length=max_seq_length, preview=preview)
+                                         model=model, max_seq_length=max_seq_length, preview=preview,
+                                         scenario=scenario)
 
 
 @router.delete("/files/{file_id}", response_model=Deleted)

@@ -6,6 +6,9 @@
 
 const KEY_STORE = "slmtune.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const SCENARIOS = ["classification", "ner", "translation", "qa", "chat", "creative", "domain"];  // docs/scenarios.md
+const scenarioSelect = () => h("select", {}, h("option", { value: "", text: "none (chat or prompt/completion JSONL)" }),
+  SCENARIOS.map((n) => h("option", { value: n, text: `${n} records` })));
 let timers = [];          // polling timers of the current view, cleared when the view changes
 let viewToken = 0;        // bumps on every navigation: late answers for a left view are dropped
 
@@ -197,6 +200,7 @@ async function route() {
 async function datasetsView(token) {
   const models = await baseModels();
   const modelSel = h("select", {}, models.map((m) => h("option", { value: m, text: m })));
+  const scenarioSel = scenarioSelect();
   // the drop zone takes drags; the native file input inside it is the keyboard's way in (Tab, then Enter or Space)
   const picker = h("input", { type: "file", accept: ".jsonl", id: nextId("f") });
   const status = h("div", { "aria-live": "polite", id: "upload-status" });
@@ -229,7 +233,8 @@ async function datasetsView(token) {
   async function check(f) {
     clear(checkPanel, h("p", { class: "muted", text: `Checking ${f.filename} for ${modelSel.value}…` }));
     const model = encodeURIComponent(modelSel.value);
-    const c = await api(`/slmtune/files/${f.id}/check?model=${model}&preview=3`);
+    const sc = scenarioSel.value ? `&scenario=${scenarioSel.value}` : "";
+    const c = await api(`/slmtune/files/${f.id}/check?model=${model}&preview=3${sc}`);
     if (token !== viewToken) return;
     clear(checkPanel, renderCheck(c));
   }
@@ -255,7 +260,9 @@ async function datasetsView(token) {
     h("h1", { text: "Datasets" }),
     h("div", { class: "card" }, drop,
     h("div", { class: "row" }, field("Check for base model", modelSel,
-      "Token counts and the preview use this model's tokenizer and chat template.")), status),
+      "Token counts and the preview use this model's tokenizer and chat template."),
+    field("File format", scenarioSel, "a scenario's records become chat examples through its prompt template")),
+    status),
     checkPanel,
     h("h2", { text: "Files" }),
     h("table", { class: "grid", id: "files" }, h("thead", {}, h("tr", {},
@@ -300,6 +307,7 @@ async function newJobView(token) {
       h("option", { value: "supervised", text: "supervised (SFT, LoRA)" }),
       h("option", { value: "dpo", text: "dpo (preference pairs, LoRA)" }),
       h("option", { value: "reinforcement", text: "reinforcement (not supported yet)", disabled: true })),
+    scenario: Object.assign(scenarioSelect(), { name: "scenario" }),
     training: h("select", { name: "training_file", required: true },
       h("option", { value: "", text: files.length ? "— choose —" : "— upload a file first —" }), fileOpts),
     validation: h("select", { name: "validation_file" }, h("option", { value: "", text: "none" }),
@@ -327,6 +335,7 @@ async function newJobView(token) {
     if (el.validation.value) b.validation_file = el.validation.value;
     if (el.suffix.value) b.suffix = el.suffix.value;
     if (el.seed.value !== "") b.seed = parseInt(el.seed.value, 10);
+    if (el.scenario.value) b.scenario = el.scenario.value;
     return b;
   }
   let planSeq = 0, debounce = null;
@@ -355,6 +364,7 @@ async function newJobView(token) {
     } },
     h("fieldset", {}, h("legend", { text: "Model and data" }),
       field("Base model", el.model), field("Method", el.method),
+      field("Scenario", el.scenario, "records of a scenario; the job then reports base vs tuned on its metric"),
       field("Training file", el.training), field("Validation file", el.validation, "optional: valid loss and accuracy")),
     h("fieldset", {}, h("legend", { text: "Hyperparameters (empty = auto)" }),
       field("Epochs", el.epochs, "auto = 3, more for small files (≥100 example passes)"),
@@ -522,7 +532,7 @@ async function jobView(token, jobId) {
       job.error ? alertBox(`${job.error.code}: ${job.error.message}`) : null,
       h("dl", { class: "stats" }, [
         ["Base model", job.model], ["Fine-tuned model", job.fine_tuned_model || "—"],
-        ["Method", job.method.type], ["Training file", job.training_file],
+        ["Method", job.method.type], ["Scenario", job.method.scenario || "none"], ["Training file", job.training_file],
         ["Validation file", job.validation_file || "none"], ["Seed", job.seed],
         ["Created", fmtTime(job.created_at)], ["Finished", fmtTime(job.finished_at)],
         ["Trained tokens", job.trained_tokens ? job.trained_tokens.toLocaleString() : "—"],
