@@ -159,35 +159,35 @@ async function ensureSignedIn() {
 }
 
 // --- router -----------------------------------------------------------------------------------------------------
-const ROUTES = [
-  [/^#\/datasets$/, datasetsView, "datasets"],
-  [/^#\/new$/, newJobView, "new"],
-  [/^#\/jobs$/, jobsView, "jobs"],
-  [/^#\/jobs\/([^/?]+)$/, jobView, "jobs"],
-  [/^#\/playground(?:\?(.*))?$/, playgroundView, "playground"],
-  [/^#\/models$/, modelsView, "models"],
+const ROUTES = [  // hash, view, its nav link, the name #view[data-ready] takes once it has rendered
+  [/^#\/datasets$/, datasetsView, "datasets", "datasets"],
+  [/^#\/new$/, newJobView, "new", "new"],
+  [/^#\/jobs$/, jobsView, "jobs", "jobs"],
+  [/^#\/jobs\/([^/?]+)$/, jobView, "jobs", "job"],
+  [/^#\/playground(?:\?(.*))?$/, playgroundView, "playground", "playground"],
+  [/^#\/models$/, modelsView, "models", "models"],
 ];
 function stopPolling() { timers.forEach(clearInterval); timers = []; }
 function stopTimers() { stopPolling(); viewToken++; }  // leaving the view: its late answers are dropped too
 async function route() {
   stopTimers();
+  delete view().dataset.ready;
   const token = viewToken;
   if (!location.hash || location.hash === "#/") { location.replace("#/datasets"); return; }
   if (!(await ensureSignedIn()) || token !== viewToken) return;
   const key = sessionStorage.getItem(KEY_STORE);
   document.getElementById("sign-out").hidden = !key;
   document.getElementById("who").textContent = key ? `key ${key.slice(0, 10)}…` : "no auth";
-  for (const [re, fn, nav] of ROUTES) {
+  for (const [re, fn, nav, ready] of ROUTES) {
     const m = location.hash.match(re);
     if (!m) continue;
     document.querySelectorAll("[data-nav]").forEach((a) => {
       if (a.dataset.nav === nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     });
     clear(view(), h("p", { class: "muted", text: "Loading…" }));
-    delete view().dataset.ready;
     try {
       await fn(token, ...m.slice(1).map((x) => (x === undefined ? x : decodeURIComponent(x))));
-      if (token === viewToken) view().dataset.ready = nav;  // rendered (tests wait on this)
+      if (token === viewToken) view().dataset.ready = ready;  // rendered (tests wait on this)
     } catch (err) {
       if (err.status !== 401 && token === viewToken) clear(view(), alertBox(err.message));
     }
