@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,13 @@ def test_console_upload_train_chat_delete(browser, srv, tmp_path):
         csv_text = Path(dl.value.path()).read_text()
         assert csv_text.splitlines()[0].startswith("step") and len(csv_text.splitlines()) > len(logged)
 
+        with page.expect_download() as dl:  # the tuned model's adapter, as a zip PEFT can load once unpacked
+            page.get_by_role("button", name="Download adapter").click()
+        with zipfile.ZipFile(dl.value.path()) as z:
+            names = set(z.namelist())
+            config = json.loads(z.read("adapter_config.json"))
+        assert "adapter_model.safetensors" in names and config["peft_type"] == "LORA"
+
         # chat with the tuned model, the base model beside it; the reply arrives in pieces
         page.locator("#try-model").click()
         page.locator("#view[data-ready=playground]").wait_for()
@@ -249,6 +257,20 @@ def test_script_in_a_dataset_renders_as_text_at_800px(browser, srv, tmp_path):
         t.close()
 
 
+def test_no_auth_server_opens_without_a_key(browser, tmp_path):
+    s = start_server("sqlite", tmp_path, workers=0, auth=False)
+    t = Page(browser, s)
+    try:
+        t.goto("#/models")
+        t.page.locator("#view[data-ready=models]").wait_for()
+        assert t.page.get_by_label("API key").count() == 0 and t.page.locator("#who").inner_text() == "no auth"
+        assert t.page.locator("#models tr[data-model='tiny-llama']").count() == 1
+        assert t.errors == [], t.errors
+    finally:
+        t.close()
+        s.stop()
+
+
 def test_console_assets_are_served_from_the_package(srv):
     base = f"http://127.0.0.1:{srv.port}"
     page = httpx.get(base + "/")
@@ -260,6 +282,9 @@ def test_console_assets_are_served_from_the_package(srv):
     # the API itself answers JSON without the console's CSP (OpenAPI clients and /docs are unaffected)
     assert "content-security-policy" not in httpx.get(base + "/v1/models").headers
     assert json.loads(httpx.get(base + "/openapi.json").text)["paths"].get("/") is None
+    key = srv.new_key("assets")
+    base_adapter = httpx.get(f"{srv.url}/slmtune/models/tiny-llama/adapter", headers={"Authorization": f"Bearer {key}"})
+    assert base_adapter.status_code == 400 and "base model" in base_adapter.json()["error"]["message"]
 
 
 def test_a_scenario_job_from_the_console_shows_its_before_after_report(browser, srv, tmp_path):
