@@ -68,7 +68,9 @@ class Server:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(60)
+        # uvicorn waits for every request in flight: a handler that never returns would hold shutdown forever
+        assert not self.thread.is_alive(), "the server did not shut down within 60 s (a request never ended)"
 
     def client(self, key: str = "none", max_retries: int = 0, **kw):
         from openai import OpenAI

@@ -9,7 +9,7 @@ import json
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from slmtune.inference.batching import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
@@ -78,9 +78,17 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
         raise BadRequest(str(e), param="logprobs" if "logprobs" in str(e) else None) from None
     cid, created = new_id("chatcmpl-"), int(time.time())
     if not req.stream:
+        # The engine emits nothing more for a cancelled request, so waiting for the completion would never end
+        # once the client has gone: wait for whichever comes first. (Before, every such request left a coroutine
+        # waiting forever, and a server shutting down waited for it.)
+        work = asyncio.ensure_future(_complete(req, handle, events, cid, created, n))
         watcher = asyncio.create_task(_watch_disconnect(request, handle))
         try:
-            return await _complete(req, handle, events, cid, created, n)
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            work.cancel()  # the client went away: nobody reads an answer
+            return Response(status_code=499)
         finally:
             watcher.cancel()
             handle.cancel()  # a no-op once every choice has finished
