@@ -73,6 +73,14 @@ class Page:
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_role("button", name="Sign in").click()
 
+    def upload_and_check(self, path: Path, file_format: str | None = None):
+        """On the datasets page: check for tiny-llama (as `file_format` records), upload `path`, await the check."""
+        self.page.get_by_label("Check for base model").select_option("tiny-llama")
+        if file_format:
+            self.page.get_by_label("File format").select_option(file_format)
+        self.page.set_input_files("input[type=file]", str(path))
+        self.page.locator("#check h2", has_text=path.name).wait_for(timeout=120_000)
+
     def nav(self, name: str, ready: str):
         """Click a link of the main navigation; wait until its page has rendered."""
         self.page.get_by_role("navigation").get_by_role("link", name=name).click()
@@ -236,9 +244,7 @@ def test_script_in_a_dataset_renders_as_text_at_800px(browser, srv, tmp_path):
     try:
         t.sign_in(key)
         page.get_by_role("heading", name="Datasets").wait_for()
-        page.get_by_label("Check for base model").select_option("tiny-llama")
-        page.set_input_files("input[type=file]", str(path))
-        page.locator("#check h2").wait_for(timeout=120_000)
+        t.upload_and_check(path)
         assert evil in page.locator("#check pre.rendered").first.inner_text()  # the characters, as typed
         assert "<img src=x onerror=window.__pwned=3>.jsonl" in page.locator("#files").inner_text()
         assert page.evaluate("window.__pwned") is None
@@ -297,10 +303,7 @@ def test_a_scenario_job_from_the_console_shows_its_before_after_report(browser, 
     try:
         t.sign_in(key)
         page.locator("#view[data-ready=datasets]").wait_for()
-        page.get_by_label("Check for base model").select_option("tiny-llama")
-        page.get_by_label("File format").select_option("classification")
-        page.set_input_files("input[type=file]", str(path))
-        page.locator("#check h2").wait_for(timeout=120_000)
+        t.upload_and_check(path, "classification")
         assert "No problems" in page.locator("#check").inner_text()
         assert "classification records" in page.locator("#check dl").inner_text()
 

@@ -188,18 +188,18 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
             from slmtune.scenarios.pipeline import write_examples
             from slmtune.scenarios.records import read_records
 
-            records, problems = read_records(train_path, req.scenario)
+            examples, problems = read_records(train_path, req.scenario)  # one example per record
             if not problems:
                 train_path = Path(tmp) / "train.jsonl"
-                write_examples(train_path, req.scenario, build_meta(req.scenario, records), records)
+                write_examples(train_path, req.scenario, build_meta(req.scenario, examples), examples)
         else:
-            problems = read_jsonl(train_path)[1]
+            examples, problems = read_jsonl(train_path)
         if problems:
             p = problems[0]
             raise BadRequest(f"The training file cannot be planned: line {p.line}: {p.path}: {p.message}",
                              param="training_file", code="invalid_training_file")
         kind = method["type"]
-        hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(read_jsonl(train_path)[0]))
+        hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(examples))
         cfg = train_config(model=req.model, kind=kind, hp=hp, seed=req.seed or 0, train_path=train_path,
                            validation_path=val.path if val and not req.scenario else None, output=Path(tmp) / "run",
                            scenario=req.scenario)
