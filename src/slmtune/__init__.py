@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 
 
 def train(config, *, resume: bool = False, sinks=None, progress: bool = False):
-    """Fine-tune as ``config`` says (TrainConfig, dict of sections, or YAML path). See :func:`slmtune.training.train`."""
-    from slmtune.training.run import train as _train
+    """Fine-tune as ``config`` says (TrainConfig, dict of sections, or YAML path). See :func:`slmtune.training.train`;
+    with a scenario in the config, the scenario run around it (:func:`slmtune.scenarios.run.train`)."""
+    from slmtune.scenarios.run import train as _train
 
     return _train(config, resume=resume, sinks=sinks, progress=progress)
 

@@ -102,7 +102,7 @@ def train(
       slmtune train --scenario classification --data ~/.slmtune/data/sentiment/train.jsonl --validation ~/.slmtune/data/sentiment/eval.jsonl -o runs/sent
     """
     from slmtune.config import build_config, load_config
-    from slmtune.training.run import train as run_train
+    from slmtune.scenarios.run import train as run_train  # the engine, wrapped by a scenario run when one is set
 
     overrides = []
     for key, val in (("model.name", model), ("data.train", data), ("data.validation", validation),
@@ -266,7 +266,7 @@ def chat(
                                          "(chosen by the folder when not given).")] = "auto",
 ) -> None:
     """Chat with a tuned or base model. Interactive unless --prompt is given (empty line or Ctrl-D quits)."""
-    from slmtune.export.onnx import is_onnx_dir
+    from slmtune.artifacts import is_onnx_dir
     from slmtune.inference.generate import ChatModel, load, locate
 
     if runtime == "onnx" and not is_onnx_dir(target):
@@ -581,7 +581,7 @@ def serve(
 
     from slmtune.service.app import create_app
 
-    from slmtune.export.onnx import is_onnx_dir
+    from slmtune.artifacts import is_onnx_dir
 
     if no_auth and not insecure_no_auth and host not in ("127.0.0.1", "localhost", "::1"):
         _fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "

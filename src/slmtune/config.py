@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from slmtune.methods import METHODS, option_defaults  # methods never import config at run time (types only)
+
 
 class ConfigError(ValueError):
     """A configuration problem; ``problems`` lists every one as ``path: message``."""
@@ -92,8 +94,6 @@ class MethodSection(_Section):
 
     @model_validator(mode="after")
     def _known_method_and_options(self) -> MethodSection:
-        from slmtune.methods import METHODS, option_defaults
-
         method = METHODS.get(self.name)
         if method is None:
             raise ValueError(f"name: unknown method {self.name!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -110,8 +110,6 @@ class MethodSection(_Section):
 
     def relevant(self) -> dict:
         """The options this method reads (what config.yaml records)."""
-        from slmtune.methods import METHODS
-
         return {"name": self.name, **{k: getattr(self, k) for k in METHODS[self.name].options}}
 
 

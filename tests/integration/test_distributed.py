@@ -146,7 +146,7 @@ def _our_workers() -> list[int]:
                 cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
             except OSError:
                 continue
-            if "slmtune.training.distributed" in cmd:
+            if "slmtune.training.rank" in cmd:
                 pids.append(int(d))
     return pids
 

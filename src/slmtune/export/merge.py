@@ -20,7 +20,7 @@ def merge(run_or_adapter: str | Path, out: str | Path, precision: str = "fp32") 
     """
     from peft import PeftModel
 
-    from slmtune.inference.generate import locate
+    from slmtune.artifacts import locate
     from slmtune.methods import METHODS
     from slmtune.models.loading import load_base_model, load_tokenizer
 

@@ -169,7 +169,7 @@ def export_onnx(target: str | Path, out: str | Path, precision: str = "fp32", pr
     """Export ``target`` (run, adapter, checkpoint, model id or folder) to ``out``; returns the parity report.
     Raises :class:`ExportError` when the export or the fp32 parity gate fails (``out`` then holds the report)."""
     from slmtune.export.merge import merge
-    from slmtune.inference.generate import locate
+    from slmtune.artifacts import locate
     from slmtune.models.loading import load_base_model, load_tokenizer
 
     if precision not in PRECISIONS:
@@ -206,6 +206,4 @@ def export_onnx(target: str | Path, out: str | Path, precision: str = "fp32", pr
     return report
 
 
-def is_onnx_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "model.onnx").exists() and (p / "genai_config.json").exists()
+

@@ -2,77 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from slmtune.artifacts import list_checkpoints
+from slmtune.artifacts import Source, is_onnx_dir, locate  # noqa: F401 - re-exported: inference's own names
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer
-from slmtune.models.registry import resolve
-
-
-@dataclass
-class Source:
-    """What a user pointed at, resolved to a base model folder and an optional adapter or full model."""
-
-    base: str  # registry id or path of the base model
-    base_dir: Path
-    adapter_dir: Path | None = None
-    model_dir: Path | None = None  # a fully fine-tuned model (replaces base weights)
-    quantize_bits: int | None = None  # the adapter was trained on a bitsandbytes-quantized base (qlora)
-
-    @property
-    def weights_dir(self) -> Path:
-        return self.model_dir or self.base_dir
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        for d in (self.adapter_dir, self.model_dir):
-            if d is not None and (d / "tokenizer_config.json").exists():
-                return d
-        return self.base_dir
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1][1] if ckpts else None
-
-
-def _base_from_adapter(adapter_dir: Path) -> str:
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base = cfg.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
-    return base
-
-
-def locate(path_or_id: str | Path) -> Source:
-    """Find out what ``path_or_id`` is: a run directory, an adapter/checkpoint folder, a model folder or an id."""
-    p = Path(path_or_id).expanduser()
-    if p.is_dir() and (p / "config.yaml").exists() and not (p / "config.json").exists():
-        saved = yaml.safe_load((p / "config.yaml").read_text())
-        base = saved["model"]["name"]
-        base_dir = resolve(base)
-        bits = saved["method"].get("bits") if saved["method"]["name"] == "qlora" else None
-        if (p / "adapter" / "adapter_config.json").exists():
-            return Source(base, base_dir, adapter_dir=p / "adapter", quantize_bits=bits)
-        if (p / "model" / "config.json").exists():
-            return Source(base, base_dir, model_dir=p / "model")
-        ckpt = _latest_checkpoint(p)
-        if ckpt is not None:
-            if (ckpt / "adapter_config.json").exists():
-                return Source(base, base_dir, adapter_dir=ckpt, quantize_bits=bits)
-            return Source(base, base_dir, model_dir=ckpt)
-        raise FileNotFoundError(f"{p}: run directory has no adapter/, model/ or checkpoint yet")
-    if p.is_dir() and (p / "adapter_config.json").exists():
-        base = _base_from_adapter(p)
-        return Source(base, resolve(base), adapter_dir=p)
-    return Source(str(path_or_id), resolve(path_or_id))
 
 
 def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -165,8 +102,6 @@ class ChatModel:
 def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = None):
     """Load a model id, model folder, run directory, adapter or checkpoint for chat and evaluation; a folder written
     by ``slmtune export onnx`` loads into ONNX Runtime (an OnnxChatModel with the same chat methods)."""
-    from slmtune.export.onnx import is_onnx_dir
-
     if is_onnx_dir(path_or_id):
         from slmtune.inference.onnx_runtime import OnnxChatModel
 

@@ -17,7 +17,7 @@ class OnnxChatModel:
     def __init__(self, path: str | Path, provider: str = "cpu"):
         import onnxruntime_genai as og
 
-        from slmtune.export.onnx import is_onnx_dir
+        from slmtune.artifacts import is_onnx_dir
 
         self.path = Path(path)
         if not is_onnx_dir(self.path):

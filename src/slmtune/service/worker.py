@@ -618,7 +618,7 @@ def _child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, r
     db = Database(db_url)
     sink = DBSink(db, job_id, token, ft_name)
     try:
-        from slmtune.training.run import train
+        from slmtune.scenarios.run import train  # the engine, wrapped by a scenario run for scenario jobs
 
         result = train(cfg, resume=resume, sinks=[sink])
         code = EXIT_OK if result.status == "succeeded" else EXIT_INTERRUPTED

@@ -218,7 +218,8 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None 
     """Start the worker processes (torchrun) for this node, wait, and return rank 0's result. ``sinks`` receive
     the run's events as rank 0 writes them."""
     from slmtune.config import ConfigError
-    from slmtune.training.run import RESULT_FILE, TrainResult
+    from slmtune.artifacts import RESULT_FILE
+    from slmtune.training.result import TrainResult
 
     d = cfg.distributed
     if d.node_rank == 0 and d.master_addr in ("127.0.0.1", "localhost", "0.0.0.0") and \
@@ -232,7 +233,7 @@ def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None 
     launch_file.write_text(cfg.to_yaml())
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
            f"--node_rank={d.node_rank}", f"--master_addr={d.master_addr}", f"--master_port={d.master_port}",
-           "-m", "slmtune.training.distributed", str(launch_file)]
+           "-m", "slmtune.training.rank", str(launch_file)]
     cmd += ["--resume"] if resume else []
     cmd += ["--progress"] if progress else []
     env = os.environ | {WORKER_ENV: "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // d.nproc)),
@@ -302,34 +303,7 @@ def _noise(line: str) -> bool:
     return any(s in line for s in ("gemm_4bit_forward", "OMP_NUM_THREADS", "*****", "[W", "Setting OMP"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from slmtune.config import load_config
-    from slmtune.training.run import train
-
-    ap = argparse.ArgumentParser(prog="slmtune.training.distributed")
-    ap.add_argument("config")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    import warnings
-
-    # DeepSpeed calls collectives torch has renamed; one FutureWarning per call would flood the user's terminal
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    cfg = load_config(args.config)
-    try:
-        train(cfg, resume=args.resume, progress=args.progress and rank() == 0)
-    except Exception as e:  # noqa: BLE001 - reported to the launcher, then this rank exits non-zero
-        errors = Path(cfg.run.output) / ERRORS_DIR
-        errors.mkdir(parents=True, exist_ok=True)
-        (errors / f"rank-{rank()}.txt").write_text(f"rank {rank()}: {type(e).__name__}: {e}")
-        raise SystemExit(1) from None
-    finally:
-        _shutdown()
-
-
-def _shutdown() -> None:
+def shutdown_process_group() -> None:
     """Tear the process group down before the interpreter exits: left to exit-time destructors, gloo's threads
     can abort the process ("terminate called without an active exception") after a successful run."""
     import torch.distributed as dist
@@ -340,7 +314,3 @@ def _shutdown() -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - a peer already gone: nothing left to synchronise
             pass
-
-
-if __name__ == "__main__":
-    main()

@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmtune import events as ev
@@ -18,33 +16,11 @@ from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
+from slmtune.training.result import TrainResult  # noqa: F401 - also slmtune.training.run.TrainResult
 
 
 class RunDirError(ValueError):
     pass
-
-
-@dataclass
-class TrainResult:
-    run_dir: str
-    status: str  # "succeeded" | "interrupted"
-    global_step: int
-    total_steps: int
-    train_loss: float | None
-    valid_loss: float | None
-    valid_mean_token_accuracy: float | None
-    trained_tokens: int
-    tokens_per_second: float  # non-padding tokens per second of training
-    train_runtime_s: float
-    artifact: str | None
-    last_checkpoint: str | None
-    padding_fraction: float = 0.0  # share of the batches' token slots that were padding
-    history: list[dict] = field(default_factory=list, repr=False)
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d.pop("history")
-        return json.dumps(d, indent=2)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -147,12 +123,15 @@ def train(
     resume: bool = False,
     sinks: list[ev.Sink] | None = None,
     progress: bool = False,
+    run_dir_ready: bool = False,
 ) -> TrainResult:
     """Fine-tune a model as ``config`` says; return a :class:`TrainResult`.
 
     ``config`` is a TrainConfig, a dict of sections or a YAML path. ``resume=True`` continues from the last
     checkpoint in ``run.output``. ``sinks`` receive every :class:`slmtune.events.Event`; ``progress=True`` adds the
     terminal progress display. The run directory always gets ``events.jsonl`` and ``metrics.csv``.
+    ``run_dir_ready``: a wrapper (a scenario run, :mod:`slmtune.scenarios.run`) prepared ``run.output`` and wrote
+    the training data into it; it is used as it is. The engine reads ``cfg.data`` and nothing of scenarios.
     """
     from slmtune.training import distributed
 
@@ -162,20 +141,9 @@ def train(
     if worker:  # a rank of a multi-process run: the launcher prepared the run directory
         run_dir = Path(cfg.run.output)
     else:
-        run_dir = prepare_run_dir(cfg, resume)
-        if cfg.scenario.name:
-            from slmtune.scenarios.pipeline import prepare
-
-            prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+        run_dir = Path(cfg.run.output) if run_dir_ready else prepare_run_dir(cfg, resume)
         if distributed.world_size(cfg) > 1:
-            result = distributed.launch(cfg, run_dir, resume, progress, sinks)
-            if result is not None and cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded":
-                bus = ev.EventBus([ev.JsonlSink(run_dir / "events.jsonl")])
-                try:
-                    _scenario_eval(cfg, run_dir, bus, progress)
-                finally:
-                    bus.close()
-            return result
+            return distributed.launch(cfg, run_dir, resume, progress, sinks)
 
     ckpt = None
     if resume:
@@ -194,10 +162,7 @@ def train(
     if resume and not ckpt:
         bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
-        result = _train(cfg, run_dir, ckpt, bus)
-        if cfg.scenario.name and cfg.scenario.eval and result.status == "succeeded" and not worker:
-            _scenario_eval(cfg, run_dir, bus, progress)
-        return result
+        return _train(cfg, run_dir, ckpt, bus)
     except (DataError, ConfigError, RunDirError) as e:
         bus.emit(ev.message(str(e), level="error"))
         raise
@@ -209,28 +174,6 @@ def train(
         raise
     finally:
         bus.close()
-
-
-def _scenario_eval(cfg: TrainConfig, run_dir: Path, bus: ev.EventBus, progress: bool) -> None:
-    """Base vs tuned on the held-out records, then report.md (the scenario's before/after)."""
-    from slmtune.scenarios.catalog import get
-    from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info
-    from slmtune.scenarios.report import write_report
-
-    info = load_info(run_dir)
-    records = heldout_records(run_dir)
-    if not records:
-        bus.emit(ev.message("Scenario: no validation records (data.validation or data.validation_split), so no "
-                            "before/after metric", level="warn"))
-        return
-    scores = evaluate_models(run_dir, info["name"], info["meta"], records, ("base", "tuned"),
-                             max_records=cfg.scenario.eval_max_records, progress=progress,
-                             log=lambda s: bus.emit(ev.message(s)))
-    sc = get(info["name"])
-    b, t = scores["base"].get(sc.headline), scores["tuned"].get(sc.headline)
-    report = write_report(run_dir)
-    bus.emit(ev.message(f"Scenario {sc.name}: {sc.headline} base {b:.4g} → tuned {t:.4g}; report: {report}",
-                        scenario=sc.name, metric=sc.headline, base=b, tuned=t))
 
 
 def disable_adapter_input_casts(model) -> bool:

@@ -1,0 +1,80 @@
+"""A scenario run wraps the engine: records → chat examples, the engine's ``train``, then the base and tuned
+models scored on the held-out records and ``report.md`` written. The engine knows nothing of scenarios.
+
+``slmtune.train()``, ``slmtune train`` and the service's jobs all call :func:`train` here; without a scenario in
+the config it is the engine's ``train`` unchanged. The multi-process launcher is the engine's too: the records are
+converted before it starts, and the evaluation runs once, here, after every process has finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmtune import events as ev
+from slmtune.scenarios.catalog import get
+from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
+from slmtune.scenarios.report import write_report
+from slmtune.training import run as engine
+from slmtune.training.run import TrainResult
+
+
+def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
+          progress: bool = False) -> TrainResult | None:
+    """The engine's :func:`slmtune.training.run.train`, with a scenario's data preparation before it and its
+    before/after evaluation and report after it when ``config`` names a scenario."""
+    cfg = engine.coerce_config(config).model_copy(deep=True)
+    if not cfg.scenario.name:
+        return engine.train(cfg, resume=resume, sinks=sinks, progress=progress)
+    engine.check_config(cfg)
+    run_dir = engine.prepare_run_dir(cfg, resume)
+    prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+    held = list(sinks or [])  # the engine closes its sinks when it ends; the evaluation still writes to these
+    try:
+        result = engine.train(cfg, resume=resume, sinks=[_KeepOpen(s) for s in held], progress=progress,
+                              run_dir_ready=True)
+        if result is None or result.status != "succeeded" or not cfg.scenario.eval:
+            return result
+        bus, held = ev.EventBus(held), []  # the bus closes them now
+        if progress:
+            from slmtune.display import ConsoleSink
+
+            bus.add(ConsoleSink())
+        bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
+        try:
+            evaluate_and_report(cfg, run_dir, bus, progress)
+        except Exception as e:
+            bus.emit(ev.message(f"Scenario evaluation failed: {type(e).__name__}: {e}", level="error"))
+            raise
+        finally:
+            bus.close()
+        return result
+    finally:
+        ev.EventBus(held).close()
+
+
+class _KeepOpen:
+    """A caller's sink handed to the engine without its ``close`` (the scenario run closes it at its own end)."""
+
+    def __init__(self, sink: ev.Sink):
+        self.sink = sink
+
+    def __call__(self, event: ev.Event) -> None:
+        self.sink(event)
+
+
+def evaluate_and_report(cfg, run_dir: Path, bus: ev.EventBus, progress: bool) -> None:
+    """Base vs tuned on the held-out records, then report.md (the scenario's before/after)."""
+    info = load_info(run_dir)
+    records = heldout_records(run_dir)
+    if not records:
+        bus.emit(ev.message("Scenario: no validation records (data.validation or data.validation_split), so no "
+                            "before/after metric", level="warn"))
+        return
+    scores = evaluate_models(run_dir, info["name"], info["meta"], records, ("base", "tuned"),
+                             max_records=cfg.scenario.eval_max_records, progress=progress,
+                             log=lambda s: bus.emit(ev.message(s)))
+    sc = get(info["name"])
+    b, t = scores["base"].get(sc.headline), scores["tuned"].get(sc.headline)
+    report = write_report(run_dir)
+    bus.emit(ev.message(f"Scenario {sc.name}: {sc.headline} base {b:.4g} → tuned {t:.4g}; report: {report}",
+                        scenario=sc.name, metric=sc.headline, base=b, tuned=t))

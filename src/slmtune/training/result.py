@@ -1,0 +1,30 @@
+"""What a training run returns (and writes to RUN/result.json): shared by the engine and its multi-process launcher,
+which reads rank 0's result back from the run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    status: str  # "succeeded" | "interrupted"
+    global_step: int
+    total_steps: int
+    train_loss: float | None
+    valid_loss: float | None
+    valid_mean_token_accuracy: float | None
+    trained_tokens: int
+    tokens_per_second: float  # non-padding tokens per second of training
+    train_runtime_s: float
+    artifact: str | None
+    last_checkpoint: str | None
+    padding_fraction: float = 0.0  # share of the batches' token slots that were padding
+    history: list[dict] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("history")
+        return json.dumps(d, indent=2)
