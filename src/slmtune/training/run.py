@@ -1,6 +1,11 @@
-"""The training recipe, top to bottom: check → resolve model → load data → build method → Trainer → save.
+"""The engine: ``train(config)`` prepares the run directory (or launches the processes of a multi-process run) and
+runs the recipe, ``_train``, which reads top to bottom as its steps:
 
-``train(config)`` is the one entry point: the CLI, the Python API and the service worker all call it.
+    resolve_run → (model source, tokenizer) → setup_data → count_steps → trainer_settings → setup_model
+    → setup_trainer (SFT or DPO: the one switch) → attach (fast paths, callbacks) → fit → save → finish
+
+The CLI, the Python API and the service call it through :func:`slmtune.scenarios.run.train`, which adds a
+scenario's data preparation and before/after evaluation around it when the config names one.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmtune import events as ev
@@ -187,38 +193,72 @@ def disable_adapter_input_casts(model) -> bool:
     return found
 
 
+# --- the recipe ---------------------------------------------------------------------------------------------------
+# Each step below is one function, in the order the run takes them. torch, transformers and peft are imported inside
+# the steps on purpose: `slmtune --help`, `slmtune plan` and the API server start without loading them.
+
+
+@dataclass
+class Data:
+    """The encoded training and validation sets, and the parsed examples behind them (DPO trains on those)."""
+
+    train_set: list
+    val_set: list
+    train_examples: list
+    val_examples: list
+
+    @property
+    def has_val(self) -> bool:
+        return bool(self.val_set)
+
+
 def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResult:
-    import torch
-    from transformers import TrainingArguments, set_seed
-
-    from slmtune.methods import BuildContext, get
-    from slmtune.models.loading import linear_names, load_base_model, load_tokenizer
+    """One training run in this process (a rank of a multi-process run included)."""
+    from slmtune.models.loading import load_tokenizer
     from slmtune.models.registry import resolve
-    from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
-
-    from slmtune.models.loading import resolve_precision
-
-    method = get(cfg.method.name)
     from slmtune.training import distributed
 
+    method, strategy = resolve_run(cfg, run_dir, ckpt, bus)
+    model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
+    tokenizer = load_tokenizer(model_dir)
+    data = setup_data(cfg, tokenizer, bus)  # before the weights: a bad file fails before any load
+    total_steps = count_steps(cfg, data)
+    arg_kw, early_args = trainer_settings(cfg, method, strategy, run_dir, model_dir, data)  # before the weights too
+    model, peft_config = setup_model(cfg, method, model_dir, total_steps, bus)
+    if strategy in ("ddp", "fsdp"):
+        arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
+    trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args)
+    callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
+    status, runtime = fit(trainer, callback, ckpt, data)
+    artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == "succeeded" else None
+    return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
+
+
+def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus):
+    """The method and the distributed strategy; "auto" precision and strategy resolved and written to
+    config.yaml (rank 0)."""
+    from slmtune.methods import get
+    from slmtune.models.loading import resolve_precision
+    from slmtune.training import distributed
+
+    method = get(cfg.method.name)
     strategy = distributed.resolve_strategy(cfg)
     cfg.distributed.strategy = strategy
-    main_rank = distributed.rank() == 0
     cfg.model.precision = distributed.resolve_precision(
         cfg, resolve_precision(cfg.model.precision, method.precisions), strategy)
-    if main_rank:
+    if distributed.rank() == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())  # fully resolved: "auto" is written as what it chose
     if ckpt:
         bus.emit(ev.message(f"Resuming from {ckpt[1].relative_to(run_dir)} (step {ckpt[0]})", step=ckpt[0]))
+    return method, strategy
 
-    # --- model source and data (data first: a bad file fails before any weights load) ---------------------------
-    model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
-    tokenizer = load_tokenizer(model_dir)
+
+def setup_data(cfg: TrainConfig, tokenizer, bus: ev.EventBus) -> Data:
+    """Encode the training (and validation) file through the chat template, with its loss mask; or hold out a
+    seeded share of the training file."""
     d = cfg.data
     train_rep = load_encoded(d.train, tokenizer, d.max_seq_length, d.truncate)
-    train_set = train_rep.encoded
-    val_set = []
-    reports = [train_rep]
+    train_set, val_set, reports = train_rep.encoded, [], [train_rep]
     if d.validation:
         reports.append(load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate))
         val_set = reports[-1].encoded
@@ -237,12 +277,24 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         f"Data: {len(train_set)} training examples ({n_tok} tokens), {len(val_set)} validation examples",
         train_examples=len(train_set), train_tokens=n_tok, validation_examples=len(val_set),
     ))
+    return Data(train_set, val_set, train_examples, val_examples)
 
-    # --- trainer settings (before the weights: under ZeRO-3 DeepSpeed's config must exist when they load) --------
+
+def count_steps(cfg: TrainConfig, data: Data) -> int:
     t = cfg.train
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / t.batch_size) / t.grad_accum)
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
-    has_val = bool(val_set)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train_set) / t.batch_size) / t.grad_accum)
+    return t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+
+
+def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, model_dir: Path, data: Data):
+    """The Trainer's arguments, and under ZeRO the TrainingArguments themselves: DeepSpeed's config must exist
+    before the weights load (ZeRO-3 then loads each process's partition only)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from slmtune.training import distributed
+
+    t = cfg.train
     arg_kw = dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -258,7 +310,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=1,
-        eval_strategy=("steps" if t.eval_every else "epoch") if has_val else "no",
+        eval_strategy=("steps" if t.eval_every else "epoch") if data.has_val else "no",
         eval_steps=t.eval_every or None,
         save_strategy="steps" if t.save_every else "epoch",
         save_steps=t.save_every or 500,
@@ -287,8 +339,16 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
             # join the process group now: zero.Init sizes the partitions by DeepSpeed's world size
             training_args.device
             deepspeed.init_distributed(dist_backend=distributed.backend())
+    return arg_kw, training_args
 
-    # --- model + method ---------------------------------------------------------------------------------------
+
+def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus: ev.EventBus):
+    """The base model (quantized for qlora), made trainable by the method (a PEFT adapter, or every weight)."""
+    from transformers import set_seed
+
+    from slmtune.methods import BuildContext
+    from slmtune.models.loading import linear_names, load_base_model
+
     t0 = time.perf_counter()
     model = load_base_model(model_dir, cfg.model.precision,
                             quantize_bits=cfg.method.bits if method.quantized else None)
@@ -302,7 +362,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     if method.quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     if peft_config is not None:
         from peft import get_peft_model
 
@@ -315,69 +375,98 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), loaded in {time.perf_counter() - t0:.1f}s",
         trainable_params=trainable, total_params=total,
     ))
+    return model, peft_config
 
-    if strategy in ("ddp", "fsdp"):
-        arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
 
-    if t.objective == "dpo":
+def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, arg_kw: dict, early_args):
+    """The one place SFT and DPO differ: TRL's DPOTrainer on preference records, or our SLMTrainer."""
+    from transformers import TrainingArguments
+
+    from slmtune.training.trainer import SLMTrainer
+
+    if cfg.train.objective == "dpo":
         from slmtune.training.dpo import build_dpo_trainer
 
         if peft_config is None:
             raise ConfigError(["train.objective: dpo needs an adapter method (its reference model is the base "
                                "with the adapter off); method 'full' is not supported with dpo yet"])
-        trainer = build_dpo_trainer(cfg, model, tokenizer, train_examples, val_examples, arg_kw)
-    else:
-        trainer = SLMTrainer(
-            model=model,
-            args=training_args or TrainingArguments(**arg_kw),
-            train_dataset=SFTDataset(train_set),
-            eval_dataset=SFTDataset(val_set) if has_val else None,
-            data_collator=PackCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id),
-        )
-    if isinstance(trainer, SLMTrainer) and cfg.model.adapter_autocast and cfg.model.precision == "bf16" \
-            and not method.quantized and disable_adapter_input_casts(model):
-        trainer.autocast_dtype = torch.bfloat16
-    if isinstance(trainer, SLMTrainer) and t.fused_loss:
-        from slmtune.training.head_loss import unsupported_reason
+        return build_dpo_trainer(cfg, model, tokenizer, data.train_examples, data.val_examples, arg_kw)
+    return SLMTrainer(
+        model=model,
+        args=early_args or TrainingArguments(**arg_kw),
+        train_dataset=SFTDataset(data.train_set),
+        eval_dataset=SFTDataset(data.val_set) if data.has_val else None,
+        data_collator=PackCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id),
+    )
 
-        # the fused loss calls the decoder directly, around the DDP/DeepSpeed/FSDP wrapper's forward
-        reason = unsupported_reason(model) if strategy == "none" else f"multi-process training ({strategy})"
-        trainer.fused_loss = reason is None
-        if reason:
-            bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
+
+def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, model, bus: ev.EventBus):
+    """The CPU fast paths (bf16 adapter matmuls, the fused head + loss) where they apply, and the callbacks:
+    events, checkpoints as step-N, Ctrl-C; AdaLoRA's rank budget. Returns the event callback."""
+    import torch
     from transformers import PrinterCallback
 
+    from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
+
+    if isinstance(trainer, SLMTrainer):
+        if cfg.model.adapter_autocast and cfg.model.precision == "bf16" and not method.quantized \
+                and disable_adapter_input_casts(model):
+            trainer.autocast_dtype = torch.bfloat16
+        if cfg.train.fused_loss:
+            from slmtune.training.head_loss import unsupported_reason
+
+            # the fused loss calls the decoder directly, around the DDP/DeepSpeed/FSDP wrapper's forward
+            reason = unsupported_reason(model) if strategy == "none" else f"multi-process training ({strategy})"
+            trainer.fused_loss = reason is None
+            if reason:
+                bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
-    callback = EventCallback(bus, run_dir, t.save_total_limit)
+    callback = EventCallback(bus, run_dir, cfg.train.save_total_limit)
     callback.trainer = trainer
     trainer.add_callback(callback)
     if method.name == "adalora":
         trainer.add_callback(AdaLoraBudget())
+    return callback
 
+
+def fit(trainer, callback, ckpt, data: Data) -> tuple[str, float]:
+    """Train (from the checkpoint when resuming); the last evaluation always reflects the final weights."""
     started = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(ckpt[1]) if ckpt else None)
+    trainer.train(resume_from_checkpoint=str(ckpt[1]) if ckpt else None)
     runtime = time.perf_counter() - started
-    state = trainer.state
-
     status = "interrupted" if callback.interrupted else "succeeded"
-    if has_val and status == "succeeded" and callback.last_eval.get("step") != state.global_step:
-        trainer.evaluate()  # the last evaluation always reflects the final weights
+    if data.has_val and status == "succeeded" and callback.last_eval.get("step") != trainer.state.global_step:
+        trainer.evaluate()
         callback.flush()
+    return status, runtime
 
-    artifact = None
-    if status == "succeeded":
-        artifact = run_dir / method.artifact
-        if strategy == "none":
-            trainer.model.save_pretrained(str(artifact))
-        else:  # gathers sharded weights (ZeRO-3, FSDP) into one ordinary adapter/model, written by rank 0
-            trainer.save_model(str(artifact))
-        if main_rank:
-            tokenizer.save_pretrained(str(artifact))  # the same chat template and EOS at serving time
+
+def save(trainer, method, strategy: str, run_dir: Path, tokenizer) -> Path:
+    """The artifact (adapter/ or model/) with the tokenizer beside it: the same chat template and EOS at serving."""
+    from slmtune.training import distributed
+
+    artifact = run_dir / method.artifact
+    if strategy == "none":
+        trainer.model.save_pretrained(str(artifact))
+    else:  # gathers sharded weights (ZeRO-3, FSDP) into one ordinary adapter/model, written by rank 0
+        trainer.save_model(str(artifact))
+    if distributed.rank() == 0:
+        tokenizer.save_pretrained(str(artifact))
+    return artifact
+
+
+def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runtime: float, artifact: Path | None,
+           strategy: str, bus: ev.EventBus) -> TrainResult:
+    """The run's totals (summed over ranks), result.json (rank 0) and the closing message."""
+    import torch
+
+    from slmtune.training import distributed
 
     if strategy != "none" and torch.distributed.is_initialized():  # the run's totals, not rank 0's share
         counts = torch.tensor([trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen], dtype=torch.float64)
         torch.distributed.all_reduce(counts)
         trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen = (int(x) for x in counts.tolist())
+    state = trainer.state
     train_losses = [h["loss"] for h in state.log_history if "loss" in h]
     ckpts = list_checkpoints(run_dir)
     result = TrainResult(
@@ -396,7 +485,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         last_checkpoint=str(ckpts[-1][1]) if ckpts else None,
         history=list(state.log_history),
     )
-    if main_rank:
+    if distributed.rank() == 0:
         (run_dir / RESULT_FILE).write_text(result.to_json())
     if status == "interrupted":
         bus.emit(ev.message(
@@ -408,5 +497,4 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
             f"The job has successfully completed: {artifact}", step=state.global_step, artifact=str(artifact),
             trained_tokens=trainer.trained_tokens, kind="done",
         ))
-    del out
     return result
