@@ -21,8 +21,6 @@
 from __future__ import annotations
 
 import base64
-import collections
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -34,92 +32,34 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import select, update
 
 from slmtune.service import jobs as J
-from slmtune.service.db import CheckpointRow, Database, EventRow, JobRow, new_id, now
+from slmtune.service.db import Database, EventRow, JobRow, new_id, now
 from slmtune.service.files import store_file
+from slmtune.service.queue import (
+    DB_DOWN,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    MAX_ATTEMPTS,
+    Lease,
+    LeaseLost,
+    claim,
+    fence,
+    release,
+    retrying,
+    set_status,
+)
+from slmtune.service.runner import child_main
 from slmtune.service.settings import Settings
 
 log = logging.getLogger("slmtune.worker")
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LEASE_LOST = 0, 1, 3, 4
-MAX_ATTEMPTS = 5
-JOB_NICE = 10  # niceness of training processes (their launchers and ranks inherit it)
-DB_DOWN = (OperationalError, DBAPIError)  # connection refused / reset / server restarting
-JOB_GROUP_ENV = "SLMTUNE_JOB_GROUP"  # set in the training child: launchers keep their processes in its group
-
-
-class LeaseLost(RuntimeError):
-    """Another worker holds the job now (its claim bumped the fencing token)."""
-
-
-def fence(s, job_id: str, token: int) -> None:
-    """In a write transaction: take the job row's write lock and check the claim is still ours."""
-    res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token)
-                    .values(claims=JobRow.claims))
-    if res.rowcount != 1:
-        raise LeaseLost(job_id)
-
-
-def retrying(fn, *, stop: threading.Event | None = None, what: str = "database", max_wait: float = 600.0):
-    """Call ``fn`` until the database answers: backoff 0.5 s doubling to 10 s, for at most ``max_wait`` s."""
-    delay, deadline = 0.5, time.monotonic() + max_wait
-    while True:
-        try:
-            return fn()
-        except DB_DOWN as e:
-            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
-                raise
-            log.warning("%s unreachable (%s); retrying in %.1f s", what, type(e).__name__, delay)
-            time.sleep(delay)
-            delay = min(10.0, delay * 2)
-
-
-class Lease:
-    """The heartbeat of one claim: renews it on database time; sets ``lost`` (and calls ``on_lost``) once the
-    token is gone. While the database is unreachable it keeps trying; training goes on meanwhile."""
-
-    def __init__(self, db: Database, job_id: str, token: int, worker_id: str, seconds: float, on_lost):
-        self.db, self.job_id, self.token, self.worker_id, self.seconds = db, job_id, token, worker_id, seconds
-        self.on_lost = on_lost
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def renew(self) -> bool:
-        with self.db.session() as s:
-            res = s.execute(update(JobRow).where(JobRow.id == self.job_id, JobRow.claims == self.token)
-                            .values(lease_until=self.db.clock() + self.seconds, worker_id=self.worker_id))
-            return res.rowcount == 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.seconds / 3)):
-            try:
-                ok = self.renew()
-            except DB_DOWN as e:
-                log.warning("lease of %s: database unreachable (%s); training goes on", self.job_id, type(e).__name__)
-                continue
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
-                log.exception("lease of %s: renewal failed", self.job_id)
-                continue
-            if not ok:
-                log.warning("lease of %s lost (another worker claimed it): stopping its training", self.job_id)
-                self.lost.set()
-                self.on_lost()
-                return
-
 
 class Worker:
+    """Claims jobs (``queue``), validates their files, trains each in a child process (``runner``) that writes its
+    events (``job_events``), watches it (cancel, pause, lost lease, shutdown) and writes how the job ended."""
+
     def __init__(self, settings: Settings, db: Database | None = None, worker_id: str | None = None,
                  poll_seconds: float = 0.5, shutdown_grace: float = 120.0):
         self.settings = settings
@@ -181,26 +121,14 @@ class Worker:
             child.join(5)
 
     def claim(self) -> tuple[str, int] | None:
-        clock = self.db.clock()
-        expired = or_(JobRow.lease_until.is_(None), JobRow.lease_until < clock)
-        with self.db.session() as s:
-            candidates = s.execute(
-                select(JobRow.id, JobRow.status).where(
-                    JobRow.status.in_(("validating_files", "queued", "running")), expired,
-                ).order_by(JobRow.seq).limit(10)
-            ).all()
-        for job_id, status in candidates:
-            with self.db.session() as s:
-                res = s.execute(
-                    update(JobRow)
-                    .where(and_(JobRow.id == job_id, JobRow.status == status, expired))
-                    .values(worker_id=self.id, lease_until=clock + self.settings.lease_seconds,
-                            attempts=JobRow.attempts + 1, claims=JobRow.claims + 1)
-                )
-                if res.rowcount == 1:
-                    token = s.scalar(select(JobRow.claims).where(JobRow.id == job_id))
-                    return job_id, token
-        return None
+        return claim(self.db, self.id, self.settings.lease_seconds)
+
+    def _release(self, job_id: str, token: int, requeue: bool) -> None:
+        release(self.db, job_id, token, requeue)
+
+    @staticmethod
+    def _set(s, job_id: str, token: int, expected, **values) -> bool:
+        return set_status(s, job_id, token, expected, **values)
 
     def _release_quietly(self, job_id: str, token: int, requeue: bool = False) -> None:
         """Give the claim back (nothing is written if another worker took it over meanwhile)."""
@@ -208,23 +136,6 @@ class Worker:
             retrying(lambda: self._release(job_id, token, requeue), max_wait=30)
         except Exception:  # noqa: BLE001 - the lease runs out by itself if the database stays away
             log.exception("worker %s: could not release %s; its lease will expire", self.id, job_id)
-
-    def _release(self, job_id: str, token: int, requeue: bool) -> None:
-        with self.db.session() as s:
-            values = {"lease_until": None, "worker_id": None}
-            if requeue:  # a clean stop, not a failed attempt
-                values |= {"attempts": JobRow.attempts - 1}
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token).values(**values))
-            if requeue:
-                s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token,
-                                               JobRow.status == "running").values(status="queued"))
-
-    def _set(self, s, job_id: str, token: int, expected, **values) -> bool:
-        """Compare-and-set a status change: only while the claim is ours and the status is one of ``expected``."""
-        expected = (expected,) if isinstance(expected, str) else tuple(expected)
-        res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token,
-                                             JobRow.status.in_(expected)).values(**values))
-        return res.rowcount == 1
 
     # --- one job --------------------------------------------------------------------------------------------------
     def process(self, job_id: str, token: int) -> None:
@@ -357,7 +268,7 @@ class Worker:
             J.add_event(s, job.id, "Fine-tuning job started", key="started")
             ft_name = J.fine_tuned_model_name(job)
         ctx = mp.get_context("spawn")
-        self.child = ctx.Process(target=_child_main, args=(self.settings.db_url, job_id, token, ft_name, cfg, resume,
+        self.child = ctx.Process(target=child_main, args=(self.settings.db_url, job_id, token, ft_name, cfg, resume,
                                                              os.getpid()), daemon=True)
         self.child.start()
         with open(run_dir / "starts.jsonl", "a") as fh:  # one line per training process ever started for the job
@@ -481,158 +392,6 @@ def _last_error(s, job_id: str) -> str | None:
 
 
 # --- the child process -------------------------------------------------------------------------------------------
-class DBSink:
-    """Writes engine events as job events and checkpoint rows (in the training child process).
-
-    Every write first checks the claim's fencing token (``fence``): once another worker holds the job this child
-    exits without writing. While the database is unreachable, events wait in order in memory and a thread writes
-    them (with their original times) when it answers again; training is never held up. ``close()`` waits for them.
-    """
-
-    SKIP = ("The job has successfully completed", "Training for ")
-
-    def __init__(self, db: Database, job_id: str, token: int, ft_name: str):
-        self.db, self.job_id, self.token, self.ft_name = db, job_id, token, ft_name
-        self.last_metrics: dict = {}
-        self._first: tuple[float, int] | None = None  # (time, step) of the first metrics seen, for the ETA
-        self._pending: collections.deque = collections.deque()
-        self._lock = threading.Lock()  # guards _pending and _flusher
-        self._writing = threading.Lock()  # one writer at a time, so events land in order
-        self._flusher: threading.Thread | None = None
-
-    def __call__(self, event) -> None:
-        with self._lock:
-            self._pending.append(event)
-            if self._flusher is not None:  # the database is away: the flusher writes it with the rest
-                return
-        try:
-            self._flush()
-        except DB_DOWN:
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = threading.Thread(target=self._retry, name="event-flusher", daemon=True)
-                    self._flusher.start()
-
-    def close(self, max_wait: float = 600.0) -> None:
-        """Write what is still buffered; retries while the database is away (at most ``max_wait`` s)."""
-        flusher = self._flusher
-        if flusher is not None:
-            flusher.join(max_wait)
-        retrying(self._flush, what="database (buffered events)", max_wait=max_wait)
-
-    @property
-    def buffered(self) -> int:
-        return len(self._pending)
-
-    def _retry(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                self._flush()
-            except DB_DOWN:
-                log.warning("%d event(s) of %s buffered: database unreachable", len(self._pending), self.job_id)
-                time.sleep(delay)
-                delay = min(10.0, delay * 2)
-                continue
-            with self._lock:
-                if not self._pending:
-                    self._flusher = None
-                    return
-
-    def _flush(self) -> None:
-        with self._writing:
-            while self._pending:
-                event = self._pending[0]
-                try:
-                    with self.db.session() as s:
-                        fence(s, self.job_id, self.token)
-                        self._write(s, event)
-                except LeaseLost:
-                    log.warning("job %s is another worker's now: stopping this training", self.job_id)
-                    os._exit(EXIT_LEASE_LOST)
-                self._pending.popleft()
-
-    def _write(self, s, event) -> None:
-        d, at = event.data, int(event.created_at)
-        if event.type == "metrics":
-            keep = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss",
-                    "valid_mean_token_accuracy", "learning_rate", "tokens_per_second")
-            data = {k: d[k] for k in keep if d.get(k) is not None}
-            self.last_metrics = data
-            part = "t" if "train_loss" in data else "v"  # a final evaluation may follow its step's event
-            J.add_event(s, self.job_id, event.message, type="metrics", data=data, key=f"metrics:{d['step']}:{part}",
-                        created_at=at)
-            step, total = d.get("step"), d.get("total_steps")
-            if self._first is None:
-                self._first = (event.created_at, step)
-            elif total and step > self._first[1]:
-                per_step = (event.created_at - self._first[0]) / (step - self._first[1])
-                s.execute(update(JobRow).where(JobRow.id == self.job_id)
-                          .values(estimated_finish=int(event.created_at + per_step * (total - step))))
-            return
-        if d.get("kind") == "checkpoint":
-            step = d["step"]
-            metrics = {k: v for k, v in self.last_metrics.items() if k not in ("total_steps", "learning_rate",
-                                                                               "tokens_per_second")}
-            exists = s.scalar(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id,
-                                                          CheckpointRow.step_number == step))
-            if exists is None:
-                s.add(CheckpointRow(id=new_id("ftckpt_"), job_id=self.job_id, created_at=at, step_number=step,
-                                    metrics=metrics, path=d["checkpoint"],
-                                    fine_tuned_model_checkpoint=f"{self.ft_name}:ckpt-step-{step}"))
-            # the engine rotates old checkpoints: forget the ones whose folder is gone
-            for row in s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id)):
-                if row.step_number != step and not Path(row.path).exists():
-                    s.delete(row)
-            J.add_event(s, self.job_id, f"Checkpoint created at step {step}", key=f"checkpoint:{step}",
-                        created_at=at)
-            return
-        if event.message.startswith(self.SKIP):
-            return
-        key = None
-        if event.level == "info" and not event.message.startswith("Resuming"):
-            key = "m:" + hashlib.sha1(event.message.encode()).hexdigest()[:20]
-        J.add_event(s, self.job_id, event.message, level=event.level, data={}, key=key, created_at=at)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(EXIT_FAILED)
-
-
-def _child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool,
-                parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
-    os.setpgid(0, 0)  # lead a process group: the worker's cancel or lost lease kills all of it, launchers included
-    # Training is batch work beside an interactive API (often in the same server): it yields the CPU to requests.
-    # (200 API clients for 60 s beside a job on 2 cores: p50 3.5 s before, 2.5 s after; docs/benchmarks.md.)
-    os.nice(JOB_NICE)
-    os.environ[JOB_GROUP_ENV] = "1"
-    db = Database(db_url)
-    sink = DBSink(db, job_id, token, ft_name)
-    try:
-        from slmtune.scenarios.run import train  # the engine, wrapped by a scenario run for scenario jobs
-
-        result = train(cfg, resume=resume, sinks=[sink])
-        code = EXIT_OK if result.status == "succeeded" else EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    except BaseException:  # noqa: BLE001 - the engine already emitted the error as an event
-        code = EXIT_FAILED
-    try:
-        sink.close()
-    except Exception:  # noqa: BLE001 - events that never reached the database: the job cannot be trusted
-        code = EXIT_FAILED
-    os._exit(code)
-
-
 def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worker]:
     workers = []
     for _ in range(n):
@@ -642,4 +401,4 @@ def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worke
     return workers
 
 
-__all__ = ["DBSink", "Worker", "start_worker_threads"]
+__all__ = ["MAX_ATTEMPTS", "Worker", "start_worker_threads"]
