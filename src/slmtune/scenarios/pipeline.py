@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from slmtune.scenarios.catalog import build_meta, to_example
-from slmtune.scenarios.records import Record, load_records
+from slmtune.scenarios.records import Record, load_records, read_records
 
 SCENARIO_FILE = "scenario.json"
 
@@ -28,11 +28,20 @@ def _example_json(ex) -> dict:
                          for m in ex.messages]}
 
 
-def write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
+def _write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         for r in records:
             fh.write(json.dumps(_example_json(to_example(name, meta, r)), ensure_ascii=False) + "\n")
+
+
+def records_as_examples(src: str | Path, name: str, out: Path):
+    """Read a scenario's records from ``src`` and, when they have no problem, write the chat examples they become to
+    ``out`` (one per record, in order). Returns ``(records, problems)``."""
+    records, problems = read_records(src, name)
+    if not problems:
+        _write_examples(out, name, build_meta(name, records), records)
+    return records, problems
 
 
 def prepare(cfg, run_dir: Path) -> None:
@@ -53,10 +62,10 @@ def prepare(cfg, run_dir: Path) -> None:
     (run_dir / SCENARIO_FILE).write_text(json.dumps(
         {"name": name, "meta": meta, "train": d.train, "validation": d.validation,
          "validation_lines": [r.line for r in val] if not d.validation else None}, indent=2))
-    write_examples(run_dir / "data" / "train.jsonl", name, meta, train)
+    _write_examples(run_dir / "data" / "train.jsonl", name, meta, train)
     d.train = str(run_dir / "data" / "train.jsonl")
     if val:
-        write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
+        _write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
         d.validation = str(run_dir / "data" / "validation.jsonl")
     d.validation_split = 0.0
 

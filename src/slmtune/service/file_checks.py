@@ -17,9 +17,7 @@ from sqlalchemy.orm import Session
 
 from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.data.validate import check_file
-from slmtune.scenarios.catalog import build_meta
-from slmtune.scenarios.pipeline import write_examples
-from slmtune.scenarios.records import read_records
+from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.errors import BadRequest
 from slmtune.service.files import get_file
 from slmtune.service.jobs import check_model
@@ -45,14 +43,14 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
     with tempfile.TemporaryDirectory(prefix="slmtune-check-") as tmp:
         line_of = None  # example line → record line, for a scenario file
         if scenario:
-            records, record_problems = read_records(path, scenario)
+            examples_path = Path(tmp) / "examples.jsonl"
+            records, record_problems = records_as_examples(path, scenario, examples_path)
             if record_problems:
                 problems = [CheckProblem(line=p.line, field=p.path, message=p.message) for p in record_problems]
                 return FileCheck(file_id=file_id, filename=filename, model=model, ok=False,
                                  n_problems=len(problems), problems=problems[:MAX_PROBLEMS], formats={},
                                  stats={"records": len(records)}, preview=[])
-            path = Path(tmp) / "examples.jsonl"
-            write_examples(path, scenario, build_meta(scenario, records), records)
+            path = examples_path
             line_of = [0] + [r.line for r in records]
         report = check_file(path, tokenizer, max_seq_length=max_seq_length)
     at = (lambda n: line_of[n] if 0 < n < len(line_of) else n) if line_of else (lambda n: n)

@@ -184,14 +184,10 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
     with tempfile.TemporaryDirectory(prefix="slmtune-plan-") as tmp:
         train_path = Path(train.path)
         if req.scenario:  # the planner measures the chat examples the records become
-            from slmtune.scenarios.catalog import build_meta
-            from slmtune.scenarios.pipeline import write_examples
-            from slmtune.scenarios.records import read_records
+            from slmtune.scenarios.pipeline import records_as_examples
 
-            examples, problems = read_records(train_path, req.scenario)  # one example per record
-            if not problems:
-                train_path = Path(tmp) / "train.jsonl"
-                write_examples(train_path, req.scenario, build_meta(req.scenario, examples), examples)
+            examples, problems = records_as_examples(train_path, req.scenario, Path(tmp) / "train.jsonl")
+            train_path = Path(tmp) / "train.jsonl"  # one example per record
         else:
             examples, problems = read_jsonl(train_path)
         if problems:

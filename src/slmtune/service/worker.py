@@ -80,7 +80,7 @@ class Worker:
         while not self.stop.is_set():
             claimed = None
             try:
-                claimed = self.claim()
+                claimed = claim(self.db, self.id, self.settings.lease_seconds)
                 delay = self.poll_seconds
                 if claimed:
                     self.idle.clear()
@@ -120,20 +120,10 @@ class Worker:
                 pass
             child.join(5)
 
-    def claim(self) -> tuple[str, int] | None:
-        return claim(self.db, self.id, self.settings.lease_seconds)
-
-    def _release(self, job_id: str, token: int, requeue: bool) -> None:
-        release(self.db, job_id, token, requeue)
-
-    @staticmethod
-    def _set(s, job_id: str, token: int, expected, **values) -> bool:
-        return set_status(s, job_id, token, expected, **values)
-
     def _release_quietly(self, job_id: str, token: int, requeue: bool = False) -> None:
         """Give the claim back (nothing is written if another worker took it over meanwhile)."""
         try:
-            retrying(lambda: self._release(job_id, token, requeue), max_wait=30)
+            retrying(lambda: release(self.db, job_id, token, requeue), max_wait=30)
         except Exception:  # noqa: BLE001 - the lease runs out by itself if the database stays away
             log.exception("worker %s: could not release %s; its lease will expire", self.id, job_id)
 
@@ -157,7 +147,7 @@ class Worker:
                     if not self.validate(job_id, token, run_dir):
                         return
                 if self.stop.is_set():
-                    self._release(job_id, token, requeue=True)
+                    release(self.db, job_id, token, requeue=True)
                     return
                 self.train(job_id, token, run_dir)
             finally:
@@ -234,7 +224,7 @@ class Worker:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
-            if not self._set(s, job_id, token, "validating_files", status="queued", method=method):
+            if not set_status(s, job_id, token, "validating_files", status="queued", method=method):
                 return False  # cancelled meanwhile (or taken over)
             J.add_event(s, job_id, "Files validated, moving job to queued state", key="validated")
         return True
@@ -259,7 +249,7 @@ class Worker:
 
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
-            if not self._set(s, job_id, token, ("queued", "running"), status="running", pause_requested=False):
+            if not set_status(s, job_id, token, ("queued", "running"), status="running", pause_requested=False):
                 return
             cfg = self._config(job, run_dir)
             resume = bool(list_checkpoints(run_dir / "run"))
@@ -317,14 +307,14 @@ class Worker:
             if code == EXIT_OK:
                 self._succeed(s, job, token, run_dir, ft_name)
             elif code == EXIT_INTERRUPTED and job.pause_requested:
-                if self._set(s, job_id, token, "running", status="paused", pause_requested=False,
+                if set_status(s, job_id, token, "running", status="paused", pause_requested=False,
                              lease_until=None, worker_id=None):
                     ckpts = list_checkpoints(run_dir / "run")
                     at = f" at step {ckpts[-1][0]}" if ckpts else ""
                     J.add_event(s, job_id, f"Job paused{at}; resume continues from this checkpoint")
             elif code != EXIT_OK and self.stop.is_set():  # told to stop: back to the queue, not a failure
                 s.rollback()
-                self._release(job_id, token, requeue=True)
+                release(self.db, job_id, token, requeue=True)
                 ckpts = list_checkpoints(run_dir / "run")
                 at = f" at step {ckpts[-1][0]}" if ckpts else ""
                 with self.db.session() as s2:
@@ -339,7 +329,7 @@ class Worker:
         hp = _hyper(job.method)
         tokens_file = run_dir / "data" / "tokens"
         tokens = int(tokens_file.read_text()) if tokens_file.exists() else 0
-        if not self._set(s, job.id, token, "running", status="succeeded", fine_tuned_model=ft_name,
+        if not set_status(s, job.id, token, "running", status="succeeded", fine_tuned_model=ft_name,
                          finished_at=now(), trained_tokens=tokens * int(hp["n_epochs"]), lease_until=None,
                          worker_id=None):
             return  # cancelled while the last step ran: the cancel wins
@@ -359,7 +349,7 @@ class Worker:
         J.add_event(s, job.id, "The job has successfully completed", key="succeeded")
 
     def _fail(self, s, job: JobRow, token: int, code: str, message: str, param: str | None) -> None:
-        if self._set(s, job.id, token, ("validating_files", "queued", "running"), status="failed",
+        if set_status(s, job.id, token, ("validating_files", "queued", "running"), status="failed",
                      error={"code": code, "message": message, "param": param}, finished_at=now(),
                      lease_until=None, worker_id=None):
             J.add_event(s, job.id, message, level="error", key="failed")
