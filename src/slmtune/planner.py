@@ -23,6 +23,12 @@ import torch
 
 from slmtune import paths
 from slmtune.config import TrainConfig, coerce_config
+from slmtune.data.formats import read_jsonl
+from slmtune.data.tokenize import encode_example
+from slmtune.methods import METHODS, BuildContext, get
+from slmtune.models.loading import linear_names, load_tokenizer, quiet_transformers, resolve_precision
+from slmtune.models.registry import resolve
+from slmtune.training.head_loss import CHUNK_ROWS
 
 MB = 1024 * 1024
 # Calibrated on the project machine (benchmarks/methods.py, smollm2-135m-instruct, batch 8): see docs/methods.md.
@@ -123,8 +129,6 @@ def available_memory_mb() -> float:
 def _meta_model(model_dir: Path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from slmtune.models.loading import quiet_transformers
-
     quiet_transformers()
     cfg = AutoConfig.from_pretrained(str(model_dir))
     with torch.device("meta"):
@@ -132,9 +136,6 @@ def _meta_model(model_dir: Path):
 
 
 def _counts(model_dir: Path, cfg: TrainConfig) -> dict:
-    from slmtune.methods import BuildContext, get
-    from slmtune.models.loading import linear_names
-
     model, mcfg = _meta_model(model_dir)
     total = sum(p.numel() for p in model.parameters())
     lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -159,9 +160,6 @@ def _counts(model_dir: Path, cfg: TrainConfig) -> dict:
 
 
 def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
-    from slmtune.data.formats import read_jsonl
-    from slmtune.data.tokenize import encode_example
-
     if not cfg.data.train or not Path(cfg.data.train).exists():
         return {"examples": 1000, "mean": 256, "max": min(512, cfg.data.max_seq_length), "assumed": True}
     examples, _ = read_jsonl(cfg.data.train)
@@ -172,13 +170,52 @@ def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
 
 
 # --- the plan -----------------------------------------------------------------------------------------------------
+def _memory_breakdown(cfg, method: str, quantized: bool, precision: str, c: dict, longest: int) -> dict[str, float]:
+    """Peak memory by part, in MB: weights, trainable state, activations of the longest batch, logits, temporaries."""
+    t = cfg.train
+    wbytes = BYTES[precision]
+    if quantized:
+        qbits = cfg.method.bits
+        weights = c["linear"] * (qbits / 8 * 1.06) + (c["total"] - c["linear"]) * wbytes
+    else:
+        weights = c["total"] * wbytes
+    trainable_state = c["trainable"] * (12 if method == "full" else 16)  # (+weight when not part of the base) grad, m, v
+    seq = longest + (cfg.method.num_virtual_tokens if method in ("prompt_tuning", "p_tuning") else 0)
+    tokens_peak = t.batch_size * seq
+    act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
+    per_token = c["layers"] * (ACTIVATION_ELEMS[0] * c["hidden"] + ACTIVATION_ELEMS[1] * c["intermediate"])
+    if t.gradient_checkpointing:
+        per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
+    activations = tokens_peak * per_token * act_bytes
+    if t.fused_loss and method not in PROMPT_LEARNING:  # chunks of head logits; full: an fp32 head gradient too
+        logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if method == "full" else 0)
+    else:
+        logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
+    adapted_fp32 = (c["linear"] - c["vocab"] * c["hidden"]) * 4  # the adapted layers (the head is not adapted)
+    input_copy = tokens_peak * c["layers"] * (6 * c["hidden"] + c["intermediate"]) * 4  # fp32 inputs of adapted layers
+    if t.gradient_checkpointing:
+        input_copy /= c["layers"]  # recomputed layer by layer in the backward pass
+    autocast = cfg.model.adapter_autocast and method in AUTOCAST_METHODS
+    if method in ADAPTER_ON_LINEAR and precision == "bf16":
+        adapter = input_copy * (AUTOCAST_TEMPS if autocast else ADAPTER_INPUT_COPY)
+    else:
+        adapter = 0.0
+    w_factor, t_factor = METHOD_EXTRA.get(method, (0.0, 0.0))
+    breakdown = {
+        "runtime": RUNTIME_OVERHEAD_MB,
+        "weights": weights / MB,
+        "trainable_state": trainable_state / MB,
+        "activations": activations / MB,
+        "adapter_inputs": adapter / MB,
+        "method_temporaries": (w_factor * adapted_fp32 + t_factor * input_copy) / MB,
+        "logits": logits / MB,
+    }
+    return breakdown
+
+
 def plan(config, *, method: str | None = None, memory_limit_mb: float | None = None,
          price_per_hour: float | None = None, nproc: int = 1) -> Plan:
     """Predict memory, speed, time and cost of ``config`` (optionally with another ``method``)."""
-    from slmtune.methods import get
-    from slmtune.models.loading import load_tokenizer, resolve_precision
-    from slmtune.models.registry import resolve
-
     cfg = coerce_config(config).model_copy(deep=True)
     if method is not None and method != cfg.method.name:
         cfg.method = type(cfg.method).model_validate({"name": method})
@@ -189,46 +226,7 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     data = _data_stats(cfg, load_tokenizer(model_dir))
     t = cfg.train
 
-    # memory
-    wbytes = BYTES[precision]
-    if m.quantized:
-        qbits = cfg.method.bits
-        weights = c["linear"] * (qbits / 8 * 1.06) + (c["total"] - c["linear"]) * wbytes
-    else:
-        weights = c["total"] * wbytes
-    trainable_state = c["trainable"] * (12 if m.name == "full" else 16)  # (+weight when not part of the base) grad, m, v
-    seq = data["max"] + (cfg.method.num_virtual_tokens if m.name in ("prompt_tuning", "p_tuning") else 0)
-    tokens_peak = t.batch_size * seq
-    act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
-    per_token = c["layers"] * (ACTIVATION_ELEMS[0] * c["hidden"] + ACTIVATION_ELEMS[1] * c["intermediate"])
-    if t.gradient_checkpointing:
-        per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
-    activations = tokens_peak * per_token * act_bytes
-    if t.fused_loss and m.name not in PROMPT_LEARNING:  # chunks of head logits; full: an fp32 head gradient too
-        from slmtune.training.head_loss import CHUNK_ROWS
-
-        logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if m.name == "full" else 0)
-    else:
-        logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
-    adapted_fp32 = (c["linear"] - c["vocab"] * c["hidden"]) * 4  # the adapted layers (the head is not adapted)
-    input_copy = tokens_peak * c["layers"] * (6 * c["hidden"] + c["intermediate"]) * 4  # fp32 inputs of adapted layers
-    if t.gradient_checkpointing:
-        input_copy /= c["layers"]  # recomputed layer by layer in the backward pass
-    autocast = cfg.model.adapter_autocast and m.name in AUTOCAST_METHODS
-    if m.name in ADAPTER_ON_LINEAR and precision == "bf16":
-        adapter = input_copy * (AUTOCAST_TEMPS if autocast else ADAPTER_INPUT_COPY)
-    else:
-        adapter = 0.0
-    w_factor, t_factor = METHOD_EXTRA.get(m.name, (0.0, 0.0))
-    breakdown = {
-        "runtime": RUNTIME_OVERHEAD_MB,
-        "weights": weights / MB,
-        "trainable_state": trainable_state / MB,
-        "activations": activations / MB,
-        "adapter_inputs": adapter / MB,
-        "method_temporaries": (w_factor * adapted_fp32 + t_factor * input_copy) / MB,
-        "logits": logits / MB,
-    }
+    breakdown = _memory_breakdown(cfg, m.name, m.quantized, precision, c, data["max"])
     peak = sum(breakdown.values())
 
     # speed
@@ -258,8 +256,6 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
 def plan_methods(config, *, memory_limit_mb: float | None = None, price_per_hour: float | None = None,
                  methods: list[str] | None = None) -> list[Plan]:
     """Plans for every method (or ``methods``), those that fit first, fastest (cheapest) first."""
-    from slmtune.methods import METHODS
-
     plans = []
     for name in methods or list(METHODS):
         plans.append(plan(config, method=name, memory_limit_mb=memory_limit_mb, price_per_hour=price_per_hour))

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import yaml
 
+from slmtune.artifacts import locate
+from slmtune.methods import METHODS
+from slmtune.models.loading import load_base_model, load_tokenizer
+
 
 class MergeError(ValueError):
     pass
@@ -19,10 +23,6 @@ def merge(run_or_adapter: str | Path, out: str | Path, precision: str = "fp32") 
     tokens instead of weight deltas (prompt/prefix/p-tuning) cannot be merged and say so.
     """
     from peft import PeftModel
-
-    from slmtune.artifacts import locate
-    from slmtune.methods import METHODS
-    from slmtune.models.loading import load_base_model, load_tokenizer
 
     src = locate(run_or_adapter)
     out = Path(out)

@@ -23,6 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from slmtune.artifacts import locate
+from slmtune.data.validate import load_encoded
+from slmtune.evaluation.loss import evaluate_encoded
+from slmtune.export.merge import merge
+from slmtune.models.loading import load_base_model, load_tokenizer
+
 PRECISIONS = ("fp32", "int8", "int4")
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -141,9 +147,6 @@ def parity(out: Path, torch_model, tokenizer, precision: str, provider: str, val
     report = {"precision": precision, "provider": provider, "prompts": rows, "max_abs_logit_diff": max_abs,
               "min_cosine": min_cos, "token_agreement": agree / total if total else 1.0}
     if validation:
-        from slmtune.data.validate import load_encoded
-        from slmtune.evaluation.loss import evaluate_encoded
-
         enc = load_encoded(validation, tokenizer, 1024, truncate=True).encoded
         ref_loss = evaluate_encoded(torch_model, tokenizer, enc)["loss"]
         onnx_loss = _eval_loss_ort(session, enc, head_size)
@@ -168,10 +171,6 @@ def export_onnx(target: str | Path, out: str | Path, precision: str = "fp32", pr
                 validation: str | None = None, log=print) -> dict:
     """Export ``target`` (run, adapter, checkpoint, model id or folder) to ``out``; returns the parity report.
     Raises :class:`ExportError` when the export or the fp32 parity gate fails (``out`` then holds the report)."""
-    from slmtune.export.merge import merge
-    from slmtune.artifacts import locate
-    from slmtune.models.loading import load_base_model, load_tokenizer
-
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if _ort_provider(provider) not in providers():

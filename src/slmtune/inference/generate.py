@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from slmtune.artifacts import Source, is_onnx_dir, locate  # noqa: F401 - re-exported: inference's own names
+from slmtune.inference.onnx_runtime import OnnxChatModel
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer
 
 
@@ -103,7 +104,5 @@ def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = N
     """Load a model id, model folder, run directory, adapter or checkpoint for chat and evaluation; a folder written
     by ``slmtune export onnx`` loads into ONNX Runtime (an OnnxChatModel with the same chat methods)."""
     if is_onnx_dir(path_or_id):
-        from slmtune.inference.onnx_runtime import OnnxChatModel
-
         return OnnxChatModel(path_or_id, provider=device or "cpu")
     return ChatModel(locate(path_or_id), precision=precision, device=device)

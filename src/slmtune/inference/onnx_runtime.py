@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from slmtune.artifacts import is_onnx_dir
+from slmtune.inference.batching import Detokenizer, Failed, Overloaded, PromptTooLong, Request
+from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.serving import ModelServer, Prepared
 from slmtune.models.loading import load_tokenizer
 
 
@@ -16,8 +20,6 @@ class OnnxChatModel:
 
     def __init__(self, path: str | Path, provider: str = "cpu"):
         import onnxruntime_genai as og
-
-        from slmtune.artifacts import is_onnx_dir
 
         self.path = Path(path)
         if not is_onnx_dir(self.path):
@@ -91,9 +93,6 @@ class OnnxEngine:
 
         import onnxruntime_genai as og
 
-        from slmtune.inference.batching import Detokenizer
-        from slmtune.inference.metrics import ServingMetrics
-
         self.name = name
         self.model = model
         self.engine = None  # made on its own thread: onnxruntime-genai binds an Engine to the thread that made it
@@ -118,8 +117,6 @@ class OnnxEngine:
         self._wake.set()
 
     def submit(self, prompt: list[int], params, *, n: int = 1, adapter=None, emit):
-        from slmtune.inference.batching import Overloaded, PromptTooLong, Request
-
         if params.logprobs:
             raise ValueError("logprobs are not available for ONNX Runtime models")
         if not prompt:
@@ -166,8 +163,6 @@ class OnnxEngine:
 
     def _loop(self, og) -> None:
         import time
-
-        from slmtune.inference.batching import Failed
 
         try:
             self.engine = og.Engine(self.model.model)
@@ -243,8 +238,6 @@ class OnnxServer:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="slmtune-onnx-load")
 
     def prepare_sync(self, name: str):
-        from slmtune.inference.serving import Prepared
-
         with self._lock:
             if name not in self.engines:
                 model = OnnxChatModel(self.dirs[name])
@@ -258,8 +251,6 @@ class OnnxServer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare_sync, name)
 
     def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit):
-        from slmtune.inference.serving import ModelServer
-
         return prepared.engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages), params, n=n, emit=emit)
 
     def shutdown(self) -> None:

@@ -24,8 +24,15 @@ from pathlib import Path
 
 import torch
 
-from slmtune.inference.batching import (BatchEngine, Delta, Failed, Finished, Overloaded, PromptTooLong,
-                                        Request)
+from slmtune.inference.batching import (
+    BatchEngine,
+    Delta,
+    Failed,
+    Finished,
+    Overloaded,
+    PromptTooLong,
+    Request,
+)
 from slmtune.inference.lora_batch import unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.sampling import SamplingParams

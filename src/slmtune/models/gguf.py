@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from slmtune import paths
+from slmtune.models.loading import quiet_transformers
 from slmtune.models.registry import ModelNotAvailable, ModelSpec, is_cached, mark_complete, register_source
 
 
@@ -78,8 +79,6 @@ def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
     """Download, verify and convert ``spec`` into ``out_dir`` (atomically: a half-written cache never exists)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from slmtune.models.loading import quiet_transformers
 
     quiet_transformers()
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from slmtune.data.tokenize import encode_example
+from slmtune.evaluation.loss import evaluate_encoded
+from slmtune.inference.generate import generation_kwargs
 from slmtune.scenarios import metrics as M
 from slmtune.scenarios.catalog import CREATIVE_PREFIX_WORDS, get, prompt_messages, reference, to_example
 from slmtune.scenarios.records import Record
@@ -21,8 +24,6 @@ GEN_SCENARIOS = {"classification", "ner", "translation", "qa", "chat", "creative
 @torch.inference_mode()
 def _continue_batch(chat_model, prefixes: list[str], max_new_tokens: int) -> list[str]:
     """Greedy raw-text continuation (no chat template): for text-only creative records."""
-    from slmtune.inference.generate import generation_kwargs
-
     tok = chat_model.tokenizer
     old = tok.padding_side
     tok.padding_side = "left"
@@ -73,9 +74,6 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
                       progress: bool = False) -> dict:
     """The scenario's metrics for ``chat_model`` on ``records``; with ``out_dir``, writes scores.json and
     outputs.jsonl (every prompt, reference, output and per-record score) there."""
-    from slmtune.data.tokenize import encode_example
-    from slmtune.evaluation.loss import evaluate_encoded
-
     sc = get(name)
     prog = _rich_progress if progress else _no_progress
     scores: dict = {"scenario": name, "records": len(records)}

@@ -14,8 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slmtune.data.formats import DataError, Problem
+from slmtune.inference.generate import ChatModel, Source, locate
 from slmtune.scenarios.catalog import build_meta, to_example
+from slmtune.scenarios.evaluate import evaluate_scenario
 from slmtune.scenarios.records import Record, load_records, read_records
+from slmtune.training.run import holdout_split
 
 SCENARIO_FILE = "scenario.json"
 
@@ -50,13 +54,9 @@ def prepare(cfg, run_dir: Path) -> None:
     train = load_records(d.train, name)
     val = load_records(d.validation, name) if d.validation else []
     if not val and d.validation_split:
-        from slmtune.training.run import holdout_split
-
         train, val = holdout_split(train, d.validation_split, cfg.train.seed)  # the engine's own split
     meta = build_meta(name, train)
     if name == "classification" and len(meta["labels"]) < 2:
-        from slmtune.data.formats import DataError, Problem
-
         raise DataError([Problem(d.train, 1, "label", f"only one label in the data ({meta['labels']}); "
                                  "classification needs at least two")])
     (run_dir / SCENARIO_FILE).write_text(json.dumps(
@@ -89,9 +89,6 @@ def heldout_records(run_dir: str | Path) -> list[Record]:
 def evaluate_models(run_dir: str | Path, name: str, meta: dict, records: list[Record], which: tuple[str, ...],
                     max_records: int | None = None, progress: bool = False, log=print) -> dict:
     """Score the base and/or tuned model of a run on ``records``; results under RUN/scenario/{base,tuned}/."""
-    from slmtune.inference.generate import ChatModel, Source, locate
-    from slmtune.scenarios.evaluate import evaluate_scenario
-
     run_dir = Path(run_dir)
     records = records[:max_records] if max_records else records
     src = locate(run_dir)

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmtune.data.formats import DataError, Problem
+from slmtune.data.formats import DataError, Problem, _check_chat
+from slmtune.scenarios.metrics import bio_spans
 
 SCENARIOS = ("domain", "classification", "ner", "translation", "qa", "chat", "creative")
 
@@ -61,8 +62,6 @@ def _check_strings(obj: dict, required: tuple, optional: tuple, add) -> bool:
 
 
 def _check_ner(obj: dict, add) -> dict | None:
-    from slmtune.scenarios.metrics import bio_spans
-
     if "tokens" in obj or "tags" in obj:
         toks, tags = obj.get("tokens"), obj.get("tags")
         ok = True
@@ -117,8 +116,6 @@ def check_record(scenario: str, obj, add) -> dict | None:
     if scenario == "ner":
         return _check_ner(obj, add)
     if scenario == "chat":
-        from slmtune.data.formats import _check_chat
-
         extra = [k for k in obj if k != "messages"]
         for k in extra:
             add(k, "unknown key (a chat record has messages)")
@@ -134,8 +131,6 @@ def check_record(scenario: str, obj, add) -> dict | None:
 
 
 def _read_conll(path: Path) -> tuple[list[Record], list[Problem]]:
-    from slmtune.scenarios.metrics import bio_spans
-
     records, problems, toks, tags, start = [], [], [], [], 1
     lines = path.read_text(encoding="utf-8").splitlines()
     for lineno, raw in enumerate([*lines, ""], start=1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmtune import events as ev
+from slmtune.display import ConsoleSink
 from slmtune.scenarios.catalog import get
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
 from slmtune.scenarios.report import write_report
@@ -36,8 +37,6 @@ def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
             return result
         bus, held = ev.EventBus(held), []  # the bus closes them now
         if progress:
-            from slmtune.display import ConsoleSink
-
             bus.add(ConsoleSink())
         bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
         try:

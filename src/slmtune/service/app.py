@@ -10,14 +10,23 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmtune import __version__
 from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.onnx_runtime import OnnxServer
+from slmtune.inference.serving import ModelServer
+from slmtune.service.auth import ensure_project
+from slmtune.service.console import mount_console
 from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
 from slmtune.service.ratelimit import RateLimiter
+from slmtune.service.routes import chat, files, jobs, models
 from slmtune.service.schemas import error_responses
 from slmtune.service.settings import Settings
+from slmtune.service.worker import start_worker_threads
 
 log = logging.getLogger("slmtune.service")
 
@@ -132,17 +141,42 @@ def _allowed_methods(app: FastAPI, scope: dict) -> list[str]:
 
 
 def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
+    """The API app: /v1 routes, the console at /, error envelopes, /health and /metrics; ``workers`` job workers
+    start with it (in threads) and hand their running jobs back to the queue when it stops."""
     settings = settings or Settings()
     # in-server workers, their heartbeats and the health check take connections too: a margin over the threads
     db = Database(settings.db_url, pool_size=settings.api_threads + 2 * workers + 4)
+    app = FastAPI(
+        title="slmtune",
+        version=__version__,
+        description="Fine-tuning service wire-compatible with the OpenAI fine-tuning API "
+        "(files, fine_tuning/jobs, events, checkpoints, models, chat/completions).",
+        lifespan=_lifespan(settings, db, workers),
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.metrics = ServingMetrics()
+    app.state.limiter = RateLimiter(settings.rate_limit_rpm)
+
+    for r in (files.router, jobs.router, models.router, chat.router):
+        app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
+    app.openapi = lambda: _openapi(app)
+
+    mount_console(app)
+
+    app.add_middleware(AdmissionMiddleware, limit=settings.api_threads)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    _add_probes(app, db)
+    return app
+
+
+def _lifespan(settings: Settings, db: Database, workers: int):
+    """Start-up (schema, thread limit, default project, model servers, workers) and the orderly shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from slmtune.inference.onnx_runtime import OnnxServer
-        from slmtune.inference.serving import ModelServer
-        from slmtune.service.auth import ensure_project
-        from slmtune.service.worker import start_worker_threads
-
         db.ensure_schema(settings.migrate)
         # sync routes and dependencies run on anyio's thread pool: as many threads as the pool has connections
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -165,31 +199,11 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         app.state.onnx.shutdown()
         db.dispose()
 
-    app = FastAPI(
-        title="slmtune",
-        version=__import__("slmtune").__version__,
-        description="Fine-tuning service wire-compatible with the OpenAI fine-tuning API "
-        "(files, fine_tuning/jobs, events, checkpoints, models, chat/completions).",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.db = db
-    app.state.metrics = ServingMetrics()
-    app.state.limiter = RateLimiter(settings.rate_limit_rpm)
+    return lifespan
 
-    from slmtune.service.routes import chat, files, jobs, models
 
-    for r in (files.router, jobs.router, models.router, chat.router):
-        app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
-    app.openapi = lambda: _openapi(app)
-
-    from slmtune.service.console import mount_console
-
-    mount_console(app)
-
-    app.add_middleware(AdmissionMiddleware, limit=settings.api_threads)
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's envelope ``{"error": {message, type, param, code}}``; 4xx say not to retry."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -225,11 +239,13 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
         return _envelope(500, f"The server had an error while processing your request: {type(exc).__name__}",
                          type_="server_error")
 
+
+def _add_probes(app: FastAPI, db: Database) -> None:
+    """/health for load balancers, /metrics for Prometheus (neither in the OpenAPI schema)."""
+
     @app.get("/health", include_in_schema=False)
     def health():
         """200 when the database answers, 503 when it does not (load balancers take the server out meanwhile)."""
-        from sqlalchemy import text
-
         try:
             with db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -240,8 +256,4 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics():
         """Prometheus text format: running/queued sequences, tokens, TTFT and inter-token latency, adapter cache."""
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.data.validate import check_file
+from slmtune.models.loading import load_tokenizer
+from slmtune.models.registry import resolve
 from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.errors import BadRequest
 from slmtune.service.files import get_file
@@ -29,9 +31,6 @@ MAX_PROBLEMS = 200  # listed in the answer; the total is always given
 
 def check_stored_file(*, session: Session, settings: Settings, project: str, file_id: str, model: str,
                       max_seq_length: int = 1024, preview: int = 3, scenario: str | None = None) -> FileCheck:
-    from slmtune.models.loading import load_tokenizer
-    from slmtune.models.registry import resolve
-
     row = get_file(session=session, project=project, file_id=file_id)
     if row.purpose != "fine-tune":
         raise BadRequest(f"File {file_id} has purpose {row.purpose!r}; only fine-tune files can be checked.",

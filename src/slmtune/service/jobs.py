@@ -10,17 +10,21 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from slmtune.data.formats import read_jsonl
+from slmtune.models.registry import REGISTRY
+from slmtune.planner import plan
+from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
 from slmtune.service.files import get_file
 from slmtune.service.schemas import (
     FineTuningJob,
     FineTuningJobCreate,
-    JobPlan,
-    JobPlanRequest,
     JobCheckpoint,
     JobError,
     JobEvent,
+    JobPlan,
+    JobPlanRequest,
 )
 from slmtune.service.settings import Settings
 
@@ -31,8 +35,6 @@ BASE_LR = 2e-4  # learning_rate_multiplier scales this (the LoRA default of the 
 
 
 def base_models(settings: Settings) -> list[str]:
-    from slmtune.models.registry import REGISTRY
-
     return [m for m, spec in REGISTRY.items() if spec.source != "tiny" or settings.test_models]
 
 
@@ -175,17 +177,12 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
     resolve it for this training file. Nothing is created."""
     import tempfile
 
-    from slmtune.data.formats import read_jsonl
-    from slmtune.planner import plan
-
     train, val = _check_model_and_files(session=session, settings=settings, project=project, req=req)
     method = _method_dict(req)
     session.close()  # reading the file and the model takes seconds: hold no database connection meanwhile
     with tempfile.TemporaryDirectory(prefix="slmtune-plan-") as tmp:
         train_path = Path(train.path)
         if req.scenario:  # the planner measures the chat examples the records become
-            from slmtune.scenarios.pipeline import records_as_examples
-
             examples, problems = records_as_examples(train_path, req.scenario, Path(tmp) / "train.jsonl")
             train_path = Path(tmp) / "train.jsonl"  # one example per record
         else:

@@ -8,8 +8,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from slmtune.artifacts import locate
 from slmtune.service.db import CheckpointRow, JobRow, now
-from slmtune.service.errors import NotFound
+from slmtune.service.errors import BadRequest, NotFound
 from slmtune.service.jobs import base_models
 from slmtune.service.schemas import ModelObject
 from slmtune.service.settings import Settings
@@ -52,8 +53,6 @@ def delete_model(*, session: Session, project: str, model_id: str) -> None:
 @functools.lru_cache(maxsize=256)
 def _local_adapter(folder: str) -> tuple[str, Path]:
     """(base id, adapter folder) of a run dir or adapter folder; read once, not on every chat request."""
-    from slmtune.artifacts import locate
-
     src = locate(folder)
     return src.base, src.adapter_dir
 
@@ -84,8 +83,6 @@ def adapter_archive(*, session: Session, settings: Settings, project: str, model
     with ``PeftModel.from_pretrained`` after unzipping), written to a temporary file the caller deletes."""
     import shutil
     import tempfile
-
-    from slmtune.service.errors import BadRequest
 
     _, adapter = resolve_for_chat(session=session, settings=settings, project=project, model_id=model_id)
     if adapter is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
+from slmtune.scenarios.run import train
 from slmtune.service.db import Database
 from slmtune.service.job_events import DBSink
 from slmtune.service.queue import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -38,8 +39,6 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
     db = Database(db_url)
     sink = DBSink(db, job_id, token, ft_name)
     try:
-        from slmtune.scenarios.run import train  # the engine, wrapped by a scenario run for scenario jobs
-
         result = train(cfg, resume=resume, sinks=[sink])
         code = EXIT_OK if result.status == "succeeded" else EXIT_INTERRUPTED
     except KeyboardInterrupt:

@@ -28,6 +28,8 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from slmtune import __version__
+
 HERE = Path(__file__).parent / "migrations"
 BASELINE = "0001"
 # the tables slmtune 0.1 created with create_all: their presence without alembic_version marks such a database
@@ -193,8 +195,6 @@ def check(url: str, cfg: Config | None = None) -> None:
 
 
 def _version() -> str:
-    from slmtune import __version__
-
     return __version__
 
 

@@ -34,6 +34,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from slmtune.artifacts import list_checkpoints
+from slmtune.data.formats import Problem
+from slmtune.data.validate import check_file
+from slmtune.models.loading import load_tokenizer
+from slmtune.models.registry import resolve
+from slmtune.scenarios.records import read_records
 from slmtune.service import jobs as J
 from slmtune.service.db import Database, EventRow, JobRow, new_id, now
 from slmtune.service.files import store_file
@@ -52,6 +58,7 @@ from slmtune.service.queue import (
 )
 from slmtune.service.runner import child_main
 from slmtune.service.settings import Settings
+from slmtune.training.distributed import free_port
 
 log = logging.getLogger("slmtune.worker")
 
@@ -154,11 +161,42 @@ class Worker:
                 self.lease = None
 
     def validate(self, job_id: str, token: int, run_dir: Path) -> bool:
-        from slmtune.data.formats import Problem
-        from slmtune.data.validate import check_file
-        from slmtune.models.loading import load_tokenizer
-        from slmtune.models.registry import resolve
+        """validating_files → queued: the job's own copy of its files, each checked as the engine will read it, and
+        its hyperparameters resolved from the training file's size. False when the job failed (or was cancelled)."""
+        data_dir = run_dir / "data"
+        copied = self._copy_files(job_id, token, data_dir)
+        if copied is None:
+            return False
+        model, method = copied
+        tokenizer = load_tokenizer(resolve(model))
+        n_train = 0
+        for param, name in (("training_file", "train.jsonl"), ("validation_file", "validation.jsonl")):
+            path = data_dir / name
+            if not path.exists():
+                continue
+            rep = _check_job_file(path, method, tokenizer)
+            stats = rep.stats()
+            reason = self._refusal(param, rep.problems, stats["examples"])
+            if reason:
+                with self.db.session() as s:
+                    job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+                    self._fail(s, job, token, *reason)
+                return False
+            if param == "training_file":
+                n_train = stats["examples"]
+                if "tokens_total" in stats:
+                    (data_dir / "tokens").write_text(str(stats["tokens_total"]))
+        with self.db.session() as s:
+            job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+            method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
+            if not set_status(s, job_id, token, "validating_files", status="queued", method=method):
+                return False  # cancelled meanwhile (or taken over)
+            J.add_event(s, job_id, "Files validated, moving job to queued state", key="validated")
+        return True
 
+    def _copy_files(self, job_id: str, token: int, data_dir: Path) -> tuple[str, dict] | None:
+        """Copy the job's files into its run (deleting an upload later does not break a resume); (model, method), or
+        None when a file was deleted before the job started (the job is failed)."""
         with self.db.session() as s:
             fence(s, job_id, token)
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
@@ -167,67 +205,32 @@ class Worker:
             if job.validation_file:
                 msg += f" and validation file: {job.validation_file}"
             J.add_event(s, job.id, msg, key="validating")
-            data_dir = run_dir / "data"
             data_dir.mkdir(parents=True, exist_ok=True)
             missing = [(p, f) for p, f in (("training_file", train_f), ("validation_file", val_f))
                        if (p == "training_file" or job.validation_file) and (f is None or f.deleted)]
             if missing:
                 self._fail(s, job, token, "invalid_file", f"The {missing[0][0].replace('_', ' ')} was deleted "
                            "before the job started.", missing[0][0])
-                return False
-            # The job keeps its own copy: deleting the upload later does not break a resume.
+                return None
             shutil.copyfile(train_f.path, data_dir / "train.jsonl")
             if val_f is not None:
                 shutil.copyfile(val_f.path, data_dir / "validation.jsonl")
-            model, method = job.model, job.method
-        tokenizer = load_tokenizer(resolve(model))
-        want = "preference" if method["type"] == "dpo" else None
-        n_train = 0
-        for param, name in (("training_file", "train.jsonl"), ("validation_file", "validation.jsonl")):
-            path = data_dir / name
-            if not path.exists():
-                continue
-            if method.get("scenario"):  # scenario records: the engine turns them into chat examples
-                rep = _ScenarioCheck(path, method["scenario"])
-            else:
-                rep = check_file(path, tokenizer, max_seq_length=1024)
-            if not rep.problems and not method.get("scenario"):
-                for ex in rep.examples.values():
-                    if (want and ex.kind != want) or (not want and ex.kind == "preference"):
-                        rep.problems.append(Problem(str(path), ex.line, "(root)", (
-                            f"{ex.kind} format, but method {method['type']} needs "
-                            + ("preference records (input, preferred_output, non_preferred_output)" if want
-                               else "chat or prompt/completion records"))))
-                        break
-            reason = None
-            n = rep.stats()["examples"]
-            if rep.problems:
-                p = rep.problems[0]
-                more = f" ({len(rep.problems) - 1} more problem(s) in the file)" if len(rep.problems) > 1 else ""
-                reason = (f"invalid_{param}", f"The job failed due to an invalid {param.replace('_', ' ')}. "
-                          f"Example {p.line}: {p.path}: {p.message}{more}", param)
-            elif param == "training_file" and n < self.settings.min_examples:
-                reason = ("invalid_n_examples", f"Training file has {n} example(s), but must have at least "
-                          f"{self.settings.min_examples} examples", "training_file")
-            elif param == "training_file" and n > self.settings.max_examples:
-                reason = ("invalid_n_examples", f"Training file has {n} examples; the limit is "
-                          f"{self.settings.max_examples}", "training_file")
-            if reason:
-                with self.db.session() as s:
-                    job = s.scalar(select(JobRow).where(JobRow.id == job_id))
-                    self._fail(s, job, token, *reason)
-                return False
-            if param == "training_file":
-                n_train = n
-                if "tokens_total" in rep.stats():
-                    (run_dir / "data" / "tokens").write_text(str(rep.stats()["tokens_total"]))
-        with self.db.session() as s:
-            job = s.scalar(select(JobRow).where(JobRow.id == job_id))
-            method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
-            if not set_status(s, job_id, token, "validating_files", status="queued", method=method):
-                return False  # cancelled meanwhile (or taken over)
-            J.add_event(s, job_id, "Files validated, moving job to queued state", key="validated")
-        return True
+            return job.model, job.method
+
+    def _refusal(self, param: str, problems: list, n: int) -> tuple[str, str, str] | None:
+        """(code, message, param) of the job's error when this file cannot be trained on, else None."""
+        if problems:
+            p = problems[0]
+            more = f" ({len(problems) - 1} more problem(s) in the file)" if len(problems) > 1 else ""
+            return (f"invalid_{param}", f"The job failed due to an invalid {param.replace('_', ' ')}. "
+                    f"Example {p.line}: {p.path}: {p.message}{more}", param)
+        if param == "training_file" and n < self.settings.min_examples:
+            return ("invalid_n_examples", f"Training file has {n} example(s), but must have at least "
+                    f"{self.settings.min_examples} examples", "training_file")
+        if param == "training_file" and n > self.settings.max_examples:
+            return ("invalid_n_examples", f"Training file has {n} examples; the limit is "
+                    f"{self.settings.max_examples}", "training_file")
+        return None
 
     def _config(self, job: JobRow, run_dir: Path) -> dict:
         hp = _hyper(job.method)
@@ -237,16 +240,12 @@ class Worker:
                              validation_path=data / "validation.jsonl" if job.validation_file else None,
                              output=run_dir / "run", scenario=job.method.get("scenario"))
         if self.settings.job_nproc > 1:  # the job's batch size is global: split it over the processes
-            from slmtune.training.distributed import free_port
-
             n = self.settings.job_nproc
             cfg["train"]["batch_size"] = max(1, -(-hp["batch_size"] // n))
             cfg["distributed"] = {"strategy": "ddp", "nproc": n, "master_port": free_port()}
         return cfg
 
     def train(self, job_id: str, token: int, run_dir: Path) -> None:
-        from slmtune.artifacts import list_checkpoints
-
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if not set_status(s, job_id, token, ("queued", "running"), status="running", pause_requested=False):
@@ -294,8 +293,6 @@ class Worker:
         retrying(lambda: self._ending(job_id, token, run_dir, ft_name, code), stop=self.lease.lost)
 
     def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None) -> None:
-        from slmtune.artifacts import list_checkpoints
-
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if job.claims != token:
@@ -359,8 +356,6 @@ class _ScenarioCheck:
     """A scenario file's records checked as the engine will read them, shaped like the data check's report."""
 
     def __init__(self, path: Path, scenario: str):
-        from slmtune.scenarios.records import read_records
-
         self.records, self.problems = read_records(path, scenario)
 
     def stats(self) -> dict:
@@ -392,3 +387,21 @@ def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worke
 
 
 __all__ = ["MAX_ATTEMPTS", "Worker", "start_worker_threads"]
+
+
+def _check_job_file(path: Path, method: dict, tokenizer):
+    """The file's check as the job's method reads it: scenario records, or examples of the kind the method trains on
+    (preference records for dpo, chat or prompt/completion otherwise)."""
+    if method.get("scenario"):  # scenario records: the engine turns them into chat examples
+        return _ScenarioCheck(path, method["scenario"])
+    rep = check_file(path, tokenizer, max_seq_length=1024)
+    want = "preference" if method["type"] == "dpo" else None
+    if not rep.problems:
+        for ex in rep.examples.values():
+            if (want and ex.kind != want) or (not want and ex.kind == "preference"):
+                rep.problems.append(Problem(str(path), ex.line, "(root)", (
+                    f"{ex.kind} format, but method {method['type']} needs "
+                    + ("preference records (input, preferred_output, non_preferred_output)" if want
+                       else "chat or prompt/completion records"))))
+                break
+    return rep

@@ -19,6 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from slmtune.artifacts import RESULT_FILE
+from slmtune.config import ConfigError
+from slmtune.events import Event
+from slmtune.training.result import TrainResult
+
 WORKER_ENV = "SLMTUNE_DIST_WORKER"
 ERRORS_DIR = "worker-errors"  # each failed rank writes "Type: message" here; the launcher reports the first
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning", "p_tuning")
@@ -190,8 +195,6 @@ class _EventTail:
         self.poll()
 
     def poll(self) -> None:
-        from slmtune.events import Event
-
         if not self.path.exists():
             return
         with self.path.open(encoding="utf-8") as fh:
@@ -217,10 +220,6 @@ class _EventTail:
 def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None = None):
     """Start the worker processes (torchrun) for this node, wait, and return rank 0's result. ``sinks`` receive
     the run's events as rank 0 writes them."""
-    from slmtune.config import ConfigError
-    from slmtune.artifacts import RESULT_FILE
-    from slmtune.training.result import TrainResult
-
     d = cfg.distributed
     if d.node_rank == 0 and d.master_addr in ("127.0.0.1", "localhost", "0.0.0.0") and \
             not port_free(d.master_addr, d.master_port):

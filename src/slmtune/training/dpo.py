@@ -7,6 +7,7 @@ second copy of the weights. Data: preference records (``input.messages`` + prefe
 from __future__ import annotations
 
 from slmtune.data.formats import Example
+from slmtune.training.trainer import TrainerMetricsMixin
 
 
 def preference_dataset(examples: list[Example]):
@@ -23,8 +24,6 @@ def preference_dataset(examples: list[Example]):
 def build_dpo_trainer(cfg, model, tokenizer, train: list[Example], val: list[Example], args_kwargs: dict):
     """A DPOTrainer with the same arguments the SFT path uses, plus beta and the length limit."""
     from trl import DPOConfig, DPOTrainer
-
-    from slmtune.training.trainer import TrainerMetricsMixin
 
     class SLMDPOTrainer(TrainerMetricsMixin, DPOTrainer):
         pass

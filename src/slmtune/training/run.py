@@ -22,7 +22,21 @@ from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
+from slmtune.display import ConsoleSink
+from slmtune.methods import BuildContext, get
+from slmtune.models.loading import (
+    bitsandbytes_available,
+    linear_names,
+    load_base_model,
+    load_tokenizer,
+    resolve_precision,
+)
+from slmtune.models.registry import resolve
+from slmtune.training import distributed
+from slmtune.training.dpo import build_dpo_trainer
+from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.result import TrainResult  # noqa: F401 - also slmtune.training.run.TrainResult
+from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
 
 
 class RunDirError(ValueError):
@@ -31,13 +45,9 @@ class RunDirError(ValueError):
 
 def check_config(cfg: TrainConfig) -> None:
     """Checks that need no model or data loading; every problem at once."""
-    from slmtune.methods import get
-
     problems = []
     method = get(cfg.method.name)
     if method.quantized:
-        from slmtune.models.loading import bitsandbytes_available
-
         if not bitsandbytes_available():
             problems.append(f"method.name: {method.name} needs the bitsandbytes package (pip install bitsandbytes); "
                             "or choose lora, which needs no quantization")
@@ -58,7 +68,6 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("data.packing: not supported with train.objective dpo")
     if cfg.data.validation and cfg.data.validation_split:
         problems.append("data.validation_split: give either data.validation or data.validation_split, not both")
-    from slmtune.training import distributed
 
     problems += distributed.check(cfg, method)
     if problems:
@@ -139,8 +148,6 @@ def train(
     ``run_dir_ready``: a wrapper (a scenario run, :mod:`slmtune.scenarios.run`) prepared ``run.output`` and wrote
     the training data into it; it is used as it is. The engine reads ``cfg.data`` and nothing of scenarios.
     """
-    from slmtune.training import distributed
-
     cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
     worker = distributed.is_worker()
@@ -159,8 +166,6 @@ def train(
     bus = ev.EventBus(sinks or [])
     if not worker or distributed.rank() == 0:  # one set of events, metrics and progress for the whole run
         if progress:
-            from slmtune.display import ConsoleSink
-
             bus.add(ConsoleSink())
         bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
         bus.add(ev.MetricsCsvSink(run_dir / "metrics.csv",
@@ -214,10 +219,6 @@ class Data:
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResult:
     """One training run in this process (a rank of a multi-process run included)."""
-    from slmtune.models.loading import load_tokenizer
-    from slmtune.models.registry import resolve
-    from slmtune.training import distributed
-
     method, strategy = resolve_run(cfg, run_dir, ckpt, bus)
     model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
     tokenizer = load_tokenizer(model_dir)
@@ -237,10 +238,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
 def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus):
     """The method and the distributed strategy; "auto" precision and strategy resolved and written to
     config.yaml (rank 0)."""
-    from slmtune.methods import get
-    from slmtune.models.loading import resolve_precision
-    from slmtune.training import distributed
-
     method = get(cfg.method.name)
     strategy = distributed.resolve_strategy(cfg)
     cfg.distributed.strategy = strategy
@@ -291,8 +288,6 @@ def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, mod
     before the weights load (ZeRO-3 then loads each process's partition only)."""
     import torch
     from transformers import TrainingArguments
-
-    from slmtune.training import distributed
 
     t = cfg.train
     arg_kw = dict(
@@ -346,9 +341,6 @@ def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus
     """The base model (quantized for qlora), made trainable by the method (a PEFT adapter, or every weight)."""
     from transformers import set_seed
 
-    from slmtune.methods import BuildContext
-    from slmtune.models.loading import linear_names, load_base_model
-
     t0 = time.perf_counter()
     model = load_base_model(model_dir, cfg.model.precision,
                             quantize_bits=cfg.method.bits if method.quantized else None)
@@ -382,11 +374,7 @@ def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, a
     """The one place SFT and DPO differ: TRL's DPOTrainer on preference records, or our SLMTrainer."""
     from transformers import TrainingArguments
 
-    from slmtune.training.trainer import SLMTrainer
-
     if cfg.train.objective == "dpo":
-        from slmtune.training.dpo import build_dpo_trainer
-
         if peft_config is None:
             raise ConfigError(["train.objective: dpo needs an adapter method (its reference model is the base "
                                "with the adapter off); method 'full' is not supported with dpo yet"])
@@ -406,15 +394,11 @@ def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, mode
     import torch
     from transformers import PrinterCallback
 
-    from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
-
     if isinstance(trainer, SLMTrainer):
         if cfg.model.adapter_autocast and cfg.model.precision == "bf16" and not method.quantized \
                 and disable_adapter_input_casts(model):
             trainer.autocast_dtype = torch.bfloat16
         if cfg.train.fused_loss:
-            from slmtune.training.head_loss import unsupported_reason
-
             # the fused loss calls the decoder directly, around the DDP/DeepSpeed/FSDP wrapper's forward
             reason = unsupported_reason(model) if strategy == "none" else f"multi-process training ({strategy})"
             trainer.fused_loss = reason is None
@@ -443,8 +427,6 @@ def fit(trainer, callback, ckpt, data: Data) -> tuple[str, float]:
 
 def save(trainer, method, strategy: str, run_dir: Path, tokenizer) -> Path:
     """The artifact (adapter/ or model/) with the tokenizer beside it: the same chat template and EOS at serving."""
-    from slmtune.training import distributed
-
     artifact = run_dir / method.artifact
     if strategy == "none":
         trainer.model.save_pretrained(str(artifact))
@@ -459,8 +441,6 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
            strategy: str, bus: ev.EventBus) -> TrainResult:
     """The run's totals (summed over ranks), result.json (rank 0) and the closing message."""
     import torch
-
-    from slmtune.training import distributed
 
     if strategy != "none" and torch.distributed.is_initialized():  # the run's totals, not rank 0's share
         counts = torch.tensor([trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen], dtype=torch.float64)

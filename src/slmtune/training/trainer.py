@@ -25,7 +25,6 @@ from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.training.head_loss import head_loss
 
 
-
 class EpochLengthGroupedSampler(torch.utils.data.Sampler):
     """Length-grouped order that depends only on (seed, epoch).
 

@@ -18,8 +18,14 @@ from slmtune.service import models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
 from slmtune.service.errors import BadRequest, NotFound, RateLimited, ServerError
-from slmtune.service.schemas import (ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, ChoiceMessage,
-                                     Usage)
+from slmtune.service.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChoiceMessage,
+    Usage,
+)
 
 router = APIRouter(tags=["chat"])
 DISCONNECT_POLL_S = 0.2

