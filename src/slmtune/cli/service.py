@@ -18,8 +18,49 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploa
 LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
 JobNprocOpt = Annotated[int, typer.Option(help="Processes per training job (DDP; the job's batch size is split "
                                           "over them).", min=1)]
+ExecutorOpt = Annotated[str, typer.Option(help="Where jobs train: local (a child process of the worker) or ray (a "
+                                         "node of the Ray cluster at --ray-address; pip install 'slmtune[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(help="The Ray head's address, HOST:PORT as `ray start --head` "
+                                                   "prints it.")]
+RayCpusOpt = Annotated[float, typer.Option(help="CPUs per node of a job (Ray executor).", min=0.01)]
+RayGpusOpt = Annotated[float, typer.Option(help="GPUs per node of a job (Ray executor).", min=0)]
+RayMemoryOpt = Annotated[float | None, typer.Option(help="Memory per node of a job in MB (Ray executor; default: "
+                                                    "the planner's estimate of the job's peak).")]
+RayResourcesOpt = Annotated[str | None, typer.Option(help="Custom Ray resources per node of a job, as JSON, e.g. "
+                                                     "'{\"a100\": 1}' (Ray executor).")]
+JobNnodesOpt = Annotated[int, typer.Option(help="Nodes per job (Ray executor): DDP across them, the rendezvous "
+                                           "filled in by slmtune.", min=1)]
+StorageOpt = Annotated[str | None, typer.Option(help="Where job runs (checkpoints, adapters) are kept (default "
+                                                "DATA_DIR/runs); with the Ray executor, a path every node sees.")]
 MigrateOpt = Annotated[bool, typer.Option("--migrate", help="Upgrade an older database schema at start (back the "
                                           "database up first); without it start-up stops and says so.")]
+
+
+def executor_settings(executor: str, ray_address: str | None, ray_cpus: float, ray_gpus: float,
+                      ray_memory_mb: float | None, ray_resources: str | None, job_nnodes: int,
+                      storage: str | None) -> dict:
+    """The executor's settings from the flags; exit 2 naming the flag that is wrong."""
+    import json
+
+    try:
+        resources = json.loads(ray_resources) if ray_resources else {}
+        if not isinstance(resources, dict) or not all(isinstance(v, (int, float)) for v in resources.values()):
+            raise ValueError("expected a JSON object of resource name → amount")
+    except ValueError as e:
+        fail(f"--ray-resources {ray_resources}: {e}", 2)
+    return {"executor": executor, "ray_address": ray_address, "ray_cpus": ray_cpus, "ray_gpus": ray_gpus,
+            "ray_memory_mb": ray_memory_mb, "ray_resources": resources, "job_nnodes": job_nnodes, "storage": storage}
+
+
+def check_executor(settings) -> None:
+    """With the Ray executor, connect now: Ray missing or nothing at --ray-address exits 2 at start, not on a job."""
+    if settings.executor == "ray":
+        from slmtune.service.ray_executor import RayUnavailable, connect
+
+        try:
+            connect(settings.ray_address)
+        except RayUnavailable as e:
+            fail(str(e), 2)
 
 
 def open_db(url: str, migrate: bool = False):
@@ -77,6 +118,14 @@ def serve(
     adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
     precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
                                            "bf16 or fp32.")] = "auto",
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
+    ray_memory_mb: RayMemoryOpt = None,
+    ray_resources: RayResourcesOpt = None,
+    job_nnodes: JobNnodesOpt = 1,
+    storage: StorageOpt = None,
     migrate: MigrateOpt = False,
 ) -> None:
     """Run the OpenAI-compatible fine-tuning API (files, jobs, events, checkpoints, models, chat) under /v1."""
@@ -111,12 +160,15 @@ def serve(
                              max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
                              max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,
                              rate_limit_rpm=rate_limit, max_storage_bytes=max_storage_mb * 1024 * 1024,
-                             migrate=migrate)
+                             migrate=migrate, **executor_settings(executor, ray_address, ray_cpus, ray_gpus,
+                                                                  ray_memory_mb, ray_resources, job_nnodes, storage))
     except ValueError as e:
         fail(f"slmtune serve: {e}", 2)
     open_db(settings.db_url, migrate).dispose()
+    if not no_worker:
+        check_executor(settings)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={shown(settings.db_url)}  "
-              f"workers={0 if no_worker else workers}  auth={'off' if no_auth else 'on'}")
+              f"workers={0 if no_worker else workers}  executor={settings.executor}  auth={'off' if no_auth else 'on'}")
     # keep-alive 75 s (uvicorn's default is 5): a client reusing a connection the moment the server closes it as
     # idle gets a connection reset on a request it cannot safely retry (seen under load); load balancers idle out
     # at 60 s, so the server must keep connections longer than they do
@@ -125,10 +177,14 @@ def serve(
 
 
 def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
-           job_nproc: JobNprocOpt = 1, migrate: MigrateOpt = False) -> None:
+           job_nproc: JobNprocOpt = 1, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+           ray_cpus: RayCpusOpt = 1.0, ray_gpus: RayGpusOpt = 0.0, ray_memory_mb: RayMemoryOpt = None,
+           ray_resources: RayResourcesOpt = None, job_nnodes: JobNnodesOpt = 1, storage: StorageOpt = None,
+           migrate: MigrateOpt = False) -> None:
     """Run a job worker against the service database (more workers = more jobs at once).
 
-    Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS).
+    Workers on other machines need the same --db and a --data-dir they share with the server (e.g. NFS). With
+    --executor ray the worker runs each job on a node of the Ray cluster (docs/scale-out.md).
     SIGTERM or Ctrl-C: the running job saves a checkpoint and goes back to the queue (another worker resumes it);
     a second signal stops its training at once.
     """
@@ -136,7 +192,13 @@ def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOp
 
     from slmtune.service.worker import Worker
 
-    settings = settings_for(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc)
+    try:
+        settings = settings_for(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc,
+                                **executor_settings(executor, ray_address, ray_cpus, ray_gpus, ray_memory_mb,
+                                                    ray_resources, job_nnodes, storage))
+    except ValueError as e:
+        fail(f"slmtune worker: {e}", 2)
+    check_executor(settings)
     w = Worker(settings, open_db(settings.db_url, migrate))
 
     def stop(*_):  # first signal: checkpoint and hand the job back; a second: stop its training now
@@ -146,5 +208,5 @@ def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOp
 
     _signal.signal(_signal.SIGTERM, stop)
     _signal.signal(_signal.SIGINT, stop)
-    err.print(f"slmtune worker {w.id}: polling {shown(settings.db_url)}")
+    err.print(f"slmtune worker {w.id}: polling {shown(settings.db_url)}, executor {settings.executor}")
     w.run_forever()

@@ -26,6 +26,12 @@ MAX_ATTEMPTS = 5
 DB_DOWN = (OperationalError, DBAPIError)  # connection refused / reset / server restarting
 # how a training child ends (the worker reads its exit code)
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LEASE_LOST = 0, 1, 3, 4
+EXIT_NODE_LOST = 5  # (Ray executor) the node running the job died: back to the queue, resumed from a checkpoint
+
+
+class JobRefused(RuntimeError):
+    """The executor can never run this job as configured (a Ray cluster with no node that has its resources): the
+    job fails with this message rather than going back to the queue."""
 
 
 class LeaseLost(RuntimeError):

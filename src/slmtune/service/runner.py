@@ -40,7 +40,8 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
     sink = DBSink(db, job_id, token, ft_name)
     try:
         result = train(cfg, resume=resume, sinks=[sink])
-        code = EXIT_OK if result.status == "succeeded" else EXIT_INTERRUPTED
+        # None: a node other than 0 of a multi-node job (node 0 reports the run)
+        code = EXIT_OK if result is None or result.status == "succeeded" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except BaseException:  # noqa: BLE001 - the engine already emitted the error as an event

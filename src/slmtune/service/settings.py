@@ -34,6 +34,14 @@ class Settings:
     max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After
     serve_precision: str = "auto"  # chat weights: bf16 where the CPU/GPU has fast bf16, else fp32
     lease_seconds: float = 30.0
+    storage: Path | None = None  # where job runs (checkpoints, adapters) go; default DATA_DIR/runs
+    executor: str = "local"  # local: a child process on the worker's machine; ray: a node of a Ray cluster
+    ray_address: str | None = None  # the head's GCS address, host:port
+    ray_cpus: float = 1.0  # per node of a job
+    ray_gpus: float = 0.0
+    ray_memory_mb: float | None = None  # per node; None: the planner's estimate of the job's peak
+    ray_resources: dict = field(default_factory=dict)  # custom Ray resources per node, e.g. {"a100": 1}
+    job_nnodes: int = 1  # nodes per job (Ray executor): DDP across them, the rendezvous filled in by slmtune
     migrate: bool = False  # upgrade an older database schema at start (else start-up stops and says what to run)
     test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")
 
@@ -51,6 +59,17 @@ class Settings:
             raise ValueError("api_threads must be at least 1")
         if self.max_running < 1 or self.max_queued < 0:
             raise ValueError("max_running must be at least 1 and max_queued at least 0")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be local or ray, not {self.executor!r}")
+        if self.job_nnodes < 1 or (self.job_nnodes > 1 and self.executor != "ray"):
+            raise ValueError("job_nnodes above 1 needs the Ray executor (--executor ray)")
+        if self.ray_cpus <= 0 or self.ray_gpus < 0:
+            raise ValueError("ray_cpus must be positive and ray_gpus at least 0")
+        if self.storage is not None:
+            if "://" in str(self.storage):
+                raise ValueError(f"storage {self.storage}: URLs are not supported yet; mount the bucket (s3fs, "
+                                 "gcsfuse, an NFS export) on every node and give the mount's path")
+            self.storage = Path(self.storage)
         if self.serve_precision not in ("auto", "fp32", "bf16"):
             raise ValueError("serve_precision must be auto, fp32 or bf16")
 
@@ -60,4 +79,4 @@ class Settings:
 
     @property
     def runs_dir(self) -> Path:
-        return self.data_dir / "runs"
+        return self.storage if self.storage is not None else self.data_dir / "runs"

@@ -23,10 +23,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -42,12 +40,15 @@ from slmtune.models.registry import resolve
 from slmtune.scenarios.records import read_records
 from slmtune.service import jobs as J
 from slmtune.service.db import Database, EventRow, JobRow, new_id, now
+from slmtune.service.executors import make_executor
 from slmtune.service.files import store_file
 from slmtune.service.queue import (
     DB_DOWN,
     EXIT_INTERRUPTED,
+    EXIT_NODE_LOST,
     EXIT_OK,
     MAX_ATTEMPTS,
+    JobRefused,
     Lease,
     LeaseLost,
     claim,
@@ -56,7 +57,6 @@ from slmtune.service.queue import (
     retrying,
     set_status,
 )
-from slmtune.service.runner import child_main
 from slmtune.service.settings import Settings
 from slmtune.training.distributed import free_port
 
@@ -75,7 +75,8 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.shutdown_grace = shutdown_grace  # how long a checkpoint may take when the worker is told to stop
         self.stop = threading.Event()
-        self.child: mp.Process | None = None
+        self.executor = make_executor(settings)
+        self.child = None  # the running job's handle (executors.LocalRun or ray_executor.RayRun)
         self.lease: Lease | None = None
         self.idle = threading.Event()
         self.idle.set()
@@ -120,12 +121,8 @@ class Worker:
 
     def kill_child(self) -> None:
         child = self.child
-        if child is not None and child.pid:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)  # the child leads its group: torchrun and ranks go too
-            except ProcessLookupError:
-                pass
-            child.join(5)
+        if child is not None:
+            child.kill()  # the child's whole process group (torchrun and its ranks), or its Ray actors
 
     def _release_quietly(self, job_id: str, token: int, requeue: bool = False) -> None:
         """Give the claim back (nothing is written if another worker took it over meanwhile)."""
@@ -239,10 +236,12 @@ class Worker:
                              train_path=data / "train.jsonl",
                              validation_path=data / "validation.jsonl" if job.validation_file else None,
                              output=run_dir / "run", scenario=job.method.get("scenario"))
-        if self.settings.job_nproc > 1:  # the job's batch size is global: split it over the processes
-            n = self.settings.job_nproc
+        n = self.settings.job_nproc * self.settings.job_nnodes
+        if n > 1:  # the job's batch size is global: split it over the processes (of all its nodes)
             cfg["train"]["batch_size"] = max(1, -(-hp["batch_size"] // n))
-            cfg["distributed"] = {"strategy": "ddp", "nproc": n, "master_port": free_port()}
+            cfg["distributed"] = {"strategy": "ddp", "nproc": self.settings.job_nproc}
+            if self.settings.job_nnodes == 1:
+                cfg["distributed"]["master_port"] = free_port()  # (across nodes the Ray executor picks it)
         return cfg
 
     def train(self, job_id: str, token: int, run_dir: Path) -> None:
@@ -251,25 +250,56 @@ class Worker:
             if not set_status(s, job_id, token, ("queued", "running"), status="running", pause_requested=False):
                 return
             cfg = self._config(job, run_dir)
-            resume = bool(list_checkpoints(run_dir / "run"))
+            # a multi-node job starts again from step 0 after a lost node (each node keeps its own launch state)
+            resume = bool(list_checkpoints(run_dir / "run")) and self.settings.job_nnodes == 1
             if (run_dir / "run").exists() and not resume:
                 shutil.rmtree(run_dir / "run")  # a previous attempt died before its first checkpoint
+                shutil.rmtree(run_dir / "nodes", ignore_errors=True)
             J.add_event(s, job.id, "Fine-tuning job started", key="started")
             ft_name = J.fine_tuned_model_name(job)
-        ctx = mp.get_context("spawn")
-        self.child = ctx.Process(target=child_main, args=(self.settings.db_url, job_id, token, ft_name, cfg, resume,
-                                                             os.getpid()), daemon=True)
-        self.child.start()
-        with open(run_dir / "starts.jsonl", "a") as fh:  # one line per training process ever started for the job
-            fh.write(json.dumps({"worker": self.id, "claim": token, "pid": self.child.pid, "at": time.time(),
-                                 "resume": resume}) + "\n")
+        try:
+            self.child = self.executor.start(self.settings.db_url, job_id, token, ft_name, cfg, resume)
+        except JobRefused as e:  # the executor can never run it (Ray: no node has its resources); other errors
+            # (a cluster that went away) reach process(): the claim is released and the job tried again
+            reason = str(e)
+            retrying(lambda: self._ending(job_id, token, run_dir, ft_name, None, reason=reason),
+                     stop=self.lease.lost)
+            return
+        started = {"worker": self.id, "claim": token, "at": time.time(), "resume": resume}
+
+        def placed(where: dict) -> None:  # one line per training process ever started for the job
+            with open(run_dir / "starts.jsonl", "a") as fh:
+                fh.write(json.dumps(started | where) + "\n")
+
+        self._watch(job_id, placed)
+        code, error = self.child.exitcode, self.child.error
+        self.child = None
+        if self.lease.lost.is_set():
+            raise LeaseLost(job_id)
+        retrying(lambda: self._ending(job_id, token, run_dir, ft_name, code, reason=error), stop=self.lease.lost)
+
+    def _watch(self, job_id: str, placed) -> None:
+        """Until the training ends: renewals lost, shutdown (checkpoint, then back to the queue), cancel, pause.
+        ``placed(where)`` is called once the executor says where the training runs."""
         interrupted, kill_at = False, None
-        while self.child.is_alive():
-            self.child.join(1.0)
+        where = self.child.describe()
+        if where is not None:
+            placed(where)
+        while self.child.alive():
+            self.child.wait(1.0)
+            if where is None and (where := self.child.describe()) is not None:
+                placed(where)
+            note = self.child.placement()
+            if note:
+                try:
+                    with self.db.session() as s:
+                        J.add_event(s, job_id, note)
+                except DB_DOWN:
+                    log.warning("worker %s: could not record %r (database unreachable)", self.id, note)
             if self.lease.lost.is_set():
                 break
             if self.stop.is_set() and kill_at is None:  # shutting down: checkpoint, then back to the queue
-                os.killpg(self.child.pid, signal.SIGINT)
+                self.child.interrupt()
                 interrupted, kill_at = True, time.monotonic() + self.shutdown_grace
             if kill_at is not None and time.monotonic() > kill_at:
                 self.kill_child()
@@ -283,16 +313,12 @@ class Worker:
             if status == "cancelled":
                 self.kill_child()
                 break
-            if pause and not interrupted and self.child.is_alive():
-                os.killpg(self.child.pid, signal.SIGINT)  # save a checkpoint and stop
+            if pause and not interrupted and self.child.alive():
+                self.child.interrupt()  # save a checkpoint and stop
                 interrupted = True
-        code = self.child.exitcode
-        self.child = None
-        if self.lease.lost.is_set():
-            raise LeaseLost(job_id)
-        retrying(lambda: self._ending(job_id, token, run_dir, ft_name, code), stop=self.lease.lost)
 
-    def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None) -> None:
+    def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None,
+                reason: str | None = None) -> None:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if job.claims != token:
@@ -301,7 +327,17 @@ class Worker:
                 s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token)
                           .values(lease_until=None, worker_id=None))
                 return
-            if code == EXIT_OK:
+            if reason is not None:  # the executor could not start the training at all
+                self._fail(s, job, token, "executor_failed", f"Fine-tuning could not start: {reason}", None)
+            elif code == EXIT_NODE_LOST and not self.stop.is_set():  # its node died: an attempt, then resumed
+                s.rollback()
+                release(self.db, job_id, token, requeue=False)
+                ckpts = list_checkpoints(run_dir / "run")
+                at = f" from step {ckpts[-1][0]}" if ckpts and self.settings.job_nnodes == 1 else " from step 0"
+                with self.db.session() as s2:
+                    J.add_event(s2, job_id, f"The node running the job was lost; the job goes back to the queue "
+                                f"and resumes{at} on a node that has its resources", level="warn")
+            elif code == EXIT_OK:
                 self._succeed(s, job, token, run_dir, ft_name)
             elif code == EXIT_INTERRUPTED and job.pause_requested:
                 if set_status(s, job_id, token, "running", status="paused", pause_requested=False,
