@@ -11,6 +11,10 @@ import os as _os
 if "DS_ACCELERATOR" not in _os.environ and not _os.path.exists("/dev/nvidia0"):
     _os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed then skips its accelerator probe and its warning on CPU
 
+from slmtune import noise as _noise  # noqa: E402
+
+_noise.install()  # before anything imports peft (and through it bitsandbytes)
+
 from slmtune.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from slmtune.data.formats import DataError  # noqa: E402
 from slmtune.events import Event  # noqa: E402

@@ -50,9 +50,17 @@ class ModelSection(_Section):
     )
 
 
+class MixSource(_Section):
+    path: str = Field(description="A data source (as data.train).")
+    weight: float = Field(1.0, gt=0, description="How many times each of its examples counts: 2 = twice, 0.5 = a "
+                          "seeded half.")
+
+
 class DataSection(_Section):
-    train: str | None = Field(None, description="Training JSONL (chat messages or prompt/completion).")
-    validation: str | None = Field(None, description="Validation JSONL in the same format (optional).")
+    train: str | None = Field(None, description="Training data: JSONL (OpenAI chat, prompt/completion, preference, "
+                              "Alpaca, ShareGPT), a JSON array, Parquet, CSV/TSV, a `save_to_disk` folder or a "
+                              "folder of such files.")
+    validation: str | None = Field(None, description="Validation data in the same format (optional).")
     validation_split: float = Field(
         0.0, ge=0.0, lt=0.5, description="Hold out this fraction of `train` for validation when no file is given."
     )
@@ -63,6 +71,18 @@ class DataSection(_Section):
     packing: bool = Field(
         False, description="Pack each batch into one padding-free row (per-example position ids, no attention "
         "across examples). Not for prompt/prefix/p-tuning."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Rename a source's fields to the format's names first, e.g. "
+        "`{question: instruction, answer: output}`."
+    )
+    mix: list[MixSource] = Field(
+        default_factory=list, description="Several training sources with weights, `[{path, weight}]`, instead of "
+        "data.train: each source's examples count `weight` times (0.5: a seeded half)."
+    )
+    strict: bool = Field(
+        False, description="Keys a record has beyond its format's are errors (by default they are ignored, with "
+        "one warning naming them and counting the records)."
     )
 
 

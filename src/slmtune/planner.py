@@ -23,7 +23,7 @@ import torch
 
 from slmtune import paths
 from slmtune.config import TrainConfig, coerce_config
-from slmtune.data.formats import read_jsonl
+from slmtune.data.sources import read_jsonl
 from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, BuildContext, get
 from slmtune.models.loading import linear_names, load_tokenizer, quiet_transformers, resolve_precision
@@ -160,12 +160,17 @@ def _counts(model_dir: Path, cfg: TrainConfig) -> dict:
 
 
 def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
-    if not cfg.data.train or not Path(cfg.data.train).exists():
-        return {"examples": 1000, "mean": 256, "max": min(512, cfg.data.max_seq_length), "assumed": True}
-    examples, _ = read_jsonl(cfg.data.train)
-    sample = examples[:: max(1, len(examples) // 2000)]
-    lens = [min(encode_example(tokenizer, e).n_tokens, cfg.data.max_seq_length) for e in sample]
-    return {"examples": len(examples), "mean": sum(lens) / max(1, len(lens)), "max": max(lens, default=1),
+    d = cfg.data
+    sources = [(d.train, 1.0)] if d.train else [(m.path, m.weight) for m in d.mix]
+    if not sources or not all(Path(p).exists() for p, _ in sources):
+        return {"examples": 1000, "mean": 256, "max": min(512, d.max_seq_length), "assumed": True}
+    n, lens = 0.0, []
+    for path, weight in sources:
+        examples, _ = read_jsonl(path, columns=d.columns or None, strict=d.strict)
+        n += len(examples) * weight
+        sample = examples[:: max(1, len(examples) // 2000)]
+        lens += [min(encode_example(tokenizer, e).n_tokens, d.max_seq_length) for e in sample]
+    return {"examples": int(n), "mean": sum(lens) / max(1, len(lens)), "max": max(lens, default=1),
             "assumed": False}
 
 

@@ -20,7 +20,7 @@ def write(tmp_path, name, rows):
      {"src": "Hallo", "tgt": "Hello", "src_lang": "de"}, "tgt_lang: missing"),
     ("qa", {"context": "c", "question": "q?", "answer": "a"}, {"context": "c", "question": "q?", "answer": " "},
      "answer: empty"),
-    ("domain", {"text": "some text"}, {"text": "t", "title": "x"}, "title: unknown key"),
+    ("domain", {"text": "some text"}, {"text": ["t"]}, "text: expected a string"),
     ("creative", {"prompt": "Write", "text": "a poem"}, {"prompt": 5, "text": "p"}, "prompt: expected a string"),
     ("chat", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
      {"messages": [{"role": "user", "content": "hi"}]}, "messages"),
@@ -68,3 +68,18 @@ def test_creative_records_use_one_form_a_file(tmp_path):
     p = write(tmp_path, "c.jsonl", [{"prompt": "Write", "text": "a poem"}, {"text": "just text"}])
     _, problems = read_records(p, "creative")
     assert str(problems[0]) == f"{p}:2: prompt: line 1 has a prompt and line 2 does not; use one record form a file"
+
+
+def test_extra_keys_in_records_are_ignored_and_counted_or_refused_when_strict(tmp_path):
+    """Real exports carry ids and groups: every record with them still reads, once counted; data.strict refuses."""
+    from collections import Counter
+
+    rows = [{"text": f"text {i}", "label": "pos" if i % 2 else "neg", "group": i % 3, "id": f"r{i}"} for i in range(6)]
+    p = write(tmp_path, "c.jsonl", rows)
+    ignored = Counter()
+    records, problems = read_records(p, "classification", ignored=ignored)
+    assert problems == [] and len(records) == 6 and ignored == {"group": 6, "id": 6}
+    assert set(records[0].data) == {"text", "label"}
+    records, problems = read_records(p, "classification", strict=True)
+    assert not records and str(problems[0]) == (f"{p}:1: group: unknown key (a record has text, label; data.strict "
+                                                "is on)")

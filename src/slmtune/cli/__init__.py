@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -25,6 +26,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show third-party messages slmtune "
+                                                  "filters as noise (see slmtune/noise.py).")] = False) -> None:
+    """Fine-tune small language models (SmolLM2, Phi-3, Llama-style) on CPU or GPU."""
+    if verbose:
+        from slmtune import noise
+
+        noise.show_all()
+
+
 app.command("train")(train.train)
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")

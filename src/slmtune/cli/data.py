@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmtune.cli.common import err, esc, handle_errors, out
+from slmtune.cli.common import err, esc, fail, handle_errors, out
 
 app = typer.Typer(help="Training data: validate JSONL files, fetch real data sets for the scenarios.",
                   no_args_is_help=True)
@@ -18,13 +18,20 @@ app = typer.Typer(help="Training data: validate JSONL files, fetch real data set
 @app.command("validate")
 @handle_errors
 def data_validate(
-    file: Annotated[Path, typer.Argument(help="Chat or prompt/completion JSONL.")],
+    file: Annotated[Path, typer.Argument(help="Data file or folder: JSONL (OpenAI chat, prompt/completion, "
+                                         "preference, Alpaca, ShareGPT), a JSON array, Parquet, CSV/TSV, a "
+                                         "save_to_disk folder or a folder of such files.")],
     model: Annotated[str, typer.Option(help="Tokenizer (and chat template) to count tokens with.")] = "smollm2-135m-instruct",
     max_seq_length: Annotated[int, typer.Option(help="Examples longer than this are problems.")] = 1024,
     epochs: Annotated[float, typer.Option(help="Epochs, for billed tokens.")] = 3.0,
+    column: Annotated[list[str] | None, typer.Option("--column", help="data.columns: rename a source field, "
+                                                     "SOURCE=NAME (repeatable), e.g. --column question=instruction.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="data.strict: keys beyond the format's are problems "
+                                         "(default: ignored, with a warning).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print problems and stats as JSON.")] = False,
 ) -> None:
-    """Check a data file as training will read it: every problem as FILE:LINE: field: message, then stats.
+    """Check a data source as training will read it: its layout and format, every problem as FILE:LINE: field:
+    message (FILE: row N for tables), the keys it ignores, then stats.
 
     Exit code 1 when there is any problem.
     """
@@ -32,19 +39,30 @@ def data_validate(
     from slmtune.models.loading import load_tokenizer
     from slmtune.models.registry import resolve
 
+    columns = {}
+    for item in column or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            fail(f"--column {item}: expected SOURCE=NAME, e.g. question=instruction", 2)
+        columns[src] = dst
     tokenizer = load_tokenizer(resolve(model))
-    report = check_file(file, tokenizer, max_seq_length=max_seq_length)
+    report = check_file(file, tokenizer, max_seq_length=max_seq_length, columns=columns or None, strict=strict)
     stats = report.stats(epochs)
     if as_json:
-        print(json.dumps({"ok": report.ok, "problems": [str(p) for p in report.problems], "stats": stats}, indent=2))
+        print(json.dumps({"ok": report.ok, "source": report.source, "problems": [str(p) for p in report.problems],
+                          "stats": stats}, indent=2))
     else:
         for p in report.problems:
             print(p)
+        note = report.ignored_note()
+        if note:
+            err.print(f"[yellow]warning:[/] {esc(note)}")
+        formats = ", ".join(f"{k} ({n})" for k, n in report.formats.items()) or "none recognised"
         out.print(
-            f"{file}: {stats['examples']} valid examples; tokens min/mean/max {stats['tokens_min']}/"
-            f"{stats['tokens_mean']}/{stats['tokens_max']} (total {stats['tokens_total']}, trained "
-            f"{stats['trained_tokens']}); {stats['would_be_truncated']} over max_seq_length {max_seq_length}; "
-            f"billed tokens for {epochs:g} epochs: {stats['billed_tokens']}"
+            f"{esc(file)} ({report.source}; format: {formats}): {stats['examples']} valid examples; tokens "
+            f"min/mean/max {stats['tokens_min']}/{stats['tokens_mean']}/{stats['tokens_max']} (total "
+            f"{stats['tokens_total']}, trained {stats['trained_tokens']}); {stats['would_be_truncated']} over "
+            f"max_seq_length {max_seq_length}; billed tokens for {epochs:g} epochs: {stats['billed_tokens']}"
         )
         if report.problems:
             err.print(f"[red]{len(report.problems)} problem(s)[/]")

@@ -14,9 +14,13 @@ from slmtune.cli.common import err, fail, handle_errors, out
 
 @handle_errors
 def eval_(
-    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
-    data: Annotated[Path | None, typer.Option(help="Chat or prompt/completion JSONL; with --scenario, the "
-                                              "scenario's records (default: the run's held-out records).")] = None,
+    target: Annotated[str | None, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or "
+                                                 "folder.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Evaluate this model (registry id or folder) instead "
+                                              "of a TARGET: model.name, as for train and plan.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "--validation", help="Data to score (any format train "
+                                              "reads); with --scenario, the scenario's records (default: the run's "
+                                              "held-out records).")] = None,
     compare_base: Annotated[bool, typer.Option(help="Also evaluate the base model, side by side.")] = False,
     scenario: Annotated[str | None, typer.Option(help="Run this scenario's metric (generation + scoring); "
                                                  "outputs and scores go to RUN/scenario/{tuned,base}/ or --out.")] = None,
@@ -31,11 +35,14 @@ def eval_(
     from slmtune.evaluation.loss import evaluate_file
     from slmtune.inference.generate import ChatModel, Source, locate
 
+    if (target is None) == (model is None):
+        fail("give what to evaluate: a TARGET (run directory, adapter, checkpoint, model) or --model, not both", 2)
+    target = target or model
     if scenario is not None:
         _eval_scenario(target, scenario, data, compare_base, out_dir, max_records, batch_size, as_json)
         return
     if data is None:
-        fail("--data is needed (a chat or prompt/completion JSONL), or --scenario NAME", 2)
+        fail("--data is needed (the data to score, in any format train reads), or --scenario NAME", 2)
     src = locate(target)
     results = {}
     with err.status(f"evaluating {target}"):

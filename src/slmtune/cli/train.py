@@ -9,57 +9,68 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmtune.cli.common import duration, err, fail, handle_errors, out
+from slmtune.cli.common import duration, err, handle_errors, out
+from slmtune.cli.options import (
+    METHODS_HELP,
+    BatchSizeOpt,
+    ConfigArg,
+    DataOpt,
+    EpochsOpt,
+    LearningRateOpt,
+    LoraROpt,
+    MaxStepsOpt,
+    ModelOpt,
+    NprocOpt,
+    OutputOpt,
+    ScenarioOpt,
+    SetOpt,
+    StrategyOpt,
+    ValidationOpt,
+    build,
+)
 
 
 @handle_errors
 def train(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (optional: flags and --set can give it all).")] = None,
-    model: Annotated[str | None, typer.Option(help="model.name: registry id or local model folder.")] = None,
-    data: Annotated[str | None, typer.Option(help="data.train: training JSONL.")] = None,
-    validation: Annotated[str | None, typer.Option(help="data.validation: validation JSONL.")] = None,
-    method: Annotated[str | None, typer.Option(help="method.name: lora, dora, qlora, ia3, prompt_tuning, "
-                                               "prefix_tuning, p_tuning, adalora, loha, lokr, vera, full.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="train.epochs.")] = None,
-    scenario: Annotated[str | None, typer.Option(help="scenario.name: domain, classification, ner, translation, "
-                                                 "qa, chat, creative (data files hold the scenario's records).")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")] = None,
-    nproc: Annotated[int | None, typer.Option(help="distributed.nproc: worker processes on this machine "
-                                              "(launched by slmtune through torchrun).")] = None,
-    strategy: Annotated[str | None, typer.Option(help="distributed.strategy: ddp, zero1, zero2, zero3, fsdp.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=value (repeatable).")] = None,
+    config: ConfigArg = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    validation: ValidationOpt = None,
+    method: Annotated[str | None, typer.Option("--method", help=f"method.name: {METHODS_HELP}.")] = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lora_r: LoraROpt = None,
+    scenario: ScenarioOpt = None,
+    output: OutputOpt = None,
+    nproc: NprocOpt = None,
+    strategy: StrategyOpt = None,
+    set_: SetOpt = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and its plan (memory, time), "
+                                          "then exit without training.")] = False,
 ) -> None:
     """Fine-tune a model. Writes config.yaml, adapter/, checkpoints/step-N/, metrics.csv, events.jsonl.
 
     Examples:\n
       slmtune train examples/demo/lora.yaml\n
       slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --method lora --epochs 2 --output runs/x\n
+      slmtune train examples/demo/lora.yaml --max-steps 20 --learning-rate 2e-4 --lora-r 8 --dry-run\n
       slmtune train --resume runs/x\n
       slmtune train examples/demo/lora.yaml --nproc 2 --strategy zero2\n
       slmtune train --scenario classification --data ~/.slmtune/data/sentiment/train.jsonl --validation ~/.slmtune/data/sentiment/eval.jsonl -o runs/sent
     """
-    from slmtune.config import build_config, load_config
-    from slmtune.scenarios.run import (
-        train as run_train,  # the engine, wrapped by a scenario run when one is set
-    )
+    # the engine, wrapped by a scenario run when one is set
+    from slmtune.scenarios.run import train as run_train
 
-    overrides = []
-    for key, val in (("model.name", model), ("data.train", data), ("data.validation", validation),
-                     ("method.name", method), ("train.epochs", epochs), ("scenario.name", scenario),
-                     ("run.output", output), ("distributed.nproc", nproc), ("distributed.strategy", strategy)):
-        if val is not None:
-            overrides.append(f"{key}={val}")
-    overrides += set_ or []
-    if resume is not None:
-        saved = resume / "config.yaml"
-        if not saved.exists():
-            fail(f"{resume}: nothing to resume (no config.yaml)", 2)
-        cfg = load_config(config or saved, overrides + [f"run.output={resume}"])
-    elif config is not None:
-        cfg = load_config(config, overrides)
-    else:
-        cfg = build_config({}, overrides, source="command line")
+    flags = dict(model=model, data=data, validation=validation, method=method, epochs=epochs, max_steps=max_steps,
+                 learning_rate=learning_rate, batch_size=batch_size, lora_r=lora_r, scenario=scenario, output=output,
+                 nproc=nproc, strategy=strategy)
+    cfg = build(config, flags, set_, resume)
+    if dry_run:
+        _dry_run(cfg)
+        return
     result = run_train(cfg, resume=resume is not None, progress=True)
     if result is None:  # a node other than 0 of a multi-node run: node 0 writes the run directory
         out.print(f"[green]done[/] node {cfg.distributed.node_rank}: its processes finished; the run directory, "
@@ -79,20 +90,35 @@ def train(
 @handle_errors
 def plan_cmd(
     config: Annotated[Path | None, typer.Argument(help="YAML config (its method is marked in the table).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override section.key=value.")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    validation: ValidationOpt = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help="Only these methods (repeatable; default: all); "
+                                                     f"the first is method.name. One of: {METHODS_HELP}.")] = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lora_r: LoraROpt = None,
+    scenario: ScenarioOpt = None,
+    nproc: NprocOpt = None,
+    strategy: StrategyOpt = None,
+    set_: SetOpt = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory limit (default: what this machine has free).")] = None,
     price_per_hour: Annotated[float | None, typer.Option(help="Machine price, for the cost column.")] = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only these methods (repeatable; default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Predict peak memory, tokens/s, wall time and cost for each method, before training.
+    """Predict peak memory, tokens/s, wall time and cost for each method, before training. Takes the flags
+    `slmtune train` takes.
 
     Methods that fit the memory limit come first, fastest first; the others say why they do not fit.
     """
-    from slmtune.config import build_config, load_config
     from slmtune.planner import plan_methods
 
-    cfg = load_config(config, set_ or []) if config else build_config({}, set_ or [])
+    flags = dict(model=model, data=data, validation=validation, method=method[0] if method else None, epochs=epochs,
+                 max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, lora_r=lora_r,
+                 scenario=scenario, nproc=nproc, strategy=strategy)
+    cfg = build(config, flags, set_)
     with err.status("planning (builds the model on the meta device, probes matmul speed once)"):
         plans = plan_methods(cfg, memory_limit_mb=memory_gb * 1024 if memory_gb else None,
                              price_per_hour=price_per_hour, methods=method)
@@ -110,3 +136,18 @@ def plan_cmd(
                       "-" if p.cost is None else f"{p.cost:.4f}", "yes" if p.fits else f"no: {p.reason}")
     out.print(table)
     out.print("[dim]Calibrated on a 2-core AMX Xeon (docs/methods.md shows predicted vs measured).[/]")
+
+
+def _dry_run(cfg) -> None:
+    """The config as training would use it, then its plan; nothing is trained or written."""
+    from slmtune.planner import plan
+
+    out.print("[bold]Resolved config[/] (what config.yaml of the run would hold, before auto values are resolved):")
+    print(cfg.to_yaml())
+    with err.status("planning"):
+        p = plan(cfg)
+    out.print(f"[bold]Plan[/] for {p.method} ({p.precision}): {p.steps} steps, ~{p.tokens_total:,} tokens; peak "
+              f"memory {p.peak_memory_mb / 1024:.2f} GB ({'fits' if p.fits else 'does not fit: ' + p.reason}); "
+              f"~{p.tokens_per_second:.0f} tokens/s, ~{duration(p.wall_seconds)}"
+              + (f"; note: {'; '.join(p.notes)}" if p.notes else ""))
+    out.print("[dim]--dry-run: nothing was trained.[/]")

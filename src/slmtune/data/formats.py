@@ -5,15 +5,22 @@
 * completion: ``{"prompt": str, "completion": str}``; the loss covers the completion and the end-of-sequence token.
 * preference (DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": ...}],
   "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
+* alpaca: ``{"instruction": str, "input": str?, "output": str, "system": str?}`` → a chat of one user turn
+  (instruction, then the input after a blank line) and the assistant's output.
+* sharegpt: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system": str?}`` → a chat
+  (``human``/``user`` → user, ``gpt``/``assistant``/``chatgpt``/``bard``/``bing`` → assistant).
 
-Every problem is reported as ``FILE:LINE: field.path: message`` and reading never stops at the first one.
+``columns`` (``data.columns``) renames a source's fields to these names first, e.g. ``{"question": "instruction",
+"answer": "output"}``. Keys a record has beyond its format's are ignored and counted (real exports carry ids,
+sources, timestamps); with ``strict`` they are problems. Every problem is reported as ``FILE:LINE: field.path:
+message`` (``FILE: row N: …`` for table sources) and reading never stops at the first one.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 ROLES = ("system", "user", "assistant")
@@ -26,20 +33,23 @@ class Problem:
     line: int
     path: str
     message: str
+    unit: str = "line"  # "row" for table sources (Parquet, CSV, a saved Hugging Face dataset, a JSON array)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.path}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file}: {self.unit} {self.line}"
+        return f"{where}: {self.path}: {self.message}"
 
 
 @dataclass
 class Example:
-    line: int
+    line: int  # the line (JSONL) or row (table sources) it came from, counted from 1
     kind: Literal["chat", "completion", "preference"]
     messages: list[dict] = field(default_factory=list)
     prompt: str = ""
     completion: str = ""
     chosen: str = ""  # preference: the preferred assistant reply to ``messages``
     rejected: str = ""
+    fmt: str = ""  # the format it was written in: chat, completion, preference, alpaca, sharegpt
 
 
 class DataError(ValueError):
@@ -203,71 +213,200 @@ def _check_preference(obj: dict, add) -> tuple[list[dict], str, str] | None:
     return prompt, replies[0], replies[1]
 
 
-def parse_lines(lines, file: str) -> tuple[list[Example], list[Problem]]:
-    """Parse JSONL lines (an iterable of str) into examples, collecting every problem."""
-    examples: list[Example] = []
-    problems: list[Problem] = []
+FORMAT_KEYS = {
+    "chat": {"messages"},
+    "completion": {"prompt", "completion"},
+    "preference": {"input", "preferred_output", "non_preferred_output"},
+    "alpaca": {"instruction", "input", "output", "system"},
+    "sharegpt": {"conversations", "system"},
+}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant"}
+KIND = {"chat": "chat", "completion": "completion", "preference": "preference", "alpaca": "chat",
+        "sharegpt": "chat"}
+
+
+def detect_format(obj: dict) -> str | None:
+    """The format a record is written in, by the keys it has."""
+    if "messages" in obj:
+        return "chat"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj or "output" in obj:
+        return "alpaca"
+    if "input" in obj or "preferred_output" in obj:
+        return "preference"
+    if "prompt" in obj or "completion" in obj:
+        return "completion"
+    return None
+
+
+@dataclass
+class Reading:
+    """What reading a source gave: the valid examples, every problem, the ignored keys (key → records) and the
+    formats seen (format → records)."""
+
+    examples: list[Example] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    unit: str = "line"  # what its numbers count: line (JSONL), record (a JSON array), row (a table)
+
+    def ignored_note(self, file: str) -> str | None:
+        """One line naming the ignored keys and how many records had each; None when there were none."""
+        if not self.ignored:
+            return None
+        keys = ", ".join(f"{k} ({n} record{'s' if n != 1 else ''})" for k, n in self.ignored.most_common())
+        return f"{file}: ignored key(s) not part of the data format: {keys} (data.strict: true makes them errors)"
+
+
+def _alpaca_chat(obj: dict, add) -> list[dict] | None:
+    ok = True
+    for key in ("instruction", "output"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            add(key, "missing" if key not in obj or obj[key] is None else
+                ("empty" if isinstance(obj[key], str) else f"expected a string, got {type(obj[key]).__name__}"))
+            ok = False
+    for key in ("input", "system"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            add(key, f"expected a string, got {type(obj[key]).__name__}")
+            ok = False
+    if not ok:
+        return None
+    user = obj["instruction"] + (f"\n\n{obj['input']}" if (obj.get("input") or "").strip() else "")
+    msgs = [{"role": "system", "content": obj["system"], "weight": 1}] if (obj.get("system") or "").strip() else []
+    return msgs + [{"role": "user", "content": user, "weight": 1},
+                   {"role": "assistant", "content": obj["output"], "weight": 1}]
+
+
+def _sharegpt_chat(obj: dict, add) -> list[dict] | None:
+    turns = obj["conversations"]
+    if not isinstance(turns, list) or not turns:
+        add("conversations", "expected a non-empty list of {from, value} turns")
+        return None
+    msgs = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
+    ok = True
+    for i, turn in enumerate(turns):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            add(where, f"expected an object, got {type(turn).__name__}")
+            ok = False
+            continue
+        who = turn.get("from")
+        if who not in SHAREGPT_ROLES:
+            add(f"{where}.from", f"expected one of {', '.join(SHAREGPT_ROLES)}, got {who!r}")
+            ok = False
+        if not isinstance(turn.get("value"), str):
+            add(f"{where}.value", "missing" if "value" not in turn else
+                f"expected a string, got {type(turn['value']).__name__}")
+            ok = False
+        msgs.append({"role": SHAREGPT_ROLES.get(who, "user"), "content": turn.get("value")})
+    if not ok:
+        return None
+    # the rest (roles in order, empty turns, a trained assistant turn) as for OpenAI chat; problems name the turn
+    sys_shift = 1 if isinstance(obj.get("system"), str) else 0
+
+    def add_turn(path: str, message: str) -> None:
+        if path.startswith("messages[") and sys_shift:
+            n = int(path[9:path.index("]")]) - sys_shift
+            path = "system" if n < 0 else f"conversations[{n}]{path[path.index(']') + 1:]}"
+        elif path.startswith("messages["):
+            path = "conversations" + path[8:]
+        add(path.replace(".role", ".from").replace(".content", ".value"), message)
+
+    return _check_chat({"messages": msgs}, add_turn)
+
+
+def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
+                 ignored: Counter | None = None) -> tuple[Example | None, str | None]:
+    """One record (a parsed JSON object or a table row) → (Example or None, its format or None). Problems go to
+    ``add(field, message)``; keys beyond the format's are counted in ``ignored`` (problems when ``strict``)."""
+    if not isinstance(obj, dict):
+        add("(root)", f"expected a JSON object, got {type(obj).__name__}")
+        return None, None
+    if columns:
+        obj = {columns.get(k, k): v for k, v in obj.items()}
+    fmt = detect_format(obj)
+    if fmt is None:
+        add("(root)", "expected 'messages' (chat format), 'prompt' and 'completion', 'input' with "
+            "'preferred_output' and 'non_preferred_output' (preference format), 'instruction' and 'output' "
+            "(Alpaca) or 'conversations' (ShareGPT)" + (f"; it has {', '.join(map(str, obj))} (map them with "
+                                                         "data.columns)" if obj else ""))
+        return None, None
+    extra = [k for k in obj if k not in FORMAT_KEYS[fmt]]
+    if fmt == "chat" and ("tools" in obj or "parallel_tool_calls" in obj):
+        add("tools", "tool definitions are not supported yet")
+        return None, fmt
+    if extra and strict:
+        for k in extra:
+            add(k, "unknown key (data.strict is on)")
+        return None, fmt
+    if ignored is not None:
+        ignored.update(extra)
+    obj = {k: v for k, v in obj.items() if k not in extra}
+    if fmt == "chat":
+        msgs = _check_chat(obj, add)
+        return (Example(line=0, kind="chat", messages=msgs, fmt=fmt) if msgs is not None else None), fmt
+    if fmt in ("alpaca", "sharegpt"):
+        msgs = _alpaca_chat(obj, add) if fmt == "alpaca" else _sharegpt_chat(obj, add)
+        return (Example(line=0, kind="chat", messages=msgs, fmt=fmt) if msgs is not None else None), fmt
+    if fmt == "preference":
+        pref = _check_preference(obj, add)
+        return (Example(line=0, kind="preference", messages=pref[0], chosen=pref[1], rejected=pref[2], fmt=fmt)
+                if pref is not None else None), fmt
+    pc = _check_completion(obj, add)
+    return (Example(line=0, kind="completion", prompt=pc[0], completion=pc[1], fmt=fmt)
+            if pc is not None else None), fmt
+
+
+def parse_records(records, file: str, *, unit: str = "line", columns: dict | None = None,
+                  strict: bool = False) -> Reading:
+    """Check records given as ``(number, obj)`` pairs — ``obj`` a parsed object, or a ``ValueError`` for a line
+    that is not JSON — into a :class:`Reading`. One format a source: a record of another kind is a problem."""
+    out = Reading(unit=unit)
     first_kind: tuple[str, int] | None = None
-    n_nonblank = 0
+    n = 0
+    for number, obj in records:
+        n += 1
+
+        def add(path: str, msg: str, _n=number) -> None:
+            out.problems.append(Problem(file, _n, path, msg, unit))
+
+        if isinstance(obj, ValueError):
+            add("(json)", str(obj))
+            continue
+        ex, fmt = parse_record(obj, add, columns=columns, strict=strict, ignored=out.ignored)
+        if fmt is None:
+            continue
+        out.formats[fmt] += 1
+        kind = KIND[fmt]
+        if first_kind is None:
+            first_kind = (kind, number)
+        elif kind != first_kind[0]:
+            add("(root)", f"{kind} format, but {unit} {first_kind[1]} is {first_kind[0]} format; use one format a "
+                "file")
+            continue
+        if ex is not None:
+            ex.line = number
+            out.examples.append(ex)
+    if n == 0:
+        out.problems.append(Problem(file, 1, "(file)", "no examples (the file is empty)", unit))
+    return out
+
+
+def jsonl_records(lines):
+    """``(line number, object)`` for every non-blank JSONL line; a line that is not JSON gives a ValueError."""
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        n_nonblank += 1
-
-        def add(path: str, msg: str, _line=lineno) -> None:
-            problems.append(Problem(file, _line, path, msg))
-
         try:
-            obj = json.loads(raw)
+            yield lineno, json.loads(raw)
         except json.JSONDecodeError as e:
-            add("(json)", f"invalid JSON: {e.msg} (column {e.colno})")
-            continue
-        if not isinstance(obj, dict):
-            add("(root)", f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        if "messages" in obj:
-            kind = "chat"
-            extra = [k for k in obj if k not in ("messages", "tools", "parallel_tool_calls")]
-            for k in extra:
-                add(k, "unknown key")
-            if "tools" in obj or "parallel_tool_calls" in obj:
-                add("tools", "tool definitions are not supported yet")
-            msgs = _check_chat(obj, add)
-            if msgs is not None and not extra and "tools" not in obj:
-                examples.append(Example(line=lineno, kind="chat", messages=msgs))
-        elif "input" in obj or "preferred_output" in obj:
-            kind = "preference"
-            pref = _check_preference(obj, add)
-            if pref is not None:
-                examples.append(Example(line=lineno, kind="preference", messages=pref[0], chosen=pref[1],
-                                        rejected=pref[2]))
-        elif "prompt" in obj or "completion" in obj:
-            kind = "completion"
-            pc = _check_completion(obj, add)
-            if pc is not None:
-                examples.append(Example(line=lineno, kind="completion", prompt=pc[0], completion=pc[1]))
-        else:
-            add("(root)", "expected 'messages' (chat format), 'prompt' and 'completion', or 'input' with "
-                "'preferred_output' and 'non_preferred_output' (preference format)")
-            continue
-        if first_kind is None:
-            first_kind = (kind, lineno)
-        elif kind != first_kind[0]:
-            add("(root)", f"{kind} format, but line {first_kind[1]} is {first_kind[0]} format; use one format a file")
-            examples = [e for e in examples if e.line != lineno]
-    if n_nonblank == 0:
-        problems.append(Problem(file, 1, "(file)", "no examples (the file is empty)"))
-    return examples, problems
+            yield lineno, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def read_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
-    """Read a JSONL data file. Returns the valid examples and every problem found."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return [], [Problem(str(path), 0, "(file)", "no such file")]
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        return [], [Problem(str(path), line, "(file)", "not valid UTF-8 text")]
-    return parse_lines(text.splitlines(), str(path))
+def parse_lines(lines, file: str, *, columns: dict | None = None, strict: bool = False) -> tuple[list[Example],
+                                                                                                  list[Problem]]:
+    """Parse JSONL lines (an iterable of str) into examples, collecting every problem."""
+    r = parse_records(jsonl_records(lines), file, columns=columns, strict=strict)
+    return r.examples, r.problems

@@ -12,9 +12,10 @@ Files in the run directory:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
-from slmtune.data.formats import DataError, Problem
+from slmtune.data.formats import DataError, Problem, Reading
 from slmtune.inference.generate import ChatModel, Source, locate
 from slmtune.scenarios.catalog import build_meta, to_example
 from slmtune.scenarios.evaluate import evaluate_scenario
@@ -48,11 +49,15 @@ def records_as_examples(src: str | Path, name: str, out: Path):
     return records, problems
 
 
-def prepare(cfg, run_dir: Path) -> None:
-    """Validate the scenario records, save meta, write the converted data and point ``cfg.data`` at it (in place)."""
+def prepare(cfg, run_dir: Path) -> list[str]:
+    """Validate the scenario records, save meta, write the converted data and point ``cfg.data`` at it (in place).
+    Returns warnings for the run's events (keys the records have beyond the scenario's, ignored)."""
     name, d = cfg.scenario.name, cfg.data
-    train = load_records(d.train, name)
-    val = load_records(d.validation, name) if d.validation else []
+    ignored = {"train": Counter(), "validation": Counter()}
+    train = load_records(d.train, name, strict=d.strict, ignored=ignored["train"])
+    val = load_records(d.validation, name, strict=d.strict, ignored=ignored["validation"]) if d.validation else []
+    notes = [Reading(ignored=ignored[k]).ignored_note(path) for k, path in (("train", d.train),
+                                                                           ("validation", d.validation))]
     if not val and d.validation_split:
         train, val = holdout_split(train, d.validation_split, cfg.train.seed)  # the engine's own split
     meta = build_meta(name, train)
@@ -68,6 +73,7 @@ def prepare(cfg, run_dir: Path) -> None:
         _write_examples(run_dir / "data" / "validation.jsonl", name, meta, val)
         d.validation = str(run_dir / "data" / "validation.jsonl")
     d.validation_split = 0.0
+    return [n for n in notes if n]
 
 
 def load_info(run_dir: str | Path) -> dict | None:

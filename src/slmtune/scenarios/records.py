@@ -15,6 +15,7 @@ Each scenario has a simple record format (docs/scenarios.md):
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,10 +55,6 @@ def _check_strings(obj: dict, required: tuple, optional: tuple, add) -> bool:
         if key in obj and not isinstance(obj[key], str):
             add(key, f"expected a string, got {type(obj[key]).__name__}")
             ok = False
-    for key in obj:
-        if key not in required and key not in optional:
-            add(key, f"unknown key (a record has {', '.join(required + optional)})")
-            ok = False
     return ok
 
 
@@ -68,10 +65,6 @@ def _check_ner(obj: dict, add) -> dict | None:
         for key, val in (("tokens", toks), ("tags", tags)):
             if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
                 add(key, "expected a list of strings")
-                ok = False
-        for key in obj:
-            if key not in ("tokens", "tags"):
-                add(key, "unknown key (a BIO record has tokens, tags)")
                 ok = False
         if not ok:
             return None
@@ -108,19 +101,38 @@ def _check_ner(obj: dict, add) -> dict | None:
     return {"text": text, "entities": out}
 
 
-def check_record(scenario: str, obj, add) -> dict | None:
-    """The record as the scenario uses it, or None after reporting its problems through ``add(field, message)``."""
+def record_keys(scenario: str, obj: dict) -> tuple[str, ...]:
+    """The keys a record of this scenario (in the form ``obj`` is written in) is made of."""
+    if scenario == "ner":
+        return ("tokens", "tags") if "tokens" in obj or "tags" in obj else ("text", "entities")
+    if scenario == "chat":
+        return ("messages",)
+    required, optional = _STR_FIELDS[scenario]
+    return required + optional
+
+
+def check_record(scenario: str, obj, add, *, strict: bool = False, ignored: Counter | None = None) -> dict | None:
+    """The record as the scenario uses it, or None after reporting its problems through ``add(field, message)``.
+    Keys beyond the record's are counted in ``ignored`` (real exports carry ids, sources, groups); with ``strict``
+    they are problems."""
     if not isinstance(obj, dict):
         add("(root)", f"expected a JSON object, got {type(obj).__name__}")
         return None
+    keys = record_keys(scenario, obj)
+    extra = [k for k in obj if k not in keys]
+    if extra and strict:
+        for k in extra:
+            add(k, f"unknown key (a record has {', '.join(keys)}; data.strict is on)")
+        return None
+    if extra:
+        if ignored is not None:
+            ignored.update(extra)
+        obj = {k: v for k, v in obj.items() if k in keys}
     if scenario == "ner":
         return _check_ner(obj, add)
     if scenario == "chat":
-        extra = [k for k in obj if k != "messages"]
-        for k in extra:
-            add(k, "unknown key (a chat record has messages)")
         msgs = _check_chat(obj, add)
-        if msgs is None or extra:
+        if msgs is None:
             return None
         if msgs[-1]["role"] != "assistant":
             add("messages", "the last message must be the assistant's reply (the reference)")
@@ -163,8 +175,10 @@ def _read_txt(path: Path) -> list[Record]:
     return records
 
 
-def read_records(path: str | Path, scenario: str) -> tuple[list[Record], list[Problem]]:
-    """Read a scenario data file (JSONL; also .txt for domain/creative, .conll/.bio for ner)."""
+def read_records(path: str | Path, scenario: str, *, strict: bool = False,
+                 ignored: Counter | None = None) -> tuple[list[Record], list[Problem]]:
+    """Read a scenario data file (JSONL; also .txt for domain/creative, .conll/.bio for ner). Keys beyond a
+    record's are counted in ``ignored`` (problems with ``strict``)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     path = Path(path)
@@ -192,7 +206,7 @@ def read_records(path: str | Path, scenario: str) -> tuple[list[Record], list[Pr
         except json.JSONDecodeError as e:
             add("(json)", f"invalid JSON: {e.msg} (column {e.colno})")
             continue
-        rec = check_record(scenario, obj, add)
+        rec = check_record(scenario, obj, add, strict=strict, ignored=ignored)
         if rec is not None:
             records.append(Record(lineno, rec))
     if not records and not problems:
@@ -208,9 +222,10 @@ def read_records(path: str | Path, scenario: str) -> tuple[list[Record], list[Pr
     return records, problems
 
 
-def load_records(path: str | Path, scenario: str) -> list[Record]:
+def load_records(path: str | Path, scenario: str, *, strict: bool = False,
+                 ignored: Counter | None = None) -> list[Record]:
     """Like :func:`read_records` but raises :class:`DataError` with every problem."""
-    records, problems = read_records(path, scenario)
+    records, problems = read_records(path, scenario, strict=strict, ignored=ignored)
     if problems:
         raise DataError(problems)
     return records

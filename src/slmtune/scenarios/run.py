@@ -28,17 +28,19 @@ def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
         return engine.train(cfg, resume=resume, sinks=sinks, progress=progress)
     engine.check_config(cfg)
     run_dir = engine.prepare_run_dir(cfg, resume)
-    prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+    notes = prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
     held = list(sinks or [])  # the engine closes its sinks when it ends; the evaluation still writes to these
     try:
+        if notes:  # keys the records had beyond the scenario's: ignored, said once per file
+            bus = _bus(held, run_dir, progress)
+            for note in notes:
+                bus.emit(ev.message(note, level="warn"))
+            bus.close()
         result = engine.train(cfg, resume=resume, sinks=[_KeepOpen(s) for s in held], progress=progress,
                               run_dir_ready=True)
         if result is None or result.status != "succeeded" or not cfg.scenario.eval:
             return result
-        bus, held = ev.EventBus(held), []  # the bus closes them now
-        if progress:
-            bus.add(ConsoleSink())
-        bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
+        bus, held = _bus(held, run_dir, progress, keep_open=False), []  # the bus closes them now
         try:
             evaluate_and_report(cfg, run_dir, bus, progress)
         except Exception as e:
@@ -49,6 +51,16 @@ def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
         return result
     finally:
         ev.EventBus(held).close()
+
+
+def _bus(sinks: list, run_dir: Path, progress: bool, keep_open: bool = True) -> ev.EventBus:
+    """A bus to the caller's sinks (left open unless ``keep_open`` is False), the console and the run's
+    events.jsonl, for what the scenario run says before and after the engine."""
+    bus = ev.EventBus([_KeepOpen(s) for s in sinks] if keep_open else sinks)
+    if progress:
+        bus.add(ConsoleSink())
+    bus.add(ev.JsonlSink(run_dir / "events.jsonl"))
+    return bus
 
 
 class _KeepOpen:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from slmtune.data.formats import read_jsonl
+from slmtune.data.sources import read_jsonl
 from slmtune.models.registry import REGISTRY
 from slmtune.planner import plan
 from slmtune.scenarios.pipeline import records_as_examples

@@ -56,8 +56,10 @@ def check_config(cfg: TrainConfig) -> None:
             f"model.precision: {cfg.model.precision!r} is not supported by method {method.name!r}; "
             f"allowed: {', '.join(method.precisions)}"
         )
-    if not cfg.data.train:
-        problems.append("data.train: required (a JSONL file; --data on the command line)")
+    if not cfg.data.train and not cfg.data.mix:
+        problems.append("data.train: required (a data file or folder; --data on the command line), or data.mix")
+    if cfg.data.train and cfg.data.mix:
+        problems.append("data.mix: give either data.train or data.mix (its sources with weights), not both")
     for key in ("train", "validation"):
         p = getattr(cfg.data, key)
         if p and not Path(p).is_file():
@@ -251,30 +253,58 @@ def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus):
 
 
 def setup_data(cfg: TrainConfig, tokenizer, bus: ev.EventBus) -> Data:
-    """Encode the training (and validation) file through the chat template, with its loss mask; or hold out a
-    seeded share of the training file."""
+    """Encode the training source(s) (and validation) through the chat template, with its loss mask; or hold out a
+    seeded share of the training examples."""
     d = cfg.data
-    train_rep = load_encoded(d.train, tokenizer, d.max_seq_length, d.truncate)
-    train_set, val_set, reports = train_rep.encoded, [], [train_rep]
+    read = dict(columns=d.columns or None, strict=d.strict)
+    sources = [(d.train, 1.0)] if d.train else [(m.path, m.weight) for m in d.mix]
+    reports = [load_encoded(path, tokenizer, d.max_seq_length, d.truncate, **read) for path, _ in sources]
+    train_set = mix_sources([(r.encoded, w) for r, (_, w) in zip(reports, sources)], cfg.train.seed)
+    val_set = []
     if d.validation:
-        reports.append(load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate))
+        reports.append(load_encoded(d.validation, tokenizer, d.max_seq_length, d.truncate, **read))
         val_set = reports[-1].encoded
     elif d.validation_split:
         train_set, val_set = holdout_split(train_set, d.validation_split, cfg.train.seed)
     if len(train_set) < 1:
-        raise DataError([Problem(d.train, 1, "(file)", "no training examples")])
+        raise DataError([Problem(sources[0][0], 1, "(file)", "no training examples")])
     train_examples, val_examples = _examples_for_objective(cfg, reports, train_set, val_set)
-    if train_rep.n_truncated:
-        dropped = (f"; {train_rep.n_dropped} of them left out, no trained token was left"
-                   if train_rep.n_dropped else "")
-        bus.emit(ev.message(f"{train_rep.n_truncated} training example(s) truncated to {d.max_seq_length} tokens"
-                            f"{dropped}", level="warn"))
+    for rep in reports:
+        note = rep.ignored_note()
+        if note:
+            bus.emit(ev.message(note, level="warn"))
+    truncated = sum(r.n_truncated for r in reports[:len(sources)])
+    if truncated:
+        dropped = sum(r.n_dropped for r in reports[:len(sources)])
+        bus.emit(ev.message(f"{truncated} training example(s) truncated to {d.max_seq_length} tokens"
+                            + (f"; {dropped} of them left out, no trained token was left" if dropped else ""),
+                            level="warn"))
+    if d.mix:
+        bus.emit(ev.message("Data mix: " + ", ".join(f"{p} ×{w:g} ({len(r.encoded)} → {_weighted(len(r.encoded), w)})"
+                                                   for (p, w), r in zip(sources, reports))))
     n_tok = sum(e.n_tokens for e in train_set)
     bus.emit(ev.message(
         f"Data: {len(train_set)} training examples ({n_tok} tokens), {len(val_set)} validation examples",
         train_examples=len(train_set), train_tokens=n_tok, validation_examples=len(val_set),
     ))
     return Data(train_set, val_set, train_examples, val_examples)
+
+
+def _weighted(n: int, weight: float) -> int:
+    return int(weight) * n + round((weight - int(weight)) * n)
+
+
+def mix_sources(parts: list[tuple[list, float]], seed: int) -> list:
+    """Examples of several sources, each counted ``weight`` times: whole copies for the integer part, a seeded
+    sample (without repeats) for the fraction. One source of weight 1 is returned as it is."""
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return list(parts[0][0])
+    rng = random.Random(seed)
+    out = []
+    for items, weight in parts:
+        out += list(items) * int(weight)
+        out += rng.sample(list(items), round((weight - int(weight)) * len(items)))
+    return out
 
 
 def count_steps(cfg: TrainConfig, data: Data) -> int:
