@@ -148,6 +148,11 @@ class TrainSection(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping (0 disables).")
     seed: int = Field(42, description="Seed for weights init, data order and dropout.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="Also log to these trackers through the Trainer's own integrations: "
+        "tensorboard (event files in RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI, default a store in RUN/mlruns.db), "
+        "wandb (its own settings; WANDB_MODE=offline works)."
+    )
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")

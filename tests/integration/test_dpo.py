@@ -3,7 +3,8 @@
 import pytest
 
 import slmtune
-from slmtune.data.formats import DataError, read_jsonl
+from slmtune.data.formats import DataError
+from slmtune.data.sources import read_jsonl
 from slmtune.events import read_events
 from tests.helpers import FACTS, write_jsonl
 

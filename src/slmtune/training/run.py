@@ -10,7 +10,10 @@ scenario's data preparation and before/after evaluation around it when the confi
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -58,6 +61,10 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if not cfg.data.train and not cfg.data.mix:
         problems.append("data.train: required (a data file or folder; --data on the command line), or data.mix")
+    for tracker in cfg.train.report_to:
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            problems.append(f"train.report_to: {tracker} needs the {tracker} package (pip install "
+                            f"{'mlflow-skinny' if tracker == 'mlflow' else tracker}, or pip install 'slmtune[tracking]')")
     if cfg.data.train and cfg.data.mix:
         problems.append("data.mix: give either data.train or data.mix (its sources with weights), not both")
     for key in ("train", "validation"):
@@ -230,9 +237,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     model, peft_config = setup_model(cfg, method, model_dir, total_steps, bus)
     if strategy in ("ddp", "fsdp"):
         arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
-    trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args)
-    callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
-    status, runtime = fit(trainer, callback, ckpt, data)
+    with tracking_env(cfg, run_dir):  # where train.report_to's trackers write (read by their callbacks)
+        trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args)
+        callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
+        status, runtime = fit(trainer, callback, ckpt, data)
     artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == "succeeded" else None
     return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
 
@@ -313,6 +321,29 @@ def count_steps(cfg: TrainConfig, data: Data) -> int:
     return t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+@contextlib.contextmanager
+def tracking_env(cfg: TrainConfig, run_dir: Path):
+    """Where the trackers of ``train.report_to`` write, unless the user's environment already says: TensorBoard
+    event files in RUN/tensorboard, an MLflow store in RUN/mlruns (experiment "slmtune", the run named after the
+    run directory). The Trainer's integrations read these from the environment; they are set for this run only."""
+    want = {}
+    if "tensorboard" in cfg.train.report_to:
+        want["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if "mlflow" in cfg.train.report_to:
+        want["MLFLOW_TRACKING_URI"] = f"sqlite:///{(run_dir / 'mlruns.db').resolve()}"
+        want["MLFLOW_EXPERIMENT_NAME"] = "slmtune"
+    added = [k for k in want if k not in os.environ]
+    os.environ.update({k: want[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, model_dir: Path, data: Data):
     """The Trainer's arguments, and under ZeRO the TrainingArguments themselves: DeepSpeed's config must exist
     before the weights load (ZeRO-3 then loads each process's partition only)."""
@@ -345,7 +376,8 @@ def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, mod
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
-        report_to=[],
+        report_to=list(t.report_to),
+        run_name=run_dir.name,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         bf16=cfg.model.precision == "bf16-mixed",
