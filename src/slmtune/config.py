@@ -8,11 +8,12 @@ collected and reported at once (``method.r: Input should be greater than 0``) be
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmtune.methods import METHODS, option_defaults  # methods never import config at run time (types only)
 
@@ -55,6 +56,11 @@ class MixSource(_Section):
     weight: float = Field(1.0, gt=0, description="How many times each of its examples counts: 2 = twice, 0.5 = a "
                           "seeded half.")
 
+    @field_validator("path")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        return os.path.expanduser(v)
+
 
 class DataSection(_Section):
     train: str | None = Field(None, description="Training data: JSONL (OpenAI chat, prompt/completion, preference, "
@@ -84,6 +90,11 @@ class DataSection(_Section):
         False, description="Keys a record has beyond its format's are errors (by default they are ignored, with "
         "one warning naming them and counting the records)."
     )
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _home(cls, v: str | None) -> str | None:
+        return os.path.expanduser(v) if v else v  # ~/.slmtune/data/... in a YAML file means the home folder
 
 
 class MethodSection(_Section):

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from slmtune.cli.common import err, fail, handle_errors
 
-app = typer.Typer(help="Export tuned models: merged transformers folders, ONNX Runtime models.", no_args_is_help=True)
+app = typer.Typer(help="Export tuned models: merged transformers folders, ONNX Runtime models, GGUF for llama.cpp "
+                  "and Ollama.", no_args_is_help=True)
 
 
 @app.command("merge")
@@ -59,6 +60,32 @@ def export_onnx_cmd(
         line += f", eval loss {rep['eval_loss_pytorch']:.4f} → {rep['eval_loss_onnx']:.4f} ({rep['eval_loss_change']:+.1%})"
     out.mkdir(exist_ok=True)
     Console(soft_wrap=True).print(line + f"\nchat with it: slmtune chat {out}")
+
+
+@app.command("gguf")
+@handle_errors
+def export_gguf_cmd(
+    target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The .gguf file to write (an Ollama Modelfile is written "
+                                           "beside it).")],
+    type_: Annotated[str, typer.Option("--type", help="f16 (checked identical to PyTorch) or q8_0.")] = "f16",
+) -> None:
+    """Merge, write one GGUF file for llama.cpp / Ollama (Llama-architecture models) with a Modelfile beside it,
+    and check it: read back with transformers' GGUF reader, tokenizer and greedy tokens compared with PyTorch."""
+    from slmtune.export.gguf import export_gguf
+    from slmtune.export.merge import MergeError
+    from slmtune.export.onnx import ExportError
+
+    try:
+        with err.status(f"exporting {target} to GGUF ({type_})") as status:
+            rep = export_gguf(target, out_file, type=type_, log=lambda s: status.update(f"{target}: {s}"))
+    except (ExportError, MergeError) as e:
+        fail(str(e), 1)
+    Console(soft_wrap=True).print(
+        f"GGUF ({type_}) written to {rep['file']} ({rep['bytes'] / 1e6:.1f} MB) and {rep['modelfile']}; check: "
+        f"tokenizer identical, greedy token agreement {rep['token_agreement']:.0%}"
+        + (f" (against full precision {rep['token_agreement_fp32']:.0%})" if type_ != "f16" else "")
+        + f"\nrun it: llama-cli -m {rep['file']} -cnv   or   ollama create mymodel -f {rep['modelfile']}")
 
 
 @app.command("providers")
