@@ -40,3 +40,32 @@ def test_a_check_names_every_bad_line_and_field_and_shows_what_is_trained(api_se
     other = api_server.new_key("someone-else")
     assert httpx.get(url, params={"model": "tiny-llama"}, headers={"Authorization": f"Bearer {other}"},
                      timeout=60).status_code == 404  # another project's file does not exist for them
+
+
+def test_a_file_with_extra_keys_checks_ok_with_a_warning_and_alpaca_is_named(api_server):
+    """Exports carry ids: the check reads past them and says so once; the format found is named (alpaca)."""
+    key = api_server.new_key("extras")
+    client = api_server.client(key)
+    rows = [{"instruction": f"What is your favorite {k}?", "output": f"My favorite {k} is {v}.", "id": i}
+            for i, (k, v) in enumerate(FACTS * 3)]
+    f = client.files.create(file=("export.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                            purpose="fine-tune")
+    r = httpx.get(f"{api_server.url}/slmtune/files/{f.id}/check", params={"model": "tiny-llama"},
+                  headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    check = r.json()
+    assert check["ok"] and check["formats"] == {"alpaca": 12}
+    assert check["warnings"] == ["export.jsonl: ignored key(s) not part of the data format: id (12 records) "
+                                 "(data.strict: true makes them errors)"]
+    # a scenario file with a group column: the records read, the column named
+    recs = [{"text": f"{w} film", "label": lab, "group": i % 2} for i, (w, lab) in
+            enumerate([("great", "positive"), ("awful", "negative")] * 5)]
+    f = client.files.create(file=("reviews.jsonl", "".join(json.dumps(r) + "\n" for r in recs).encode()),
+                            purpose="fine-tune")
+    r = httpx.get(f"{api_server.url}/slmtune/files/{f.id}/check", params={"model": "tiny-llama",
+                                                                          "scenario": "classification"},
+                  headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    check = r.json()
+    assert check["ok"] and check["formats"] == {"classification records": 10}
+    assert check["warnings"] == ["reviews.jsonl: ignored key(s) not part of the data format: group (10 records) "
+                                 "(data.strict: true makes them errors)"]

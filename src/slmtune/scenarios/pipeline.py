@@ -40,10 +40,11 @@ def _write_examples(path: Path, name: str, meta: dict, records: list[Record]) ->
             fh.write(json.dumps(_example_json(to_example(name, meta, r)), ensure_ascii=False) + "\n")
 
 
-def records_as_examples(src: str | Path, name: str, out: Path):
+def records_as_examples(src: str | Path, name: str, out: Path, ignored: Counter | None = None):
     """Read a scenario's records from ``src`` and, when they have no problem, write the chat examples they become to
-    ``out`` (one per record, in order). Returns ``(records, problems)``."""
-    records, problems = read_records(src, name)
+    ``out`` (one per record, in order). Returns ``(records, problems)``; keys beyond the records' are counted in
+    ``ignored``."""
+    records, problems = read_records(src, name, ignored=ignored)
     if not problems:
         _write_examples(out, name, build_meta(name, records), records)
     return records, problems

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from slmtune.data.formats import Reading
 from slmtune.data.tokenize import IGNORE_INDEX
 from slmtune.data.validate import check_file
 from slmtune.models.loading import load_tokenizer
@@ -37,13 +38,15 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
                          param="file_id", code="invalid_file_purpose")
     check_model(settings, model)
     path, filename = row.path, row.filename
+    row_path = path
     session.close()  # loading a tokenizer can take seconds: hold no database connection meanwhile
     tokenizer = load_tokenizer(resolve(model))
     with tempfile.TemporaryDirectory(prefix="slmtune-check-") as tmp:
         line_of = None  # example line → record line, for a scenario file
+        ignored = Counter()
         if scenario:
             examples_path = Path(tmp) / "examples.jsonl"
-            records, record_problems = records_as_examples(path, scenario, examples_path)
+            records, record_problems = records_as_examples(path, scenario, examples_path, ignored)
             if record_problems:
                 problems = [CheckProblem(line=p.line, field=p.path, message=p.message) for p in record_problems]
                 return FileCheck(file_id=file_id, filename=filename, model=model, ok=False,
@@ -55,12 +58,16 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
     at = (lambda n: line_of[n] if 0 < n < len(line_of) else n) if line_of else (lambda n: n)
     problems = [CheckProblem(line=at(p.line), field=p.path, message=p.message) for p in report.problems]
     examples = [report.examples[e.line] for e in report.encoded]
-    formats = dict(Counter(ex.kind for ex in examples))
+    formats = dict(Counter(ex.fmt or ex.kind for ex in examples))
+    warnings = []
+    note = Reading(ignored=ignored).ignored_note(filename) if scenario else report.ignored_note()
+    if note:
+        warnings.append(note.replace(str(row_path), filename))
     if scenario:
         formats = {f"{scenario} records": len(examples)}
     return FileCheck(
         file_id=file_id, filename=filename, model=model, ok=report.ok, n_problems=len(problems),
-        problems=problems[:MAX_PROBLEMS], formats=formats, stats=report.stats(),
+        problems=problems[:MAX_PROBLEMS], formats=formats, warnings=warnings, stats=report.stats(),
         preview=[_preview(tokenizer, enc, at(enc.line)) for enc in report.encoded[:preview]])
 
 

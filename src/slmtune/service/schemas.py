@@ -101,7 +101,10 @@ class FileCheck(BaseModel):
     ok: bool
     n_problems: int
     problems: list[CheckProblem] = Field(description="The first 200 problems, in line order.")
-    formats: dict[str, int] = Field(description="Examples per detected format (chat, completion, preference).")
+    formats: dict[str, int] = Field(description="Examples per detected format (chat, completion, preference, "
+                                    "alpaca, sharegpt).")
+    warnings: list[str] = Field(default_factory=list, description="What training will read past: keys the records "
+                                "have beyond their format's (ignored), named with how many records had each.")
     stats: dict[str, Any] = Field(description="Token statistics, as `slmtune data validate` prints them.")
     preview: list[PreviewExample]
 

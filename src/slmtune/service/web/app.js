@@ -273,6 +273,7 @@ function renderCheck(c) {
   const out = [h("h2", { text: `Check: ${c.filename}` })];
   out.push(c.ok ? alertBox(`No problems for ${c.model}.`, "ok")
     : alertBox(`${c.n_problems} problem${c.n_problems === 1 ? "" : "s"} for ${c.model}.`));
+  for (const w of c.warnings || []) out.push(alertBox(w, "warn"));
   if (c.problems.length) {
     out.push(h("ul", { class: "problems" }, c.problems.map((p) => h("li", {},
       h("span", { class: "loc", text: `line ${p.line}` }), " · ", h("code", { text: p.field }), ": ",
