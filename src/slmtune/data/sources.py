@@ -88,5 +88,9 @@ def _table_rows(p: Path):
         kind = kinds.pop()
         extra = {"delimiter": "\t"} if files[0].suffix == ".tsv" else {}
         ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **extra)
+        if kind == "csv":  # CSV has no types: a column the reader guessed numeric ("5") is still text
+            for i, row in enumerate(ds, start=1):
+                yield i, {k: v if isinstance(v, str) else str(v) for k, v in row.items() if v is not None}
+            return
     for i, row in enumerate(ds, start=1):
         yield i, {k: v for k, v in row.items() if v is not None}

@@ -112,3 +112,10 @@ def test_extra_keys_are_ignored_with_one_note_and_are_errors_when_strict(tmp_pat
     bad = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "a", "mood": "x"},
                                                            {"role": "assistant", "content": "b"}]}])
     assert [p.path for p in read_source(bad).problems] == ["messages[0].mood"]
+
+
+def test_a_csv_column_of_numbers_is_still_text(tmp_path):
+    path = tmp_path / "sums.csv"
+    path.write_text("instruction,input,output\nAdd the numbers.,2 and 3,5\nAdd the numbers.,1 and 1,2\n")
+    r = read_source(path)
+    assert r.problems == [] and [e.messages[-1]["content"] for e in r.examples] == ["5", "2"]
