@@ -262,8 +262,7 @@ class Worker:
         except JobRefused as e:  # the executor can never run it (Ray: no node has its resources); other errors
             # (a cluster that went away) reach process(): the claim is released and the job tried again
             reason = str(e)
-            retrying(lambda: self._ending(job_id, token, run_dir, ft_name, None, reason=reason),
-                     stop=self.lease.lost)
+            retrying(lambda: self._not_started(job_id, token, reason), stop=self.lease.lost)
             return
         started = {"worker": self.id, "claim": token, "at": time.time(), "resume": resume}
 
@@ -276,7 +275,10 @@ class Worker:
         self.child = None
         if self.lease.lost.is_set():
             raise LeaseLost(job_id)
-        retrying(lambda: self._ending(job_id, token, run_dir, ft_name, code, reason=error), stop=self.lease.lost)
+        if error is not None:  # the executor could not start the training (a Ray actor that failed to start)
+            retrying(lambda: self._not_started(job_id, token, error), stop=self.lease.lost)
+            return
+        retrying(lambda: self._ending(job_id, token, run_dir, ft_name, code), stop=self.lease.lost)
 
     def _watch(self, job_id: str, placed) -> None:
         """Until the training ends: renewals lost, shutdown (checkpoint, then back to the queue), cancel, pause.
@@ -317,8 +319,15 @@ class Worker:
                 self.child.interrupt()  # save a checkpoint and stop
                 interrupted = True
 
-    def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None,
-                reason: str | None = None) -> None:
+    def _not_started(self, job_id: str, token: int, reason: str) -> None:
+        with self.db.session() as s:
+            job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+            if job.claims != token:
+                raise LeaseLost(job_id)
+            if job.status != "cancelled":
+                self._fail(s, job, token, "executor_failed", f"Fine-tuning could not start: {reason}", None)
+
+    def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None) -> None:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if job.claims != token:
@@ -327,9 +336,7 @@ class Worker:
                 s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token)
                           .values(lease_until=None, worker_id=None))
                 return
-            if reason is not None:  # the executor could not start the training at all
-                self._fail(s, job, token, "executor_failed", f"Fine-tuning could not start: {reason}", None)
-            elif code == EXIT_NODE_LOST and not self.stop.is_set():  # its node died: an attempt, then resumed
+            if code == EXIT_NODE_LOST and not self.stop.is_set():  # its node died: an attempt, then resumed
                 s.rollback()
                 release(self.db, job_id, token, requeue=False)
                 ckpts = list_checkpoints(run_dir / "run")
