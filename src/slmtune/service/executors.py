@@ -13,52 +13,8 @@ until placed).
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
-
-from slmtune.service.runner import child_main
+from slmtune.service.runner import LocalRun
 from slmtune.service.settings import Settings
-
-
-class LocalRun:
-    """The training child on this machine: a spawned process leading its own process group."""
-
-    def __init__(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool):
-        self.proc = mp.get_context("spawn").Process(
-            target=child_main, args=(db_url, job_id, token, ft_name, cfg, resume, os.getpid()), daemon=True)
-        self.proc.start()
-
-    def alive(self) -> bool:
-        return self.proc.is_alive()
-
-    def wait(self, seconds: float) -> None:
-        self.proc.join(seconds)
-
-    def interrupt(self) -> None:
-        self._signal(signal.SIGINT)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)  # the child leads its group: torchrun and its ranks go too
-        self.proc.join(5)
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.proc.exitcode
-
-    def placement(self) -> str | None:
-        return None  # on the worker's own machine: nothing to report
-
-    def describe(self) -> dict:
-        return {"executor": "local", "pid": self.proc.pid}
-
-    error = None  # a local child's failure is in its events
 
 
 class LocalExecutor:

@@ -19,7 +19,6 @@ Ray is an optional extra (``pip install 'slmtune[ray]'``); this module is import
 from __future__ import annotations
 
 import copy
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from slmtune.planner import plan
 from slmtune.service.queue import EXIT_FAILED, EXIT_NODE_LOST, EXIT_OK, JobRefused
-from slmtune.service.runner import child_main
+from slmtune.service.runner import LocalRun
 from slmtune.service.settings import Settings
 
 # Environment the training child needs from the process that started the executor (a Ray worker inherits the
@@ -74,7 +73,7 @@ class _JobActor:
     Threaded (``max_concurrency``) so that ``signal`` runs while ``run`` waits."""
 
     def __init__(self):
-        self.proc = None
+        self.child: LocalRun | None = None
 
     def where(self) -> dict:
         import ray
@@ -87,22 +86,18 @@ class _JobActor:
 
     def free_port(self) -> int:
         with socket.socket() as s:
-            s.bind(("", 0))
+            s.bind(("", 0))  # free on every interface of the node: its peers connect to its address
             return s.getsockname()[1]
 
     def run(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool) -> int:
-        self.proc = mp.get_context("spawn").Process(
-            target=child_main, args=(db_url, job_id, token, ft_name, cfg, resume, os.getpid()), daemon=True)
-        self.proc.start()
-        self.proc.join()
-        return self.proc.exitcode
+        """The local executor's child, on this node; its exit code."""
+        self.child = LocalRun(db_url, job_id, token, ft_name, cfg, resume)
+        self.child.wait(None)
+        return self.child.exitcode
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.pid:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        if self.child is not None:
+            self.child.signal(sig)
 
 
 class RayExecutor:

@@ -4,6 +4,7 @@ events through a ``DBSink``. Its exit code tells the worker how it ended (``queu
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 
@@ -51,3 +52,43 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
     except Exception:  # noqa: BLE001 - events that never reached the database: the job cannot be trusted
         code = EXIT_FAILED
     os._exit(code)
+
+
+class LocalRun:
+    """The training child on this machine: a spawned process leading its own process group."""
+
+    def __init__(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool):
+        self.proc = mp.get_context("spawn").Process(
+            target=child_main, args=(db_url, job_id, token, ft_name, cfg, resume, os.getpid()), daemon=True)
+        self.proc.start()
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def wait(self, seconds: float | None) -> None:
+        self.proc.join(seconds)
+
+    def interrupt(self) -> None:
+        self.signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)  # the child leads its group: torchrun and its ranks go too
+        self.proc.join(5)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.exitcode
+
+    def placement(self) -> str | None:
+        return None  # on the worker's own machine: nothing to report
+
+    def describe(self) -> dict:
+        return {"executor": "local", "pid": self.proc.pid}
+
+    error = None  # a local child's failure is in its events

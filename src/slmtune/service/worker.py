@@ -76,7 +76,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace  # how long a checkpoint may take when the worker is told to stop
         self.stop = threading.Event()
         self.executor = make_executor(settings)
-        self.child = None  # the running job's handle (executors.LocalRun or ray_executor.RayRun)
+        self.child = None  # the running job's handle (runner.LocalRun or ray_executor.RayRun)
         self.lease: Lease | None = None
         self.idle = threading.Event()
         self.idle.set()
