@@ -97,11 +97,21 @@ def serve(
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no worker here (use `slmtune worker`).")] = False,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")] = False,
     max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
+    max_body_mb: Annotated[int, typer.Option(help="Largest request body other than an upload (JSON: chat, jobs); "
+                                             "past it 413.", min=1)] = 8,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a JSON body may take to arrive in full (and an "
+                                                "upload between two chunks); past it 408.", min=0.1)] = 30.0,
+    allowed_hosts: Annotated[list[str] | None, typer.Option("--allowed-hosts", help="With --no-auth: a Host name "
+                                                            "(and web-page origin) to serve besides the loopback "
+                                                            "names (repeatable; '*' for any).")] = None,
+    api_docs: Annotated[bool, typer.Option("--api-docs", help="Serve /docs and /redoc (their pages load their "
+                                           "scripts from a CDN).")] = False,
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
     rate_limit: Annotated[int, typer.Option(help="Requests a minute per API key (bursts up to as many); past it "
                                             "429 with Retry-After. 0: no limit.", min=0)] = 3000,
-    max_storage_mb: Annotated[int, typer.Option(help="Stored file megabytes per project (uploads and result "
-                                                "files); past it an upload gets 413. 0: no quota.", min=0)] = 0,
+    max_storage_mb: Annotated[int, typer.Option(help="Megabytes a project keeps (uploads, result files and its "
+                                                "jobs' runs: checkpoints, adapters); past it an upload or a new "
+                                                "job gets 413. 0: no quota.", min=0)] = 10240,
     lease_seconds: LeaseOpt = 30.0,
     job_nproc: JobNprocOpt = 1,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Allow --no-auth on an address other "
@@ -115,6 +125,9 @@ def serve(
     max_running: Annotated[int, typer.Option(help="Chat sequences decoded together per model (its batch).")] = 32,
     max_queued: Annotated[int, typer.Option(help="Chat sequences waiting per model; past it a request gets 429 "
                                             "with Retry-After.")] = 128,
+    max_queued_per_project: Annotated[int, typer.Option(help="Of those, one project's; past it that project's "
+                                                        "chat gets 429 (other projects still get in).",
+                                                        min=1)] = 64,
     adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
     precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
                                            "bf16 or fp32.")] = "auto",
@@ -155,7 +168,11 @@ def serve(
             fail(f"--adapter {item}: expected NAME=DIR with DIR a run directory or an adapter folder ({e})", 2)
         local_adapters[name] = folder
     try:
+        hosts = ["localhost", "127.0.0.1", "::1", *([host] if host not in ("0.0.0.0", "::") else []),
+                 *(allowed_hosts or [])]
         settings = settings_for(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                             max_body_bytes=max_body_mb * 1024 * 1024, body_timeout=body_timeout,
+                             allowed_hosts=hosts, api_docs=api_docs, max_queued_per_project=max_queued_per_project,
                              onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
                              max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
                              max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,

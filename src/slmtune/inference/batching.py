@@ -3,8 +3,12 @@
 Each loop of the scheduler thread:
 
 1. takes in new requests and cancellations (a cancelled sequence leaves before the next forward);
-2. admits waiting sequences into free slots (FIFO; a sequence whose adapter is still loading waits and lets the
-   ones behind it pass), short prompts prefilled together in one forward, a long one in chunks of its own;
+2. admits waiting sequences into free slots, fairly between projects: the project with the fewest running
+   sequences goes first (FIFO within a project; a sequence whose adapter is still loading waits and lets the ones
+   behind it pass); when every slot is taken and a project holds two or more slots above one that waits, its
+   newest sequence is preempted (its cache dropped, recomputed from its prompt and tokens when it comes back), so
+   one project's flood delays another's request by a few steps, not by the flood's length. Short prompts are
+   prefilled together in one forward, a long one in chunks of its own;
 3. runs one decode step for every running sequence, each row with its own LoRA adapter (``lora_batch``),
    position, sampling parameters and random stream.
 
@@ -22,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,8 +79,9 @@ class Request:
     """A chat request with ``n`` choices, each a :class:`Sequence` in the batch."""
 
     def __init__(self, engine: BatchEngine, prompt: list[int], params: SamplingParams, n: int, adapter: str | None,
-                 emit: Callable[[object], None]):
+                 emit: Callable[[object], None], project: str | None = None):
         self.engine = engine
+        self.project = project  # whose request (fair shares between projects); None outside the service
         self.prompt = prompt
         self.params = params
         self.adapter = adapter
@@ -120,15 +125,24 @@ class Sequence:
     def adapter(self) -> str | None:
         return self.request.adapter
 
+    @property
+    def project(self) -> str | None:
+        return self.request.project
+
 
 def _holdback(text: str, stops: list[str]) -> int:
-    """Characters at the end of ``text`` that could still become a stop string (not to be emitted yet)."""
+    """Characters at the end of ``text`` that could still become a stop string (not to be emitted yet): the longest
+    suffix of ``text`` that begins some stop. Only places holding a stop's first character are tried, so the cost
+    per token stays near the stops' length, not its square."""
     best = 0
     for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if s.startswith(text[-k:]):
-                best = k
+        tail = text[len(text) - min(len(s) - 1, len(text)):]
+        i = tail.find(s[0]) if s else -1
+        while i >= 0 and len(tail) - i > best:
+            if s.startswith(tail[i:]):
+                best = len(tail) - i
                 break
+            i = tail.find(s[0], i + 1)
     return best
 
 
@@ -264,7 +278,7 @@ class BatchEngine:
 
     def __init__(self, model, tokenizer, *, name: str, max_running: int = 32, max_queued: int = 128,
                  prefill_tokens: int = 512, adapter_capacity: int = 8, metrics: ServingMetrics | None = None,
-                 virtual_prompt: torch.Tensor | None = None, prefix_kv: list | None = None):
+                 max_queued_per_project: int | None = None, virtual_prompt: torch.Tensor | None = None, prefix_kv: list | None = None):
         self.name = name
         self.model = model.eval()
         use_slot_attention(model)
@@ -276,6 +290,7 @@ class BatchEngine:
         self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self.max_running = max(1, max_running)
         self.max_queued = max(0, max_queued)
+        self.max_queued_per_project = max_queued_per_project or self.max_queued
         self.prefill_tokens = max(16, prefill_tokens)
         self.metrics = metrics or ServingMetrics()
         # prompt learning: virtual token embeddings before each prompt, or key/value prefixes in every layer
@@ -292,6 +307,8 @@ class BatchEngine:
         self._inbox: list[Request] = []
         self._lock = threading.Lock()
         self.queued = 0  # sequences submitted and not yet admitted
+        self.queued_by: Counter[str | None] = Counter()  # the same, per project
+        self.preempted = 0  # sequences sent back to wait for another project's (a count, for tests and metrics)
         self.prefilling = 0  # admitted, in this step's prefill
         self._wake = threading.Event()
         self._stop = False
@@ -308,7 +325,7 @@ class BatchEngine:
                                 "completion). Please reduce the length of the messages or completion.")
 
     def submit(self, prompt: list[int], params: SamplingParams, *, n: int = 1, adapter: tuple[str, Path] | None = None,
-               emit: Callable[[object], None]) -> Request:
+               emit: Callable[[object], None], project: str | None = None) -> Request:
         """Queue a request (``n`` choices); events are passed to ``emit`` from the scheduler thread."""
         if not prompt:
             raise PromptTooLong("The prompt is empty.")
@@ -322,8 +339,13 @@ class BatchEngine:
             if self.queued + n > self.max_queued + free:
                 raise Overloaded(f"The server is at capacity for model '{self.name}' ({self.queued} requests "
                                  "queued). Please retry after a short wait.", retry_after=1.0)
-            req = Request(self, prompt, params, n, name, emit)
+            if project is not None and self.queued_by[project] + n > self.max_queued_per_project + free:
+                raise Overloaded(f"This project has {self.queued_by[project]} requests queued for model "
+                                 f"'{self.name}' (its share is {self.max_queued_per_project}). Please retry after "
+                                 "a short wait.", retry_after=1.0)
+            req = Request(self, prompt, params, n, name, emit, project)
             self.queued += n
+            self.queued_by[project] += n
             self._inbox.append(req)
             self.metrics.queued.labels(self.name).set(self.queued)
         self.wake()
@@ -369,16 +391,20 @@ class BatchEngine:
         for req in inbox:
             self.waiting.extend(req.seqs)
 
-    def _unqueue(self, k: int) -> None:
+    def _unqueue(self, seqs) -> None:
         with self._lock:
-            self.queued -= k
+            for s in seqs:
+                self.queued -= 1
+                self.queued_by[s.project] -= 1
+                if not self.queued_by[s.project]:
+                    del self.queued_by[s.project]
             self.metrics.queued.labels(self.name).set(self.queued)
 
     def _drop_cancelled(self) -> None:
         gone = [s for s in self.waiting if s.request.cancelled]
         if gone:
             self.waiting = deque(s for s in self.waiting if not s.request.cancelled)
-            self._unqueue(len(gone))
+            self._unqueue(gone)
         if self.long is not None and self.long.request.cancelled:
             self.long = None
         self._remove([i for i, s in enumerate(self.rows) if s.request.cancelled])
@@ -404,13 +430,63 @@ class BatchEngine:
     def _fail_waiting_on_adapter(self, name: str) -> None:
         hit = [s for s in self.waiting if s.adapter == name]
         self.waiting = deque(s for s in self.waiting if s.adapter != name)
-        self._unqueue(len(hit))
+        self._unqueue(hit)
         self._fail(hit, ValueError(f"the tuned model's adapter could not be loaded: {self.adapters.failed[name]}"))
+
+    def _fair_order(self) -> None:
+        """Order the waiting sequences for admission: repeatedly the next (FIFO) of the project that would then
+        hold the fewest slots. One project alone keeps plain FIFO order."""
+        projects = {s.project for s in self.waiting}
+        if len(projects) < 2:
+            return
+        held = Counter(s.project for s in self.rows)
+        by_project: dict[str | None, deque[Sequence]] = {}
+        for s in self.waiting:
+            by_project.setdefault(s.project, deque()).append(s)
+        order: deque[Sequence] = deque()
+        while by_project:
+            p = min(by_project, key=lambda k: held[k])  # ties: the project whose first sequence waited longest
+            order.append(by_project[p].popleft())
+            held[p] += 1
+            if not by_project[p]:
+                del by_project[p]
+        self.waiting = order
+
+    def _preempt(self) -> None:
+        """Every slot is taken and a project waits while another holds at least two slots more: send that one's
+        newest sequences back to wait (their cache is recomputed on return) until the shares are within one."""
+        if self.long is not None or not self.waiting or len(self.rows) < self.max_running:
+            return
+        held = Counter(s.project for s in self.rows)
+        waiting = Counter(s.project for s in self.waiting)
+        victims: list[int] = []
+        for p in sorted(waiting, key=lambda k: held[k]):
+            for _ in range(waiting[p]):
+                top, most = held.most_common(1)[0]
+                if most < held[p] + 2:
+                    break
+                i = max(i for i, s in enumerate(self.rows) if s.project == top and i not in victims)
+                victims.append(i)
+                held[top] -= 1
+                held[p] += 1
+        if not victims:
+            return
+        back = [self.rows[i] for i in victims]
+        self._remove(victims)
+        for s in back:
+            s.cached = 0  # prompt and generated tokens are prefilled again when it is admitted
+        self.waiting.extend(back)
+        self.preempted += len(back)
+        with self._lock:
+            self.queued += len(back)
+            self.queued_by.update(s.project for s in back)
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences that go into free slots now (prefilled together in one forward)."""
         if self.long is not None:
             return []
+        self._preempt()
+        self._fair_order()
         free = self.max_running - len(self.rows)
         batch: list[Sequence] = []
         budget = self.prefill_tokens
@@ -427,7 +503,7 @@ class BatchEngine:
                     continue
                 keep.append(s)
                 continue
-            size = len(s.prompt) + self.reserved
+            size = len(s.prompt) + len(s.tokens) + self.reserved
             if size > self.prefill_tokens:  # alone, in chunks
                 if batch:
                     keep.append(s)
@@ -443,10 +519,9 @@ class BatchEngine:
             budget -= size
             free -= 1
         self.waiting = keep + self.waiting
-        admitted = len(batch) + (self.long is not None)
-        if admitted:
+        if batch or self.long is not None:
             self.prefilling = len(batch)
-            self._unqueue(admitted)
+            self._unqueue(batch + ([self.long] if self.long is not None else []))
         return batch
 
     def _start(self, s: Sequence, slot: int) -> None:
@@ -456,9 +531,10 @@ class BatchEngine:
             s.cached = self.prefix_kv[0][0].shape[1]
 
     def _prompt_ids(self, s: Sequence) -> list[int]:
-        """The tokens a sequence still has to prefill; virtual tokens are negative ids -1, -2, ..."""
+        """The tokens a sequence still has to prefill; virtual tokens are negative ids -1, -2, ... A preempted
+        sequence prefills its generated tokens too, and the token sampled after them is its next one."""
         full = ([-(i + 1) for i in range(self.virtual_prompt.shape[0])] if self.virtual_prompt is not None
-                else []) + s.prompt
+                else []) + s.prompt + s.tokens
         offset = self.prefix_kv[0][0].shape[1] if self.prefix_kv else 0
         return full[s.cached - offset:]
 

@@ -250,8 +250,12 @@ class OnnxServer:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare_sync, name)
 
-    def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit):
-        return prepared.engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages), params, n=n, emit=emit)
+    def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit, project: str | None = None):
+        """As :meth:`ModelServer.submit`; ``project`` is accepted for the same call and unused: one ONNX Runtime
+        engine per model runs its requests in its own (FIFO) order."""
+        engine = prepared.engine
+        return engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages, engine.max_length or None), params,
+                             n=n, emit=emit)
 
     def shutdown(self) -> None:
         for p in self.engines.values():

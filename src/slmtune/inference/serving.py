@@ -14,6 +14,7 @@ submitting is quick and never blocks on the batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import threading
@@ -39,7 +40,7 @@ from slmtune.inference.sampling import SamplingParams
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer, resolve_precision
 from slmtune.models.registry import resolve
 
-__all__ = ["ModelServer", "Prepared", "Completion", "Overloaded", "PromptTooLong"]
+__all__ = ["ModelServer", "Prepared", "Completion", "Overloaded", "PromptTooLong", "submit_async"]
 
 def adapter_config(path: Path) -> dict:
     return json.loads((Path(path) / "adapter_config.json").read_text())
@@ -86,10 +87,12 @@ class Completion:
 class ModelServer:
     def __init__(self, *, precision: str = "auto", device: str | None = None, max_running: int = 32,
                  max_queued: int = 128, adapter_cache_size: int = 8, own_engines: int = 2,
-                 prefill_tokens: int = 512, metrics: ServingMetrics | None = None):
+                 prefill_tokens: int = 512, metrics: ServingMetrics | None = None,
+                 max_queued_per_project: int | None = None):
         self.device = torch.device(device) if device else default_device()
         self.precision = resolve_precision(precision)
         self.max_running, self.max_queued, self.prefill_tokens = max_running, max_queued, prefill_tokens
+        self.max_queued_per_project = max_queued_per_project
         self.adapter_cache_size = adapter_cache_size
         self.own_engines = max(1, own_engines)
         self.metrics = metrics or ServingMetrics()
@@ -109,7 +112,7 @@ class ModelServer:
     def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
         return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
                            prefill_tokens=self.prefill_tokens, adapter_capacity=self.adapter_cache_size,
-                           metrics=self.metrics, **kw)
+                           metrics=self.metrics, max_queued_per_project=self.max_queued_per_project, **kw)
 
     def _base(self, base_id: str) -> Prepared:
         # keyed by the model folder: an id and its cache path (adapters often name the path) share one engine
@@ -211,18 +214,22 @@ class ModelServer:
 
     # --- requests ----------------------------------------------------------------------------------------------
     @staticmethod
-    def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    def prompt_ids(tokenizer, messages: list[dict], max_length: int | None = None) -> list[int]:
+        """The prompt's tokens through the model's chat template. With ``max_length``, messages that cannot fit in
+        it whatever the tokenizer does are refused before any templating (:func:`refuse_far_too_long`)."""
+        if max_length:
+            refuse_far_too_long(tokenizer, messages, max_length)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
-               emit) -> Request:
+               emit, project: str | None = None) -> Request:
         engine = prepared.engine
         if prepared.adapter is not None and prepared.adapter[0] in engine.adapters.loaded:
             self.metrics.adapter_hits.labels(engine.name).inc()
         try:
-            return engine.submit(self.prompt_ids(prepared.tokenizer, messages), params, n=n,
-                                 adapter=prepared.adapter, emit=emit)
+            return engine.submit(self.prompt_ids(prepared.tokenizer, messages, engine.max_length), params, n=n,
+                                 adapter=prepared.adapter, emit=emit, project=project)
         except Overloaded:
             self.metrics.rejected.labels(engine.name).inc()
             raise
@@ -239,6 +246,40 @@ class ModelServer:
         for p in [*self.bases.values(), *self.own.values()]:
             p.engine.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_RENDER = ThreadPoolExecutor(2, thread_name_prefix="slmtune-render")  # chat templates and tokenizers, off the loop
+
+
+async def submit_async(server, *args, **kw) -> Request:
+    """``server.submit(...)`` on the render threads: templating and tokenizing a long prompt takes the CPU for
+    seconds, which on the event loop would stall every other request. Two threads: a burst of long prompts queues
+    here instead of taking every core from the decode threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_RENDER, functools.partial(server.submit, *args, **kw))
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one token of ``tokenizer`` stands for (cached on the tokenizer)."""
+    cached = getattr(tokenizer, "_slmtune_longest_token", None)
+    if cached is None:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # byte-level vocabularies spell each byte as one character; others as text (counted in UTF-8 bytes)
+        cached = max((len(p.encode("utf-8")) for p in pieces if p), default=1)
+        tokenizer._slmtune_longest_token = cached
+    return cached
+
+
+def refuse_far_too_long(tokenizer, messages: list[dict], max_length: int) -> None:
+    """PromptTooLong when the messages' text cannot fit in ``max_length`` tokens however it is tokenized: every
+    token stands for at most :func:`longest_token_bytes` bytes, so ``bytes / longest`` tokens at the least. Exact,
+    never a guess: a prompt this refuses would be refused after tokenizing too, only seconds later."""
+    size = sum(len(str(m.get("content") or "").encode("utf-8")) for m in messages)
+    least = size // longest_token_bytes(tokenizer)
+    if least > max_length:
+        raise PromptTooLong(f"This model's maximum context length is {max_length} tokens. However, your messages "
+                            f"hold {size} bytes of text, which is at least {least} tokens. Please reduce the length "
+                            "of the messages.")
 
 
 class Collector:

@@ -22,6 +22,7 @@ from slmtune.service.auth import ensure_project
 from slmtune.service.console import mount_console
 from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
+from slmtune.service.gate import AUTH_THREADS, Gate, envelope, error_response
 from slmtune.service.ratelimit import RateLimiter
 from slmtune.service.routes import chat, files, jobs, models
 from slmtune.service.schemas import error_responses
@@ -29,12 +30,6 @@ from slmtune.service.settings import Settings
 from slmtune.service.worker import start_worker_threads
 
 log = logging.getLogger("slmtune.service")
-
-
-def _envelope(status: int, message: str, *, type_: str = "invalid_request_error", param=None, code=None,
-              headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class RequestIdMiddleware:
@@ -56,27 +51,10 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class UploadLimitMiddleware:
-    """An upload whose Content-Length is past ``--max-upload-mb`` gets 413 before its body is read (a body without
-    Content-Length is spooled to disk by the multipart parser and refused by the same limit afterwards)."""
-
-    OVERHEAD = 1 << 20  # multipart boundaries and the other form fields
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files"):
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length and length.isdigit() and int(length) > self.limit + self.OVERHEAD:
-                response = _envelope(413, f"File is {int(length)} bytes; the limit is {self.limit} bytes.",
-                                     param="file", code="file_too_large", headers={"x-should-retry": "false"})
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
 class AdmissionMiddleware:
-    """At most ``limit`` API requests (chat excepted) run at once; the rest wait on the event loop, at no cost.
+    """At most ``limit`` API requests (chat excepted) run at once; the rest wait on the event loop, at no cost. It
+    sits inside the :class:`~slmtune.service.gate.Gate`: a slot is taken only by a caller with a valid key whose
+    (small) body has arrived in full, so neither a keyless flood nor a slow sender can hold one.
 
     Why: a request holds its database connection from its route to the end of its session, and in between FastAPI
     validates the response on the thread pool. With every thread busy, requests holding connections wait for a
@@ -145,13 +123,15 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     start with it (in threads) and hand their running jobs back to the queue when it stops."""
     settings = settings or Settings()
     # in-server workers, their heartbeats and the health check take connections too: a margin over the threads
-    db = Database(settings.db_url, pool_size=settings.api_threads + 2 * workers + 4)
+    db = Database(settings.db_url, pool_size=settings.api_threads + 2 * workers + 4 + AUTH_THREADS)
     app = FastAPI(
         title="slmtune",
         version=__version__,
         description="Fine-tuning service wire-compatible with the OpenAI fine-tuning API "
         "(files, fine_tuning/jobs, events, checkpoints, models, chat/completions).",
         lifespan=_lifespan(settings, db, workers),
+        # Swagger/ReDoc pages load their scripts from a CDN: off unless asked for (`serve --api-docs`)
+        docs_url="/docs" if settings.api_docs else None, redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.settings = settings
     app.state.db = db
@@ -164,9 +144,10 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
 
     mount_console(app)
 
+    # the last added runs first: request id → gate (host/origin, key, rate limit, body) → admission → the routes
     app.add_middleware(AdmissionMiddleware, limit=settings.api_threads)
+    app.add_middleware(Gate, settings=settings, db=db, limiter=app.state.limiter)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
     _add_error_handlers(app)
     _add_probes(app, db)
     return app
@@ -186,6 +167,7 @@ def _lifespan(settings: Settings, db: Database, workers: int):
         # chat runs on each model's own scheduler thread, never on the API's thread pool
         app.state.inference = ModelServer(precision=settings.serve_precision, max_running=settings.max_running,
                                           max_queued=settings.max_queued,
+                                          max_queued_per_project=settings.max_queued_per_project,
                                           adapter_cache_size=settings.adapter_cache_size, metrics=app.state.metrics)
         app.state.onnx = OnnxServer(settings.onnx_models, max_running=settings.max_running,
                                     max_queued=settings.max_queued, metrics=app.state.metrics)
@@ -207,9 +189,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        headers = {"x-should-retry": "false"} if exc.status < 500 and exc.status != 429 else {}
-        headers.update(exc.headers)
-        return _envelope(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -222,7 +202,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         else:
             msg = f"Invalid value for '{param}': {first.get('msg', 'invalid request')}" if param else first.get(
                 "msg", "Invalid request")
-        return _envelope(400, msg, param=param, code="invalid_request_error" if param else None,
+        return envelope(400, msg, param=param, code="invalid_request_error" if param else None,
                          headers={"x-should-retry": "false"})
 
     @app.exception_handler(StarletteHTTPException)
@@ -231,12 +211,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
         if exc.status_code == 405:  # Starlette names the methods of the first matching route only: name them all
             headers["allow"] = ", ".join(_allowed_methods(app, request.scope))
-        return _envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers)
+        return envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _envelope(500, f"The server had an error while processing your request: {type(exc).__name__}",
+        return envelope(500, f"The server had an error while processing your request: {type(exc).__name__}",
                          type_="server_error")
 
 

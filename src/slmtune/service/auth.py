@@ -50,10 +50,21 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def project_for_key(session: Session, authorization: str | None) -> str:
+MAX_KEY_CHARS = 256  # longer is no key of ours: refused without a lookup
+
+
+def bearer_key(authorization: str | None) -> str:
+    """The key in an ``Authorization: Bearer KEY`` header, or 401 saying how to send one."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("You didn't provide an API key. Send 'Authorization: Bearer YOUR_KEY'.")
     key = authorization.split(" ", 1)[1].strip()
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise Unauthorized("Incorrect API key provided.")
+    return key
+
+
+def project_for_key(session: Session, authorization: str | None) -> str:
+    key = bearer_key(authorization)
     row = session.get(ApiKey, hash_key(key))
     if row is None:
         raise Unauthorized(f"Incorrect API key provided: {key[:10]}***.")

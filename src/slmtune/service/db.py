@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from slmtune.paths import private_file
 from slmtune.service import schema
 
 _B62 = string.ascii_letters + string.digits
@@ -153,9 +154,9 @@ class Database:
             kw |= {"pool_size": pool_size, "max_overflow": 10, "pool_timeout": 60}
         if url.startswith("sqlite"):
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            path = url.split("///", 1)[-1]
+            path = url.split("///", 1)[-1].split("?", 1)[0]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                private_file(path)  # 0600 (SQLite gives its -wal and -shm files the database file's mode)
         else:
             kw["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kw)

@@ -22,9 +22,6 @@ class APIError(Exception):
         if status is not None:
             self.status = status
 
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
 
 class BadRequest(APIError):
     status = 400
@@ -36,6 +33,10 @@ class Unauthorized(APIError):
     def __init__(self, message: str = "Incorrect API key provided.", **kw):
         kw.setdefault("code", "invalid_api_key")
         super().__init__(message, **kw)
+
+
+class Forbidden(APIError):
+    status = 403
 
 
 class NotFound(APIError):

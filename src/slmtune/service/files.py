@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import BinaryIO, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from slmtune.service.db import FileRow, new_id, now
+from slmtune.paths import private_dir
+from slmtune.service.db import FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, TooLarge
 from slmtune.service.schemas import FileObject, UploadPurpose
 from slmtune.service.settings import Settings
@@ -73,7 +76,7 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
     file_id, path, tmp = _new_path(settings, project)
     size = 0
     try:
-        with open(tmp, "wb") as out:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             while chunk := source.read(CHUNK):
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
@@ -83,7 +86,7 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
         if purpose == "fine-tune":
             with open(tmp, "rb") as fh:
                 check_jsonl(fh, filename)
-        _check_quota(session, settings, project, size)
+        check_quota(session, settings, project, size)
         tmp.replace(path)  # the row is only committed after the bytes are on disk
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -91,24 +94,44 @@ def create_file(*, session: Session, settings: Settings, project: str, filename:
     return _add_row(session, file_id, project, filename, purpose, size, path)
 
 
-def _check_quota(session: Session, settings: Settings, project: str, size: int) -> None:
-    """``--max-storage-mb``: the project's stored bytes (uploads and result files) plus this upload must fit. Two
-    uploads racing may both pass the check (the quota is a guard against runaway use, not an accounting ledger)."""
+def storage_used(session: Session, project: str) -> int:
+    """Bytes a project keeps on the server: its files (uploads, result files) and its jobs' run folders (data
+    copies, checkpoints, adapters; a failed job's or a deleted model's folder is removed, so it no longer counts)."""
+    files = session.scalar(select(func.coalesce(func.sum(FileRow.bytes), 0)).where(
+        FileRow.project_id == project, FileRow.deleted.is_(False)))
+    runs = session.scalars(select(JobRow.run_dir).where(JobRow.project_id == project, JobRow.run_dir.is_not(None)))
+    return int(files) + sum(folder_bytes(Path(r)) for r in runs)
+
+
+def folder_bytes(path: Path) -> int:
+    total = 0
+    for root, _, names in os.walk(path):
+        for n in names:
+            with contextlib.suppress(OSError):  # a checkpoint being rotated away meanwhile
+                total += os.lstat(os.path.join(root, n)).st_size
+    return total
+
+
+def check_quota(session: Session, settings: Settings, project: str, size: int, *, param: str = "file") -> None:
+    """``--max-storage-mb``: what the project keeps (:func:`storage_used`) plus ``size`` more must fit. Checked
+    before an upload is stored and before a job is created. Two requests racing may both pass (the quota is a guard
+    against runaway use, not an accounting ledger)."""
     if not settings.max_storage_bytes:
         return
-    used = session.scalar(select(func.coalesce(func.sum(FileRow.bytes), 0)).where(
-        FileRow.project_id == project, FileRow.deleted.is_(False)))
+    used = storage_used(session, project)
     if used + size > settings.max_storage_bytes:
-        raise TooLarge(f"Storage quota exceeded: this project stores {used} bytes, this file is {size} bytes and "
-                       f"the quota is {settings.max_storage_bytes} bytes; delete files you no longer need.",
-                       param="file", code="storage_quota_exceeded")
+        what = f"this file is {size} bytes" if size else "a new job needs room for its checkpoints"
+        raise TooLarge(f"Storage quota exceeded: this project keeps {used} bytes (files and job runs), {what} and "
+                       f"the quota is {settings.max_storage_bytes} bytes; delete files or fine-tuned models you no "
+                       "longer need.", param=param, code="storage_quota_exceeded")
 
 
 def store_file(*, session: Session, settings: Settings, project: str, filename: str, purpose: str,
                content: bytes) -> FileRow:
     """A file the service writes itself (result files)."""
     file_id, path, tmp = _new_path(settings, project)
-    tmp.write_bytes(content)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(content)
     tmp.replace(path)  # the row is only committed after the bytes are on disk
     return _add_row(session, file_id, project, filename, purpose, len(content), path)
 
@@ -117,7 +140,7 @@ def _new_path(settings: Settings, project: str) -> tuple[str, Path, Path]:
     """A new file id, its final path, and the ``.part`` path its bytes are written to first."""
     file_id = new_id("file-")
     path = settings.files_dir / project / file_id
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     return file_id, path, path.with_suffix(".part")
 
 

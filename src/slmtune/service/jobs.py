@@ -16,7 +16,7 @@ from slmtune.planner import plan
 from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
-from slmtune.service.files import get_file
+from slmtune.service.files import check_quota, get_file
 from slmtune.service.schemas import (
     FineTuningJob,
     FineTuningJobCreate,
@@ -32,6 +32,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 ACTIVE = {"validating_files", "queued", "running", "paused"}
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 BASE_LR = 2e-4  # learning_rate_multiplier scales this (the LoRA default of the CLI)
+MAX_LR_MULTIPLIER = 100.0  # a learning rate of 0.02: past it a LoRA run only diverges
 
 
 def base_models(settings: Settings) -> list[str]:
@@ -50,6 +51,7 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
                              param="metadata")
     active = session.scalar(select(func.count()).select_from(JobRow).where(
         JobRow.project_id == project, JobRow.status.in_(ACTIVE)))
+    check_quota(session, settings, project, 0, param="training_file")
     if active >= settings.max_active_jobs_per_project:
         raise RateLimited(f"This project already has {active} active fine-tuning jobs (limit "
                           f"{settings.max_active_jobs_per_project}); wait for one to finish or cancel one.",
@@ -122,8 +124,9 @@ def _method_dict(req: FineTuningJobCreate) -> dict:
             raise BadRequest(f"hyperparameters.{key} must be 'auto' or an integer from {lo} to {hi}.",
                              param=f"hyperparameters.{key}")
     lrm = values["learning_rate_multiplier"]
-    if lrm != "auto" and not lrm > 0:
-        raise BadRequest("hyperparameters.learning_rate_multiplier must be 'auto' or > 0.",
+    if lrm != "auto" and not 0 < lrm <= MAX_LR_MULTIPLIER:  # NaN and infinity fail this too
+        raise BadRequest(f"hyperparameters.learning_rate_multiplier must be 'auto' or a number in (0, "
+                         f"{MAX_LR_MULTIPLIER:g}] (it scales the base learning rate {BASE_LR:g}).",
                          param="hyperparameters.learning_rate_multiplier")
     if req.scenario is not None and kind != "supervised":
         raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")

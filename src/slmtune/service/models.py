@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 
 from sqlalchemy import select
@@ -48,6 +49,8 @@ def delete_model(*, session: Session, project: str, model_id: str) -> None:
     if job is None:
         raise NotFound("model", model_id, param="model")
     job.model_deleted = True
+    if job.run_dir:  # its adapter and checkpoints (their model ids go with it); the job's events and files stay
+        shutil.rmtree(job.run_dir, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=256)
@@ -78,11 +81,16 @@ def resolve_for_chat(*, session: Session, settings: Settings, project: str,
     raise NotFound("model", model_id, param="model")
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # all an adapter is; nothing pickled
+
+
 def adapter_archive(*, session: Session, settings: Settings, project: str, model_id: str) -> Path:
-    """A zip of the adapter folder of a fine-tuned model or checkpoint (``adapter_config.json`` and weights, loadable
-    with ``PeftModel.from_pretrained`` after unzipping), written to a temporary file the caller deletes."""
-    import shutil
+    """A zip of the adapter of a fine-tuned model or checkpoint — ``adapter_config.json`` and the safetensors
+    weights, loadable with ``PeftModel.from_pretrained`` after unzipping — written to a temporary file the caller
+    deletes. A checkpoint's folder also holds the trainer's pickled optimizer, scheduler and RNG states and its
+    arguments (with server paths): those stay on the server."""
     import tempfile
+    import zipfile
 
     _, adapter = resolve_for_chat(session=session, settings=settings, project=project, model_id=model_id)
     if adapter is None:
@@ -91,5 +99,9 @@ def adapter_archive(*, session: Session, settings: Settings, project: str, model
     folder = adapter[1]
     if not (folder / "adapter_config.json").exists():
         raise NotFound("model", model_id, param="model")
-    tmp = Path(tempfile.mkdtemp(prefix="slmtune-adapter-"))
-    return Path(shutil.make_archive(str(tmp / "adapter"), "zip", root_dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix="slmtune-adapter-")) / "adapter.zip"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ADAPTER_FILES:
+            if (folder / name).is_file():
+                z.write(folder / name, name)
+    return tmp

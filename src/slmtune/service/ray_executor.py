@@ -19,11 +19,13 @@ Ray is an optional extra (``pip install 'slmtune[ray]'``); this module is import
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from slmtune.planner import plan
 from slmtune.service.queue import EXIT_FAILED, EXIT_NODE_LOST, EXIT_OK, JobRefused
@@ -31,8 +33,11 @@ from slmtune.service.runner import LocalRun
 from slmtune.service.settings import Settings
 
 # Environment the training child needs from the process that started the executor (a Ray worker inherits the
-# environment of the node's `ray start`, not the driver's).
+# environment of the node's `ray start`, not the driver's) — settings only: anything that names a secret stays
+# home, and each node keeps its own (its `ray start` environment, ~/.pgpass for the database password).
 FORWARDED_ENV_PREFIXES = ("SLMTUNE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+SECRET_NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "_DB", "DATABASE", "URL")
+log = logging.getLogger("slmtune.ray")
 PLACEMENT_NOTICE_S = 5.0  # after this long unplaced, the job says what it waits for
 
 
@@ -134,8 +139,11 @@ class RayExecutor:
             f"{k} {_amount(k, v)}" for k, v in sorted(n.get("Resources", {}).items())
             if not k.startswith(("node:", "object_store"))) for n in alive) or "no alive node"
         wanted = ", ".join(f"{k} {_amount(k, v)}" for k, v in need.items())
-        raise JobRefused(f"the Ray cluster at {self.settings.ray_address} has {len(fit)} node(s) with what the "
-                             f"job needs per node ({wanted}), {nodes} needed; nodes: {have}")
+        # the tenant reads the job's error: what the job asked for, not the cluster's addresses and inventory
+        log.warning("a job needs %s per node on %d node(s); the cluster at %s has %d such node(s): %s", wanted,
+                    nodes, self.settings.ray_address, len(fit), have)
+        raise JobRefused(f"the cluster has {len(fit)} node(s) with what the job needs per node ({wanted}), "
+                         f"{nodes} needed; ask the service's operator for larger nodes or lower the job's needs")
 
     def start(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool) -> "RayRun":
         nodes = self.settings.job_nnodes
@@ -193,7 +201,7 @@ class RayRun:
     def _launch(self) -> None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        env = forwarded_env(os.environ)
         for i in range(self.nodes):
             options = {"num_cpus": self.need["CPU"], "max_concurrency": 4, "max_restarts": 0,
                        "runtime_env": {"env_vars": env},
@@ -207,6 +215,7 @@ class RayRun:
             port = self.ray.get(self.actors[0].free_port.remote())
             cfgs = [_node_config(self.cfg, r, self.nodes, self.where[0]["ip"], port) for r in range(self.nodes)]
         db_url, job_id, token, ft_name = self.ids
+        db_url = without_password(db_url)  # the node's libpq finds it (PGPASSWORD or ~/.pgpass of its ray start)
         self.refs = [a.run.remote(db_url, job_id, token, ft_name, c, self.resume) for a, c in zip(self.actors, cfgs)]
 
     def _any_failed(self) -> bool:
@@ -273,13 +282,13 @@ class RayRun:
     def placement(self) -> str | None:
         """Once, when known: where the job runs (for the job's events); or, after a while unplaced, what it
         waits for."""
-        if self.where and not self._reported:
+        if self.where and not self._reported:  # node ids only: addresses and host names stay in the server's log
             self._reported = True
+            log.info("job %s placed: %s", self.ids[1], self.where)
             if self.nodes == 1:
-                w = self.where[0]
-                return f"Training on Ray node {w['node_id']} ({w['ip']}, host {w['host']})"
+                return f"Training on Ray node {self.where[0]['node_id']}"
             return f"Training on {self.nodes} Ray nodes: " + "; ".join(
-                f"node {r}: Ray node {w['node_id']} ({w['ip']})" for r, w in enumerate(self.where))
+                f"node {r}: Ray node {w['node_id']}" for r, w in enumerate(self.where))
         if not self.where and not self.notice_given and time.monotonic() - self.started > PLACEMENT_NOTICE_S:
             self.notice_given = True
             return ("Waiting for the Ray cluster to place the job (per node: " + ", ".join(
@@ -288,6 +297,23 @@ class RayRun:
 
     def describe(self) -> dict | None:
         return {"executor": "ray", "nodes": self.where} if self.where else None
+
+
+def forwarded_env(environ) -> dict[str, str]:
+    """The settings a job's nodes get from the driver: the forwarded prefixes, less any name that may hold a secret
+    (a token, a key, a password, a database URL)."""
+    return {k: v for k, v in environ.items()
+            if k.startswith(FORWARDED_ENV_PREFIXES) and not any(part in k.upper() for part in SECRET_NAME_PARTS)}
+
+
+def without_password(url: str) -> str:
+    """``scheme://user:password@host/db`` → ``scheme://user@host/db`` (other URLs unchanged)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
 
 
 def _node_config(cfg: dict, rank: int, nodes: int, master_addr: str, port: int) -> dict:

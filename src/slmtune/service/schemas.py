@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_CHOICES = 8  # n per chat request
 MAX_MESSAGES = 2048  # messages per chat request
+MAX_STOP_CHARS = 256  # characters per stop sequence (each is matched against the text at every token)
 MAX_CHAT_CHARS = 1_000_000  # characters of message content per chat request (far past any context window here)
 
 
@@ -270,10 +271,18 @@ class ModelList(BaseModel):
 
 
 # --- chat completions ---------------------------------------------------------------------------------------------
+class ContentPart(BaseModel):
+    """One part of a message's content; text parts are read, others (images, audio) are accepted and left out."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
@@ -319,6 +328,8 @@ class ChatCompletionRequest(BaseModel):
         stops = [v] if isinstance(v, str) else v
         if stops is not None and len(stops) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        if stops is not None and any(len(x) > MAX_STOP_CHARS for x in stops):
+            raise ValueError(f"a stop sequence may hold at most {MAX_STOP_CHARS} characters")
         return v
 
     @model_validator(mode="after")
@@ -338,7 +349,7 @@ class ChatCompletionRequest(BaseModel):
         for m in self.messages:
             content = m.content
             if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+                content = "".join(p.text or "" for p in content if p.type == "text")
             role = "system" if m.role == "developer" else m.role
             out.append({"role": role, "content": content or ""})
         return out

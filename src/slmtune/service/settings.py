@@ -20,18 +20,23 @@ class Settings:
     auth: bool = True
     default_project: str = "default"  # used when auth is off
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024  # any other request body (JSON): read whole before a slot is taken
+    body_timeout: float = 30.0  # seconds for a JSON body to arrive in full; for an upload, between two chunks
+    allowed_hosts: list = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])  # Host names --no-auth
+    api_docs: bool = False  # /docs and /redoc (their pages load scripts from a CDN)
     min_examples: int = 10
     max_examples: int = 100_000
     max_active_jobs_per_project: int = 8
     api_threads: int = 32  # threads serving the API's sync routes (each may hold a database connection)
     rate_limit_rpm: int = 3000  # requests a minute per API key (bursts up to as many); 0 turns the limit off
-    max_storage_bytes: int = 0  # stored file bytes per project (uploads and result files); 0: no quota
+    max_storage_bytes: int = 10 * 1024**3  # bytes a project keeps (files and job runs); 0: no quota
     job_nproc: int = 1
     onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
     local_adapters: dict = field(default_factory=dict)  # name → run dir / adapter folder trained outside the service
     adapter_cache_size: int = 8  # LoRA adapters kept loaded per base model (LRU)
     max_running: int = 32  # sequences decoded together per model; more wait in its queue
     max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After
+    max_queued_per_project: int = 64  # of those, one project's; past it that project's chat gets 429
     serve_precision: str = "auto"  # chat weights: bf16 where the CPU/GPU has fast bf16, else fp32
     lease_seconds: float = 30.0
     storage: Path | None = None  # where job runs (checkpoints, adapters) go; default DATA_DIR/runs
@@ -51,8 +56,10 @@ class Settings:
             self.db_url = "postgresql://" + self.db_url[len("postgres://"):]
         if self.db_url.startswith("postgresql://"):
             self.db_url = "postgresql+psycopg://" + self.db_url[len("postgresql://"):]
-        if self.max_upload_bytes <= 0 or self.lease_seconds <= 0:
-            raise ValueError("max_upload_bytes and lease_seconds must be positive")
+        if min(self.max_upload_bytes, self.max_body_bytes, self.lease_seconds, self.body_timeout) <= 0:
+            raise ValueError("max_upload_bytes, max_body_bytes, body_timeout and lease_seconds must be positive")
+        if self.max_queued_per_project < 1:
+            raise ValueError("max_queued_per_project must be at least 1")
         if self.rate_limit_rpm < 0 or self.max_storage_bytes < 0:
             raise ValueError("rate_limit_rpm and max_storage_bytes must be 0 (off) or positive")
         if self.api_threads < 1:

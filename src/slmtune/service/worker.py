@@ -37,6 +37,7 @@ from slmtune.data.formats import Problem
 from slmtune.data.validate import check_file
 from slmtune.models.loading import load_tokenizer
 from slmtune.models.registry import resolve
+from slmtune.paths import private_dir
 from slmtune.scenarios.records import read_records
 from slmtune.service import jobs as J
 from slmtune.service.db import Database, EventRow, JobRow, new_id, now
@@ -202,14 +203,14 @@ class Worker:
             if job.validation_file:
                 msg += f" and validation file: {job.validation_file}"
             J.add_event(s, job.id, msg, key="validating")
-            data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(data_dir)
             missing = [(p, f) for p, f in (("training_file", train_f), ("validation_file", val_f))
                        if (p == "training_file" or job.validation_file) and (f is None or f.deleted)]
             if missing:
                 self._fail(s, job, token, "invalid_file", f"The {missing[0][0].replace('_', ' ')} was deleted "
                            "before the job started.", missing[0][0])
                 return None
-            shutil.copyfile(train_f.path, data_dir / "train.jsonl")
+            shutil.copyfile(train_f.path, data_dir / "train.jsonl")  # in a 0700 folder
             if val_f is not None:
                 shutil.copyfile(val_f.path, data_dir / "validation.jsonl")
             return job.model, job.method
@@ -393,6 +394,8 @@ class Worker:
                      error={"code": code, "message": message, "param": param}, finished_at=now(),
                      lease_until=None, worker_id=None):
             J.add_event(s, job.id, message, level="error", key="failed")
+            if job.run_dir:  # a failed job has no model: its data copies and checkpoints stop taking room
+                shutil.rmtree(job.run_dir, ignore_errors=True)
 
 
 class _ScenarioCheck:

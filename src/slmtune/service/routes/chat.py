@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from slmtune.inference.batching import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
-from slmtune.inference.serving import Collector
+from slmtune.inference.serving import Collector, submit_async
 from slmtune.service import models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
@@ -75,7 +75,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
         loop.call_soon_threadsafe(events.put_nowait, ev)
 
     try:
-        handle = server.submit(prepared, req.text_messages(), params, n=n, emit=emit)
+        handle = await submit_async(server, prepared, req.text_messages(), params, n=n, emit=emit, project=project)
     except PromptTooLong as e:
         raise BadRequest(str(e), param="messages", code="context_length_exceeded") from None
     except Overloaded as e:
