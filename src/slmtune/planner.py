@@ -23,7 +23,7 @@ import torch
 
 from slmtune import paths
 from slmtune.config import TrainConfig, coerce_config
-from slmtune.data.sources import read_jsonl
+from slmtune.data.sources import stream_source
 from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, BuildContext, get
 from slmtune.models.loading import linear_names, load_tokenizer, quiet_transformers, resolve_precision
@@ -31,6 +31,7 @@ from slmtune.models.registry import resolve
 from slmtune.training.head_loss import CHUNK_ROWS
 
 MB = 1024 * 1024
+SAMPLE = 2000  # examples tokenized to measure a data file (the first ones; the rest are counted)
 # Calibrated on the project machine (benchmarks/methods.py, smollm2-135m-instruct, batch 8): see docs/methods.md.
 # Fit on the first table of docs/methods.md (batch 8, demo data); the second table there checks other settings.
 RUNTIME_OVERHEAD_MB = 512.0  # python + torch + transformers + peft + tokenizer + allocator slack
@@ -165,11 +166,14 @@ def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
     if not sources or not all(Path(p).exists() for p, _ in sources):
         return {"examples": 1000, "mean": 256, "max": min(512, d.max_seq_length), "assumed": True}
     n, lens = 0.0, []
-    for path, weight in sources:
-        examples, _ = read_jsonl(path, columns=d.columns or None, strict=d.strict)
-        n += len(examples) * weight
-        sample = examples[:: max(1, len(examples) // 2000)]
-        lens += [min(encode_example(tokenizer, e).n_tokens, d.max_seq_length) for e in sample]
+    for path, weight in sources:  # streamed: the first SAMPLE examples are tokenized, the rest only counted
+        _, examples = stream_source(path, columns=d.columns or None, strict=d.strict)
+        count = 0
+        for e in examples:
+            if count < SAMPLE:
+                lens.append(min(encode_example(tokenizer, e).n_tokens, d.max_seq_length))
+            count += 1
+        n += count * weight
     return {"examples": int(n), "mean": sum(lens) / max(1, len(lens)), "max": max(lens, default=1),
             "assumed": False}
 

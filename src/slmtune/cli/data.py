@@ -46,7 +46,8 @@ def data_validate(
             fail(f"--column {item}: expected SOURCE=NAME, e.g. question=instruction", 2)
         columns[src] = dst
     tokenizer = load_tokenizer(resolve(model))
-    report = check_file(file, tokenizer, max_seq_length=max_seq_length, columns=columns or None, strict=strict)
+    report = check_file(file, tokenizer, max_seq_length=max_seq_length, columns=columns or None, strict=strict,
+                        keep=0)  # statistics only: nothing held per example
     stats = report.stats(epochs)
     if as_json:
         print(json.dumps({"ok": report.ok, "source": report.source, "problems": [str(p) for p in report.problems],

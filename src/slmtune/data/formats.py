@@ -251,6 +251,12 @@ class Reading:
     ignored: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
     unit: str = "line"  # what its numbers count: line (JSONL), record (a JSON array), row (a table)
+    first_kind: tuple[str, int] | None = None  # (kind, number) of the first record: the file's kind
+
+    def parse(self, records, file: str, *, columns: dict | None = None, strict: bool = False):
+        """Check ``(number, obj)`` records one at a time: yields the valid examples; problems, formats and
+        ignored keys accumulate here. A generator, so a file can be checked without holding its examples."""
+        return _parse(self, records, file, columns=columns, strict=strict)
 
     def ignored_note(self, file: str) -> str | None:
         """One line naming the ignored keys and how many records had each; None when there were none."""
@@ -364,7 +370,13 @@ def parse_records(records, file: str, *, unit: str = "line", columns: dict | Non
     """Check records given as ``(number, obj)`` pairs — ``obj`` a parsed object, or a ``ValueError`` for a line
     that is not JSON — into a :class:`Reading`. One format a source: a record of another kind is a problem."""
     out = Reading(unit=unit)
-    first_kind: tuple[str, int] | None = None
+    out.examples = list(out.parse(records, file, columns=columns, strict=strict))
+    return out
+
+
+def _parse(out: Reading, records, file: str, *, columns: dict | None, strict: bool):
+    """:meth:`Reading.parse`: the valid examples one at a time; problems, formats and ignored keys go to ``out``."""
+    unit = out.unit
     n = 0
     for number, obj in records:
         n += 1
@@ -380,33 +392,68 @@ def parse_records(records, file: str, *, unit: str = "line", columns: dict | Non
             continue
         out.formats[fmt] += 1
         kind = KIND[fmt]
-        if first_kind is None:
-            first_kind = (kind, number)
-        elif kind != first_kind[0]:
-            add("(root)", f"{kind} format, but {unit} {first_kind[1]} is {first_kind[0]} format; use one format a "
-                "file")
+        if out.first_kind is None:
+            out.first_kind = (kind, number)
+        elif kind != out.first_kind[0]:
+            add("(root)", f"{kind} format, but {unit} {out.first_kind[1]} is {out.first_kind[0]} format; use one "
+                "format a file")
             continue
         if ex is not None:
             ex.line = number
-            out.examples.append(ex)
+            yield ex
     if n == 0:
         out.problems.append(Problem(file, 1, "(file)", "no examples (the file is empty)", unit))
-    return out
+
+
+MAX_LINE_BYTES = 8 << 20  # one JSONL line; past it the line is a problem and is skipped without being held whole
+CHUNK_BYTES = 1 << 20
+
+
+def jsonl_lines(stream, max_line_bytes: int = MAX_LINE_BYTES):
+    """``(line number, text or ValueError)`` for each line of a binary stream, never holding more than one line of
+    ``max_line_bytes`` (a longer line is skipped in chunks and given as a ValueError). Lines end only at ``\n``
+    (``\r\n`` too): JSON strings may hold U+2028 or U+0085, which ``str.splitlines`` would split on."""
+    lineno = 0
+    while True:
+        raw = stream.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            while (rest := stream.readline(CHUNK_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield lineno, ValueError(f"the line is longer than {max_line_bytes} bytes")
+            continue
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield lineno, ValueError("not valid UTF-8 text")
 
 
 def jsonl_records(lines):
-    """``(line number, object)`` for every non-blank JSONL line; a line that is not JSON gives a ValueError."""
-    for lineno, raw in enumerate(lines, start=1):
+    """``(line number, object)`` for every non-blank JSONL line; a line that is not JSON gives a ValueError.
+    ``lines`` are ``(number, text or ValueError)`` pairs, as :func:`jsonl_lines` gives them."""
+    for lineno, raw in lines:
+        if isinstance(raw, ValueError):
+            yield lineno, raw
+            continue
         if not raw.strip():
             continue
         try:
             yield lineno, json.loads(raw)
         except json.JSONDecodeError as e:
             yield lineno, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
+        except RecursionError:
+            yield lineno, ValueError("invalid JSON: nested too deeply")
+        except ValueError as e:  # an integer longer than Python's digit limit
+            yield lineno, ValueError(f"invalid JSON: {str(e).split(';')[0]}")
 
 
 def parse_lines(lines, file: str, *, columns: dict | None = None, strict: bool = False) -> tuple[list[Example],
                                                                                                   list[Problem]]:
     """Parse JSONL lines (an iterable of str) into examples, collecting every problem."""
-    r = parse_records(jsonl_records(lines), file, columns=columns, strict=strict)
+    r = parse_records(jsonl_records(enumerate(lines, start=1)), file, columns=columns, strict=strict)
     return r.examples, r.problems

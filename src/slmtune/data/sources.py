@@ -14,9 +14,10 @@ Nothing is fetched from a hub: these are local files.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from slmtune.data.formats import Example, Problem, Reading, jsonl_records, parse_records
+from slmtune.data.formats import Example, Problem, Reading, jsonl_lines, jsonl_records
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 
@@ -31,28 +32,51 @@ def describe(path: str | Path) -> str:
 
 def read_source(path: str | Path, *, columns: dict | None = None, strict: bool = False) -> Reading:
     """Read and check every record of a source; never stops at the first problem."""
+    reading, examples = stream_source(path, columns=columns, strict=strict)
+    reading.examples = list(examples)
+    return reading
+
+
+def stream_source(path: str | Path, *, columns: dict | None = None,
+                  strict: bool = False) -> tuple[Reading, Iterator[Example]]:
+    """The examples of a source one at a time, and the :class:`Reading` that gathers its problems, formats and
+    ignored keys as they are read (complete once the iterator is). JSONL is read line by line, a line at most
+    :data:`~slmtune.data.formats.MAX_LINE_BYTES`: a file of any size is checked in bounded memory."""
     p = Path(path)
     if not p.exists():
-        return Reading(problems=[Problem(str(p), 0, "(file)", "no such file")])
+        return Reading(problems=[Problem(str(p), 0, "(file)", "no such file")]), iter(())
     if p.is_dir() or p.suffix in (".parquet", ".csv", ".tsv"):
+        reading = Reading(unit="row")
         try:
             rows = _table_rows(p)
         except Exception as e:  # noqa: BLE001 - any reason the table cannot be read: name the file and the reason
             return Reading(problems=[Problem(str(p), 0, "(file)", f"cannot read it as a {describe(p)}: "
-                                             f"{type(e).__name__}: {e}")])
-        return parse_records(rows, str(p), unit="row", columns=columns, strict=strict)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        return Reading(problems=[Problem(str(p), line, "(file)", "not valid UTF-8 text")])
-    if p.suffix == ".json" and text.lstrip().startswith("["):
+                                             f"{type(e).__name__}: {e}")]), iter(())
+        return reading, reading.parse(rows, str(p), columns=columns, strict=strict)
+    if p.suffix == ".json" and _starts_with_bracket(p):
         try:
-            items = json.loads(text)
+            items = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            return Reading(problems=[Problem(str(p), line, "(file)", "not valid UTF-8 text")]), iter(())
         except json.JSONDecodeError as e:
-            return Reading(problems=[Problem(str(p), e.lineno, "(json)", f"invalid JSON: {e.msg} (column {e.colno})")])
-        return parse_records(enumerate(items, start=1), str(p), unit="record", columns=columns, strict=strict)
-    return parse_records(jsonl_records(text.splitlines()), str(p), columns=columns, strict=strict)
+            return Reading(problems=[Problem(str(p), e.lineno, "(json)", f"invalid JSON: {e.msg} (column "
+                                             f"{e.colno})")]), iter(())
+        reading = Reading(unit="record")
+        return reading, reading.parse(enumerate(items, start=1), str(p), columns=columns, strict=strict)
+    reading = Reading()
+    return reading, reading.parse(_jsonl(p), str(p), columns=columns, strict=strict)
+
+
+def _jsonl(p: Path):
+    with open(p, "rb") as fh:
+        yield from jsonl_records(jsonl_lines(fh))
+
+
+def _starts_with_bracket(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
 
 
 def read_jsonl(path: str | Path, *, columns: dict | None = None,

@@ -14,12 +14,11 @@ Each scenario has a simple record format (docs/scenarios.md):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmtune.data.formats import DataError, Problem, _check_chat
+from slmtune.data.formats import DataError, Problem, _check_chat, jsonl_lines, jsonl_records
 from slmtune.scenarios.metrics import bio_spans
 
 SCENARIOS = ("domain", "classification", "ner", "translation", "qa", "chat", "creative")
@@ -190,25 +189,18 @@ def read_records(path: str | Path, scenario: str, *, strict: bool = False,
     if path.suffix in (".conll", ".bio") and scenario == "ner":
         return _read_conll(path)
     records, problems = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        return [], [Problem(str(path), path.read_bytes()[: e.start].count(b"\n") + 1, "(file)", "not valid UTF-8")]
-    for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
+    with open(path, "rb") as fh:  # a line at a time, lines ending at \n only (JSON strings may hold U+2028)
+        for lineno, obj in jsonl_records(jsonl_lines(fh)):
 
-        def add(fld: str, msg: str, _line=lineno) -> None:
-            problems.append(Problem(str(path), _line, fld, msg))
+            def add(fld: str, msg: str, _line=lineno) -> None:
+                problems.append(Problem(str(path), _line, fld, msg))
 
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            add("(json)", f"invalid JSON: {e.msg} (column {e.colno})")
-            continue
-        rec = check_record(scenario, obj, add, strict=strict, ignored=ignored)
-        if rec is not None:
-            records.append(Record(lineno, rec))
+            if isinstance(obj, ValueError):
+                add("(json)" if str(obj).startswith("invalid JSON") else "(line)", str(obj))
+                continue
+            rec = check_record(scenario, obj, add, strict=strict, ignored=ignored)
+            if rec is not None:
+                records.append(Record(lineno, rec))
     if not records and not problems:
         problems.append(Problem(str(path), 1, "(file)", "no records (the file is empty)"))
     if scenario == "creative" and records:  # one form a file: prompted answers or text continuation, not both

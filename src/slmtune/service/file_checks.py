@@ -54,17 +54,21 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
                                  stats={"records": len(records)}, preview=[])
             path = examples_path
             line_of = [0] + [r.line for r in records]
-        report = check_file(path, tokenizer, max_seq_length=max_seq_length)
+        # streamed: the preview's encodings are kept, the rest only counted; at most what a job may train on
+        report = check_file(path, tokenizer, max_seq_length=max_seq_length, keep=preview,
+                            limit=settings.max_examples + 1)
     at = (lambda n: line_of[n] if 0 < n < len(line_of) else n) if line_of else (lambda n: n)
     problems = [CheckProblem(line=at(p.line), field=p.path, message=p.message) for p in report.problems]
-    examples = [report.examples[e.line] for e in report.encoded]
-    formats = dict(Counter(ex.fmt or ex.kind for ex in examples))
+    formats = dict(report.encoded_formats)
     warnings = []
     note = Reading(ignored=ignored).ignored_note(filename) if scenario else report.ignored_note()
     if note:
         warnings.append(note.replace(str(row_path), filename))
     if scenario:
-        formats = {f"{scenario} records": len(examples)}
+        formats = {f"{scenario} records": report.n_examples}
+    if not report.complete:
+        warnings.append(f"{filename}: checked the first {report.n_examples} examples; a job trains on at most "
+                        f"{settings.max_examples}, so the rest was not read.")
     return FileCheck(
         file_id=file_id, filename=filename, model=model, ok=report.ok, n_problems=len(problems),
         problems=problems[:MAX_PROBLEMS], formats=formats, warnings=warnings, stats=report.stats(),

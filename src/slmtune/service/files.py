@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import BinaryIO, get_args
@@ -11,6 +10,7 @@ from typing import BinaryIO, get_args
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from slmtune.data.formats import jsonl_lines, jsonl_records
 from slmtune.paths import private_dir
 from slmtune.service.db import FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, TooLarge
@@ -25,31 +25,18 @@ def _bad_line(filename: str, i: int, problem: str) -> BadRequest:
                       f"{filename} line {i}: {problem}.", param="file", code="invalid_file_format")
 
 
-def check_jsonl(lines, filename: str) -> int:
-    """Syntax check at upload: UTF-8 (BOM allowed), every non-blank line a JSON object. Returns the line count.
-
-    ``lines`` are raw byte lines (a file opened in binary mode, or ``content.split(b"\n")``). Lines end only at
-    ``\n`` (``\r\n`` too): JSON strings may hold U+2028 or U+0085, which ``str.splitlines`` would split on.
-    """
+def check_jsonl(stream, filename: str) -> int:
+    """Syntax check at upload: UTF-8 (BOM allowed), every non-blank line a JSON object of at most
+    ``MAX_LINE_BYTES``. ``stream`` is the stored file opened in binary mode, read a line at a time (the data layer's
+    :func:`~slmtune.data.formats.jsonl_lines`). Returns the line count."""
     n = 0
-    for i, raw in enumerate(lines, start=1):
-        if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"Invalid file format for fine-tuning: {filename} line {i} is not valid UTF-8.",
-                             param="file", code="invalid_file_format") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _bad_line(filename, i, f"{e.msg} (column {e.colno})") from None
-        except RecursionError:
-            raise _bad_line(filename, i, "nested too deeply") from None
-        except ValueError as e:  # e.g. an integer longer than Python's 4300-digit limit
-            raise _bad_line(filename, i, str(e).split(";")[0]) from None
+    for i, obj in jsonl_records(jsonl_lines(stream)):
+        if isinstance(obj, ValueError):
+            problem = str(obj).removeprefix("invalid JSON: ")
+            if problem == "not valid UTF-8 text":
+                raise BadRequest(f"Invalid file format for fine-tuning: {filename} line {i} is not valid UTF-8.",
+                                 param="file", code="invalid_file_format")
+            raise _bad_line(filename, i, problem)
         if not isinstance(obj, dict):
             raise BadRequest(f"Invalid file format for fine-tuning: expected JSONL where every line is a JSON "
                              f"dictionary; {filename} line {i} is a {type(obj).__name__}.", param="file",

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from slmtune.data.sources import read_jsonl
+from slmtune.data.validate import check_file
 from slmtune.models.registry import REGISTRY
 from slmtune.planner import plan
 from slmtune.scenarios.pipeline import records_as_examples
@@ -188,14 +188,16 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
         if req.scenario:  # the planner measures the chat examples the records become
             examples, problems = records_as_examples(train_path, req.scenario, Path(tmp) / "train.jsonl")
             train_path = Path(tmp) / "train.jsonl"  # one example per record
-        else:
-            examples, problems = read_jsonl(train_path)
+            n_examples = len(examples)
+        else:  # streamed and counted, nothing held; no further than a job could train on
+            report = check_file(train_path, keep=0, limit=settings.max_examples + 1)
+            problems, n_examples = report.problems, report.n_examples
         if problems:
             p = problems[0]
             raise BadRequest(f"The training file cannot be planned: line {p.line}: {p.path}: {p.message}",
                              param="training_file", code="invalid_training_file")
         kind = method["type"]
-        hp = resolve_hyperparameters(method[kind]["hyperparameters"], len(examples))
+        hp = resolve_hyperparameters(method[kind]["hyperparameters"], n_examples)
         cfg = train_config(model=req.model, kind=kind, hp=hp, seed=req.seed or 0, train_path=train_path,
                            validation_path=val.path if val and not req.scenario else None, output=Path(tmp) / "run",
                            scenario=req.scenario)

@@ -172,7 +172,7 @@ class Worker:
             path = data_dir / name
             if not path.exists():
                 continue
-            rep = _check_job_file(path, method, tokenizer)
+            rep = _check_job_file(path, method, tokenizer, self.settings.max_examples)
             stats = rep.stats()
             reason = self._refusal(param, rep.problems, stats["examples"])
             if reason:
@@ -435,19 +435,19 @@ def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worke
 __all__ = ["MAX_ATTEMPTS", "Worker", "start_worker_threads"]
 
 
-def _check_job_file(path: Path, method: dict, tokenizer):
+def _check_job_file(path: Path, method: dict, tokenizer, max_examples: int):
     """The file's check as the job's method reads it: scenario records, or examples of the kind the method trains on
-    (preference records for dpo, chat or prompt/completion otherwise)."""
+    (preference records for dpo, chat or prompt/completion otherwise). Streamed: nothing is held per example, and
+    reading stops one past the most examples a job may have (the refusal then says so)."""
     if method.get("scenario"):  # scenario records: the engine turns them into chat examples
         return _ScenarioCheck(path, method["scenario"])
-    rep = check_file(path, tokenizer, max_seq_length=1024)
+    rep = check_file(path, tokenizer, max_seq_length=1024, keep=0, limit=max_examples + 1)
     want = "preference" if method["type"] == "dpo" else None
-    if not rep.problems:
-        for ex in rep.examples.values():
-            if (want and ex.kind != want) or (not want and ex.kind == "preference"):
-                rep.problems.append(Problem(str(path), ex.line, "(root)", (
-                    f"{ex.kind} format, but method {method['type']} needs "
-                    + ("preference records (input, preferred_output, non_preferred_output)" if want
-                       else "chat or prompt/completion records"))))
-                break
+    if not rep.problems and rep.kind is not None:
+        kind, line = rep.kind  # one kind a file (the reader makes a mixed file a problem): the first record's
+        if (want and kind != want) or (not want and kind == "preference"):
+            rep.problems.append(Problem(str(path), line, "(root)", (
+                f"{kind} format, but method {method['type']} needs "
+                + ("preference records (input, preferred_output, non_preferred_output)" if want
+                   else "chat or prompt/completion records"))))
     return rep
