@@ -223,6 +223,13 @@ def test_wrong_key_is_refused_and_projects_stay_apart(browser, srv, tmp_path):
         t.goto(f"#/jobs/{job.id}")  # another project's job id typed in: not found, nothing of it shown
         page.get_by_role("alert").wait_for()
         assert "does not exist" in page.get_by_role("alert").inner_text()
+        seen = len(t.urls)
+        t.goto("#/jobs/..%2F..%2Ffiles")  # an id that is a path: it stays one encoded id, never another route
+        page.get_by_role("alert").wait_for()
+        assert "does not exist" in page.get_by_role("alert").inner_text()
+        asked = [u for u in t.urls[seen:] if "/v1/" in u]
+        assert any(u.endswith("/v1/fine_tuning/jobs/..%2F..%2Ffiles") for u in asked), asked
+        assert not any(u.split("?")[0].endswith("/v1/files") for u in asked), asked
         t.nav("Models", "models")
         assert "alphaonly" not in page.content()
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import io
+import stat
 import time
+import zipfile
+from pathlib import Path
 
 import openai
 import pytest
@@ -112,18 +116,38 @@ def test_chat_with_the_tuned_model_streaming_and_not(client, finished):
     assert e.value.body["code"] == "context_length_exceeded"
 
 
-def test_delete_model_removes_it_everywhere(client, files):
+def run_dir(server, job_id: str) -> Path:
+    from sqlalchemy import select
+
+    from slmtune.service.db import JobRow
+
+    with server.app.state.db.session() as s:
+        return Path(s.scalar(select(JobRow.run_dir).where(JobRow.id == job_id)))
+
+
+def used(server, project: str) -> int:
+    from slmtune.service.files import storage_used
+
+    with server.app.state.db.session() as s:
+        return storage_used(s, project)
+
+
+def test_delete_model_removes_it_everywhere(client, files, server):
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["train"].id,
                                          hyperparameters={**HYPER, "n_epochs": 1})
     job = wait_status(client, job.id, "succeeded")
+    folder, before = run_dir(server, job.id), used(server, "jobs")
+    assert folder.is_dir()
     assert client.models.delete(job.fine_tuned_model).deleted is True
+    assert not folder.exists()  # its adapter and checkpoints stop taking room ...
+    assert used(server, "jobs") < before  # ... and stop counting against the project's quota
     assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
     assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
 
 
-def test_bad_examples_fail_the_job_naming_the_line(client, tmp_path):
+def test_bad_examples_fail_the_job_naming_the_line(client, tmp_path, server):
     rows = [chat_record(*FACTS[i % 4]) for i in range(12)]
     rows[2] = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}
     f = client.files.create(file=open(write_jsonl(tmp_path / "bad.jsonl", rows), "rb"), purpose="fine-tune")
@@ -132,6 +156,7 @@ def test_bad_examples_fail_the_job_naming_the_line(client, tmp_path):
     assert job.status == "failed"
     assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
     assert "Example 3: messages[1].role: unknown role 'bot'" in job.error.message
+    assert not run_dir(server, job.id).exists()  # a failed job keeps no copy of its data or checkpoints
     few = client.files.create(file=("few.jsonl", b"".join(
         (__import__("json").dumps(chat_record("a", "b")) + "\n").encode() for _ in range(3))), purpose="fine-tune")
     job = wait_status(client, client.fine_tuning.jobs.create(model="tiny-llama", training_file=few.id).id, "failed")
@@ -217,3 +242,42 @@ def test_a_job_runs_with_two_processes_when_the_worker_says_so(backend, tmp_path
         assert reply.choices[0].message.content
     finally:
         srv.stop()
+
+
+def test_what_a_job_leaves_is_private_counted_and_its_adapter_zip_holds_the_adapter_only(client, finished, server):
+    """Files and folders the service writes are its user's alone; a project's job runs count against its storage
+    quota; an adapter download carries the adapter (config + safetensors), not the trainer's pickles."""
+    settings = server.settings
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    if settings.db_url.startswith("sqlite"):
+        assert mode(Path(settings.db_url.split("///", 1)[1])) == 0o600
+    assert mode(settings.files_dir / "jobs") == 0o700
+    uploads = list((settings.files_dir / "jobs").iterdir())
+    assert uploads and all(mode(p) == 0o600 for p in uploads)
+    folder = run_dir(server, finished.id)
+    assert mode(folder) == 0o700
+    written = [p for p in folder.rglob("*")]
+    assert written and all(mode(p) == (0o700 if p.is_dir() else 0o600) for p in written), \
+        sorted((str(p.relative_to(folder)), oct(mode(p))) for p in written if mode(p) not in (0o600, 0o700))
+
+    ckpt = client.fine_tuning.jobs.checkpoints.list(finished.id).data[0].fine_tuned_model_checkpoint
+    for model in (finished.fine_tuned_model, ckpt):
+        r = client.get(f"/slmtune/models/{model}/adapter", cast_to=__import__("httpx").Response)
+        names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+        assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"], names
+
+    files_only = sum(f.bytes for f in client.files.list().data)
+    kept = used(server, "jobs")
+    assert kept > files_only  # the runs' folders count too
+    settings.max_storage_bytes, old = kept + 100, settings.max_storage_bytes
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            client.files.create(file=("more.jsonl", b'{"prompt": "a", "completion": "b"}\n' * 20),
+                                purpose="fine-tune")
+        assert e.value.status_code == 413 and e.value.body["code"] == "storage_quota_exceeded"
+        settings.max_storage_bytes = kept - 1
+        with pytest.raises(openai.APIStatusError) as e:
+            client.fine_tuning.jobs.create(model="tiny-llama", training_file=finished.training_file)
+        assert e.value.status_code == 413 and "job runs" in e.value.body["message"]
+    finally:
+        settings.max_storage_bytes = old

@@ -37,7 +37,7 @@ from slmtune.data.formats import Problem
 from slmtune.data.validate import check_file
 from slmtune.models.loading import load_tokenizer
 from slmtune.models.registry import resolve
-from slmtune.paths import private_dir
+from slmtune.paths import private_dir, private_file
 from slmtune.scenarios.records import read_records
 from slmtune.service import jobs as J
 from slmtune.service.db import Database, EventRow, JobRow, new_id, now
@@ -183,7 +183,7 @@ class Worker:
             if param == "training_file":
                 n_train = stats["examples"]
                 if "tokens_total" in stats:
-                    (data_dir / "tokens").write_text(str(stats["tokens_total"]))
+                    private_file(data_dir / "tokens").write_text(str(stats["tokens_total"]))
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
@@ -210,9 +210,9 @@ class Worker:
                 self._fail(s, job, token, "invalid_file", f"The {missing[0][0].replace('_', ' ')} was deleted "
                            "before the job started.", missing[0][0])
                 return None
-            shutil.copyfile(train_f.path, data_dir / "train.jsonl")  # in a 0700 folder
+            shutil.copyfile(train_f.path, private_file(data_dir / "train.jsonl"))  # copies keep the 0600
             if val_f is not None:
-                shutil.copyfile(val_f.path, data_dir / "validation.jsonl")
+                shutil.copyfile(val_f.path, private_file(data_dir / "validation.jsonl"))
             return job.model, job.method
 
     def _refusal(self, param: str, problems: list, n: int) -> tuple[str, str, str] | None:
@@ -268,7 +268,7 @@ class Worker:
         started = {"worker": self.id, "claim": token, "at": time.time(), "resume": resume}
 
         def placed(where: dict) -> None:  # one line per training process ever started for the job
-            with open(run_dir / "starts.jsonl", "a") as fh:
+            with open(private_file(run_dir / "starts.jsonl"), "a") as fh:
                 fh.write(json.dumps(started | where) + "\n")
 
         self._watch(job_id, placed)

@@ -158,6 +158,10 @@ async function ensureSignedIn() {
   }
 }
 
+// Ids from the page's address or from an answer go into API paths encoded: "#/jobs/..%2Ffiles" must name a job
+// called "../files" (which does not exist), never reach another route.
+const seg = (id) => encodeURIComponent(String(id));
+
 // --- router -----------------------------------------------------------------------------------------------------
 const ROUTES = [  // hash, view, its nav link, the name #view[data-ready] takes once it has rendered
   [/^#\/datasets$/, datasetsView, "datasets", "datasets"],
@@ -234,7 +238,7 @@ async function datasetsView(token) {
     clear(checkPanel, h("p", { class: "muted", text: `Checking ${f.filename} for ${modelSel.value}…` }));
     const model = encodeURIComponent(modelSel.value);
     const sc = scenarioSel.value ? `&scenario=${scenarioSel.value}` : "";
-    const c = await api(`/slmtune/files/${f.id}/check?model=${model}&preview=3${sc}`);
+    const c = await api(`/slmtune/files/${seg(f.id)}/check?model=${model}&preview=3${sc}`);
     if (token !== viewToken) return;
     clear(checkPanel, renderCheck(c));
   }
@@ -250,7 +254,7 @@ async function datasetsView(token) {
         h("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${f.filename}`,
           onclick: async () => {
             if (!confirm(`Delete ${f.filename} (${f.id})?`)) return;
-            try { await api(`/files/${f.id}`, { method: "DELETE" }); await refresh(); }
+            try { await api(`/files/${seg(f.id)}`, { method: "DELETE" }); await refresh(); }
             catch (e) { clear(status, alertBox(e.message)); }
           } })))) : h("tr", {}, h("td", { colspan: "5", class: "muted", text: "No files yet." })));
   }
@@ -408,7 +412,7 @@ async function jobsView(token) {
     const jobs = await listAll("/fine_tuning/jobs");
     const progress = {};
     await Promise.all(jobs.filter((j) => j.status === "running").map(async (j) => {
-      const ev = (await api(`/fine_tuning/jobs/${j.id}/events?limit=20`)).data;
+      const ev = (await api(`/fine_tuning/jobs/${seg(j.id)}/events?limit=20`)).data;
       const m = latestMetrics(ev);
       if (m) progress[j.id] = m.data;
     }));
@@ -479,7 +483,7 @@ async function jobView(token, jobId) {
     const fresh = [];
     let after = null;
     for (;;) {  // newest first: page back until an event already held
-      const page = await api(`/fine_tuning/jobs/${jobId}/events?limit=100${after ? `&after=${after}` : ""}`);
+      const page = await api(`/fine_tuning/jobs/${seg(jobId)}/events?limit=100${after ? `&after=${seg(after)}` : ""}`);
       let known = false;
       for (const e of page.data) { if (events.has(e.id)) { known = true; break; } fresh.push(e); }
       if (known || !page.has_more || !page.data.length) break;
@@ -510,7 +514,7 @@ async function jobView(token, jobId) {
     }));
   }
   async function act(verb) {
-    try { await api(`/fine_tuning/jobs/${jobId}/${verb}`, { method: "POST" }); clear(status); await tick(); }
+    try { await api(`/fine_tuning/jobs/${seg(jobId)}/${verb}`, { method: "POST" }); clear(status); await tick(); }
     catch (err) { clear(status, alertBox(err.message)); }
   }
   function drawHead(job, byStep) {
@@ -546,7 +550,7 @@ async function jobView(token, jobId) {
       ` step ${last.step} of ${last.total_steps}${eta}`] : job.status);
   }
   async function drawCheckpoints() {
-    const ckpts = await listAll(`/fine_tuning/jobs/${jobId}/checkpoints`);
+    const ckpts = await listAll(`/fine_tuning/jobs/${seg(jobId)}/checkpoints`);
     clear(ckptBody, ckpts.length ? ckpts.map((c) => h("tr", {},
       h("td", { text: c.step_number }),
       h("td", { text: Object.entries(c.metrics).filter(([k, v]) => v !== null && k !== "step")
@@ -560,24 +564,24 @@ async function jobView(token, jobId) {
       : h("tr", {}, h("td", { colspan: "4", class: "muted", text: "No checkpoints yet." })));
   }
   async function drawFiles(job) {
-    const rows = await Promise.all(job.result_files.map((id) => api(`/files/${id}`)));
+    const rows = await Promise.all(job.result_files.map((id) => api(`/files/${seg(id)}`)));
     clear(extra, rows.length ? [h("h2", { text: "Result files" }), h("ul", { class: "files" }, rows.map((f) =>
       h("li", {}, h("button", { type: "button", text: `Download ${f.filename}`, onclick: () =>
-        download(`/files/${f.id}/content`, f.filename, f.filename.endsWith(".csv") ? decodeBase64Blob : null)
+        download(`/files/${seg(f.id)}/content`, f.filename, f.filename.endsWith(".csv") ? decodeBase64Blob : null)
           .catch((e) => clear(status, alertBox(e.message))) }), ` ${fmtBytes(f.bytes)}`)))] : []);
     const md = rows.find((f) => f.filename === "report.md");
     if (md) await drawReport(md, rows);
   }
   async function drawReport(md, rows) {
-    const text = await (await api(`/files/${md.id}/content`, { raw: true })).text();
+    const text = await (await api(`/files/${seg(md.id)}/content`, { raw: true })).text();
     const images = {};
     for (const f of rows.filter((r) => r.filename.endsWith(".png"))) {
-      images[f.filename] = URL.createObjectURL(await (await api(`/files/${f.id}/content`, { raw: true })).blob());
+      images[f.filename] = URL.createObjectURL(await (await api(`/files/${seg(f.id)}/content`, { raw: true })).blob());
     }
     clear(report, h("h2", { text: "Scenario report" }), renderMarkdown(text, images));
   }
   async function tick() {
-    const job = await api(`/fine_tuning/jobs/${jobId}`);
+    const job = await api(`/fine_tuning/jobs/${seg(jobId)}`);
     await loadEvents();
     if (token !== viewToken) return;
     const byStep = drawCurves();
