@@ -104,6 +104,9 @@ def serve(
     allowed_hosts: Annotated[list[str] | None, typer.Option("--allowed-hosts", help="With --no-auth: a Host name "
                                                             "(and web-page origin) to serve besides the loopback "
                                                             "names (repeatable; '*' for any).")] = None,
+    max_connections: Annotated[int, typer.Option(help="Open connections served at once; past it 503 (with "
+                                                 "the body cap, what bounds the memory clients can hold).",
+                                                 min=1)] = 1024,
     api_docs: Annotated[bool, typer.Option("--api-docs", help="Serve /docs and /redoc (their pages load their "
                                            "scripts from a CDN).")] = False,
     max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
@@ -190,7 +193,7 @@ def serve(
     # idle gets a connection reset on a request it cannot safely retry (seen under load); load balancers idle out
     # at 60 s, so the server must keep connections longer than they do
     uvicorn.run(create_app(settings, workers=0 if no_worker else workers), host=host, port=port, log_level="warning",
-                timeout_keep_alive=75)
+                timeout_keep_alive=75, limit_concurrency=max_connections)
 
 
 def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
