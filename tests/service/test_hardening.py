@@ -64,8 +64,8 @@ def status_of(s: socket.socket) -> int:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    s = start_server("sqlite", tmp_path_factory.mktemp("hard"), workers=0, body_timeout=BODY_TIMEOUT,
+def srv(backend, tmp_path_factory):
+    s = start_server(backend, tmp_path_factory.mktemp("hard"), workers=0, body_timeout=BODY_TIMEOUT,
                      max_upload_bytes=4 * MB, max_examples=2000)
     yield s
     s.stop()
