@@ -141,7 +141,7 @@ def test_an_upload_past_the_cap_without_content_length_is_cut_off_at_the_cap(srv
         pass
     code = status_of(s)
     s.close()
-    assert code == 413
+    assert code == 413  # (the body of the answer names file_too_large; the socket is closed by then)
     assert sent < 24 * MB  # it stopped reading near the cap
     after = set(os.listdir(srv.settings.files_dir / "chunked")) if (srv.settings.files_dir / "chunked").exists() \
         else set()

@@ -211,7 +211,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
         if exc.status_code == 405:  # Starlette names the methods of the first matching route only: name them all
             headers["allow"] = ", ".join(_allowed_methods(app, request.scope))
-        return envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers)
+        return envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers,
+                        code=getattr(exc, "code", None), param=getattr(exc, "param", None))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):

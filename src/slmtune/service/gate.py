@@ -39,14 +39,22 @@ UPLOAD_OVERHEAD = 1 << 20  # multipart boundaries and the form's other fields, o
 PROJECT_KEY = "slmtune.project"  # where the gate leaves the caller's project in the ASGI scope
 
 
-class BodyTimeout(HTTPException):
-    def __init__(self, timeout: float):
-        super().__init__(408, f"The request body did not arrive within {timeout:g} s.")
+class BodyRefused(HTTPException):
+    """A body past its cap or its timeout. An HTTPException because FastAPI re-raises those from its body parser
+    (anything else it turns into a 400): raised from ``receive`` during an upload, it reaches the app's handler."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None):
+        super().__init__(status, message, headers={"connection": "close"})
+        self.code, self.param = code, param
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"The request body is larger than the limit of {limit} bytes.")
+def body_timeout(timeout: float) -> BodyRefused:
+    return BodyRefused(408, f"The request body did not arrive within {timeout:g} s.", "request_timeout")
+
+
+def body_too_large(limit: int, what: str = "The request body", code: str = "request_body_too_large",
+                   param: str | None = None) -> BodyRefused:
+    return BodyRefused(413, f"{what} is larger than the limit of {limit} bytes.", code, param)
 
 
 def envelope(status: int, message: str, *, type_: str = "invalid_request_error", param=None, code=None,
@@ -97,10 +105,9 @@ class Gate:
             return await self._upload(scope, receive, send)
         try:
             body = await self._read_body(receive, self.settings.max_body_bytes)
-        except HTTPException as e:
-            return await envelope(e.status_code, e.detail, code="request_body_too_large" if e.status_code == 413
-                                  else "request_timeout", headers={"connection": "close",
-                                                                   "x-should-retry": "false"})(scope, receive, send)
+        except BodyRefused as e:
+            return await envelope(e.status_code, e.detail, code=e.code, headers={
+                "connection": "close", "x-should-retry": "false"})(scope, receive, send)
         sent = False
 
         async def replay():  # the body once, then the real channel (a route waits on it to see a disconnect)
@@ -160,12 +167,12 @@ class Gate:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
-                        raise BodyTooLarge(limit)
+                        raise body_too_large(limit)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise BodyTimeout(self.settings.body_timeout) from None
+            raise body_timeout(self.settings.body_timeout) from None
         return b"".join(chunks)
 
     async def _upload(self, scope, receive, send):
@@ -183,11 +190,10 @@ class Gate:
             try:
                 message = await asyncio.wait_for(receive(), self.settings.body_timeout)
             except TimeoutError:
-                raise BodyTimeout(self.settings.body_timeout) from None
+                raise body_timeout(self.settings.body_timeout) from None
             size += len(message.get("body", b""))
-            if size > limit:  # FastAPI re-raises an HTTPException from the parser: the app answers 413
-                raise HTTPException(413, f"File is larger than the limit of {self.settings.max_upload_bytes} "
-                                         "bytes.", headers={"connection": "close"})
+            if size > limit:
+                raise body_too_large(self.settings.max_upload_bytes, "File", "file_too_large", "file")
             return message
 
         await self.app(scope, counted, send)
