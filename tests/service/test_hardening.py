@@ -322,12 +322,13 @@ def test_one_projects_flood_delays_anothers_chat_by_a_few_steps(tmp_path):
 
         with pytest.raises(openai.RateLimitError):  # A's queue share (8) is taken
             a.chat.completions.create(model="tiny-llama", messages=msgs, max_tokens=4)
-        steps_before = engine.steps
+        steps_before, preempted_before = engine.steps, engine.preempted
+        full = len(engine.rows) == engine.max_running  # (A's sequences may end early at a sampled end token)
         reply = b.chat.completions.create(model="tiny-llama", messages=msgs, max_tokens=4, temperature=1.0, seed=1)
         steps_taken = engine.steps - steps_before
         assert reply.choices[0].finish_reason in ("length", "stop")
-        assert engine.preempted >= 1
         assert steps_taken <= 12, steps_taken  # a few forwards, not A's 400-token generations
+        assert engine.preempted > preempted_before or not full  # every slot was A's: one of them made room
         still = sum(1 for q in [*engine.rows, *engine.waiting] if q.project == "flood")
         assert still >= 8  # most of A's 12 sequences were still generating when B's answer came
         for s in streams:  # and A's requests, preempted ones included, run to their end
