@@ -149,8 +149,9 @@ def serve(
 
     from slmtune.artifacts import is_onnx_dir
     from slmtune.service.app import create_app
+    from slmtune.service.settings import LOOPBACK_HOSTS
 
-    if no_auth and not insecure_no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+    if no_auth and not insecure_no_auth and host not in LOOPBACK_HOSTS:
         fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "
               "--no-auth (and create keys with `slmtune keys create`), or add --insecure-no-auth", 2)
     onnx_models = {}
@@ -171,7 +172,7 @@ def serve(
             fail(f"--adapter {item}: expected NAME=DIR with DIR a run directory or an adapter folder ({e})", 2)
         local_adapters[name] = folder
     try:
-        hosts = ["localhost", "127.0.0.1", "::1", *([host] if host not in ("0.0.0.0", "::") else []),
+        hosts = [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::") else []),
                  *(allowed_hosts or [])]
         settings = settings_for(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
                              max_body_bytes=max_body_mb * 1024 * 1024, body_timeout=body_timeout,

@@ -14,7 +14,6 @@ import string
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from sqlalchemy import (
     JSON,

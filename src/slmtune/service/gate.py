@@ -30,11 +30,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from slmtune.service.auth import bearer_key, hash_key, project_for_key
-from slmtune.service.errors import APIError, Forbidden, RateLimited, TooLarge
+from slmtune.service.errors import APIError, Forbidden, TooLarge
 
 AUTH_THREADS = 4  # key lookups in flight at once; more wait on the event loop (a coroutine each, no thread)
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 UPLOAD_OVERHEAD = 1 << 20  # multipart boundaries and the form's other fields, on top of the upload cap
 PROJECT_KEY = "slmtune.project"  # where the gate leaves the caller's project in the ASGI scope
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from slmtune import paths
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a --no-auth server serves by default
+
+
 def default_db_url() -> str:
     return f"sqlite:///{paths.home() / 'service' / 'slmtune.db'}"
 
@@ -22,7 +25,7 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024  # any other request body (JSON): read whole before a slot is taken
     body_timeout: float = 30.0  # seconds for a JSON body to arrive in full; for an upload, between two chunks
-    allowed_hosts: list = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])  # Host names --no-auth
+    allowed_hosts: list = field(default_factory=lambda: list(LOOPBACK_HOSTS))  # Host names --no-auth serves
     api_docs: bool = False  # /docs and /redoc (their pages load scripts from a CDN)
     min_examples: int = 10
     max_examples: int = 100_000
