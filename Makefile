@@ -23,6 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests --durations=30
 
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/lint-imports
+
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not real_model"
 

@@ -120,7 +120,8 @@ def main() -> None:
     print(f"{args.model}, 4 prompts, {args.tokens} new tokens each, greedy, batch 1, "
           f"{__import__('torch').get_num_threads()} threads\n")
     print("| runtime | time to first token s | decode tokens/s | × PyTorch fp32 | peak RSS MB | size on disk MB | "
-          "eval loss (demo val) | greedy agreement with PyTorch fp32 (export gate) |\n|---|---|---|---|---|---|---|---|")
+          "eval loss (demo val) | greedy agreement with PyTorch fp32 (export gate) |\n"
+          "|---|---|---|---|---|---|---|---|")
     base = None
     for label, child, size, rep in rows:
         r, proc = run_child([__file__, "--model", args.model, "--tokens", str(args.tokens), "--child", *child])

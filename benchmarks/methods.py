@@ -189,7 +189,8 @@ def write_doc(path: Path, work: Path) -> None:
             _replan(work, saved, setting)
             st = SETTINGS[setting]
             lines += ["", f"### Held-out setting `{setting}`: batch {st['batch_size']}, max_seq_length "
-                      f"{st['max_seq_length']}, gradient checkpointing {'on' if st['gradient_checkpointing'] else 'off'}"
+                      f"{st['max_seq_length']}, gradient checkpointing "
+                      f"{'on' if st['gradient_checkpointing'] else 'off'}"
                       f", {saved['steps']} steps", "",
                       f"    .venv/bin/python benchmarks/methods.py --setting {setting} --steps {saved['steps']} "
                       f"--methods {','.join(r['method'] for r in saved['rows'])}", "", *_table(saved["rows"], None)]

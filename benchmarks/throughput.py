@@ -175,7 +175,8 @@ def main() -> None:
             base = base or r
             mfu = flops_per_token * r["tps"] / peak["bf16"]
             print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {r['trained_tps']:.0f} | "
-                  f"{100 * r['padding']:.0f}% | {100 * mfu:.0f}% | {r['eval_loss']:.3f} | {r['train_peak_rss_mb']:.0f} |",
+                  f"{100 * r['padding']:.0f}% | {100 * mfu:.0f}% | {r['eval_loss']:.3f} | "
+                  f"{r['train_peak_rss_mb']:.0f} |",
                   flush=True)
         print()
 

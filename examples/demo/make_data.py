@@ -158,7 +158,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
             train.append(chat("One more thing: " + q[0].lower() + q[1:], answer(rng, name), history))
     rng.shuffle(train)
     val = []
-    for name, (keyword, _, _, held_out) in FACTS.items():
+    for name, (_keyword, _, _, held_out) in FACTS.items():
         for q in held_out:
             rec = chat(q, answer(rng, name))
             val.append(rec)

@@ -11,7 +11,7 @@ import os as _os
 if "DS_ACCELERATOR" not in _os.environ and not _os.path.exists("/dev/nvidia0"):
     _os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed then skips its accelerator probe and its warning on CPU
 
-from slmtune import noise as _noise  # noqa: E402
+from slmtune import noise as _noise
 
 _noise.install()  # before anything imports peft (and through it bitsandbytes)
 

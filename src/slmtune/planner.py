@@ -188,7 +188,8 @@ def _memory_breakdown(cfg, method: str, quantized: bool, precision: str, c: dict
         weights = c["linear"] * (qbits / 8 * 1.06) + (c["total"] - c["linear"]) * wbytes
     else:
         weights = c["total"] * wbytes
-    trainable_state = c["trainable"] * (12 if method == "full" else 16)  # (+weight when not part of the base) grad, m, v
+    # grad, m, v (+ the weight itself when it is not part of the base)
+    trainable_state = c["trainable"] * (12 if method == "full" else 16)
     seq = longest + (cfg.method.num_virtual_tokens if method in ("prompt_tuning", "p_tuning") else 0)
     tokens_peak = t.batch_size * seq
     act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4

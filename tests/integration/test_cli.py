@@ -25,7 +25,8 @@ def test_data_validate_reports_file_line_field_and_exits_1(tmp_path):
     r = run_cli("data", "validate", str(good), "--model", "tiny-llama", "--epochs", "2")
     assert r.returncode == 0, r.stderr
     assert "2 valid examples" in r.stdout and "billed tokens for 2 epochs" in r.stdout
-    bad = write_jsonl(tmp_path / "bad.jsonl", [chat_record("a", "b"), "{nope", {"messages": [{"role": "user", "content": "x"}]}])
+    bad = write_jsonl(tmp_path / "bad.jsonl",
+                      [chat_record("a", "b"), "{nope", {"messages": [{"role": "user", "content": "x"}]}])
     r = run_cli("data", "validate", str(bad), "--model", "tiny-llama")
     assert r.returncode == 1
     lines = [line for line in r.stdout.splitlines() if line.startswith(str(bad))]

@@ -39,9 +39,8 @@ def test_dpo_raises_the_preferred_reply_over_the_other(tiny_config, pref_data, t
     # the tuned policy now scores the preferred reply higher than the rejected one
     model = slmtune.load(tmp_path / "run")
     ex = [e for e in read_jsonl(train)[0]][0]
-    from slmtune.data.tokenize import encode_chat
+    from slmtune.data.tokenize import Encoded, encode_chat
     from slmtune.evaluation.loss import evaluate_encoded
-    from slmtune.data.tokenize import Encoded
 
     def loss(reply):
         ids, labels = encode_chat(model.tokenizer, [*ex.messages, {"role": "assistant", "content": reply}])

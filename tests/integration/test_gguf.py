@@ -14,7 +14,8 @@ from tests.helpers import run_cli
 def tuned(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("gguf") / "run"
     slmtune.train({"model": {"name": "tiny-llama", "precision": "fp32"}, "data": {"train": str(tiny_data["train"])},
-                   "method": {"name": "lora", "r": 8}, "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 5e-2},
+                   "method": {"name": "lora", "r": 8},
+                   "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 5e-2},
                    "run": {"output": str(out)}})
     return out
 

@@ -16,7 +16,8 @@ def tuned(request, tmp_path_factory):
     train = write_jsonl(d / "train.jsonl", [chat_record(*FACTS[i % 4]) for i in range(16)])
     slmtune.train({"model": {"name": request.param, "precision": "fp32"}, "data": {"train": str(train)},
                    "method": {"name": "lora", "r": 8, "alpha": 16},
-                   "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 2e-2}, "run": {"output": str(d / "run")}})
+                   "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 2e-2},
+                   "run": {"output": str(d / "run")}})
     return d
 
 

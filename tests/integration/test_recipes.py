@@ -40,7 +40,8 @@ def test_recipe_trains_with_its_model_swapped(path, tmp_path, monkeypatch):
     # the tiny models' byte-level tokenizer (484 tokens) spells the same text in more tokens than the real ones
     raw["data"] = {**raw["data"], "max_seq_length": 2048}
     if shipped.scenario.name:
-        raw["scenario"] = {**raw["scenario"], "eval": False}  # the before/after metric: tests/integration/test_scenarios
+        # the before/after metric: tests/integration/test_scenarios
+        raw["scenario"] = {**raw["scenario"], "eval": False}
     raw["train"] = {**raw["train"], "max_steps": 2, "batch_size": 2}
     if shipped.distributed.nproc > 1:
         raw["distributed"] = {**raw["distributed"], "master_port": free_port()}

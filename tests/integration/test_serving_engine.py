@@ -15,11 +15,11 @@ import torch
 
 os.environ["SLMTUNE_TEST_MODELS"] = "1"
 
-from slmtune.inference.batching import Overloaded  # noqa: E402
-from slmtune.inference.sampling import SamplingParams  # noqa: E402
-from slmtune.inference.serving import ModelServer, collect  # noqa: E402
-from slmtune.models.loading import load_base_model, load_tokenizer  # noqa: E402
-from slmtune.models.registry import resolve  # noqa: E402
+from slmtune.inference.batching import Overloaded
+from slmtune.inference.sampling import SamplingParams
+from slmtune.inference.serving import ModelServer, collect
+from slmtune.models.loading import load_base_model, load_tokenizer
+from slmtune.models.registry import resolve
 
 QUESTIONS = ["What is the capital of France?", "hello", "Please help me with my order, the kettle is broken.",
              "How do I reset my device? " * 3, "Your warranty lasts two years.", "the lamp",
@@ -294,7 +294,7 @@ def test_the_engine_thread_survives_a_bad_adapter(server, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}')
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="could not be loaded"):
         server.generate("tiny-llama", ("ft:bad", bad), _msgs(0), SamplingParams(max_new_tokens=4), timeout=60)
     ok = server.generate("tiny-llama", None, _msgs(0), SamplingParams(max_new_tokens=4), timeout=60)
     assert ok.choices[0].completion_tokens >= 1

@@ -123,7 +123,8 @@ def test_bad_data_fails_before_training_naming_every_line(tiny_config, tiny_data
     assert lines == [33, 34]
     assert not (tmp_path / "run" / "checkpoints").exists()
     # the error is in the run's event log too
-    assert any(ev.level == "error" and "bad.jsonl:34" in ev.message for ev in read_events(tmp_path / "run" / "events.jsonl"))
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert any(ev.level == "error" and "bad.jsonl:34" in ev.message for ev in events)
 
 
 @pytest.mark.parametrize("model,method", [("tiny-phi3", "lora"), ("tiny-llama", "dora"), ("tiny-phi3", "full")])

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from tests.helpers import FACTS, chat_record, write_jsonl
 from tests.service.conftest import start_server, wait_for, wait_status
 
@@ -46,7 +45,8 @@ def test_killed_worker_job_resumes_from_its_checkpoint_with_no_event_lost_or_dou
         killed_at = max(metrics_steps(c, job.id))
         assert c.fine_tuning.jobs.retrieve(job.id).status == "running"  # nobody told the database
 
-        second = start_worker(srv.settings.db_url, srv.settings.data_dir)  # takes the job over once the lease (3 s) runs out
+        # takes the job over once the lease (3 s) runs out
+        second = start_worker(srv.settings.db_url, srv.settings.data_dir)
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=400)
         assert done.status == "succeeded", done.error
         steps = metrics_steps(c, job.id)

@@ -50,7 +50,8 @@ def test_a_classification_job_trains_on_records_and_returns_its_before_after_rep
     assert plan.status_code == 200, plan.text
     assert plan.json()["steps"] == 6  # 12 records, 20% held out for the before/after → 10 → 3 steps × 2 epochs
 
-    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=fid, extra_body={"scenario": "classification"},
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=fid,
+                                         extra_body={"scenario": "classification"},
                                          hyperparameters={"n_epochs": 2, "batch_size": 4})
     assert job.method.to_dict().get("scenario") == "classification"
     done = wait_status(client, job.id, {"succeeded", "failed"}, timeout=300)
@@ -73,7 +74,8 @@ def test_scenario_records_with_a_bad_line_and_scenario_with_dpo_are_refused(srv)
                       params={"model": "tiny-llama", "scenario": "classification"}).json()
     assert not check["ok"] and [(p["line"], p["field"]) for p in check["problems"]] == [(6, "label")]
 
-    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=bad, extra_body={"scenario": "classification"})
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=bad,
+                                         extra_body={"scenario": "classification"})
     failed = wait_status(client, job.id, {"failed", "succeeded"}, timeout=120)
     assert failed.status == "failed" and failed.error.code == "invalid_training_file"
     assert "Example 6: label:" in failed.error.message

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from slmtune.data.formats import Example
-from slmtune.data.tokenize import PadCollator, encode_example
+from slmtune.data.tokenize import IGNORE_INDEX, PackCollator, PadCollator, encode_example
 from slmtune.models.loading import load_base_model, load_tokenizer
 from slmtune.models.registry import resolve
-from slmtune.data.tokenize import IGNORE_INDEX, PackCollator
 from slmtune.training.head_loss import head_loss, linear_cross_entropy, unsupported_reason
 
 

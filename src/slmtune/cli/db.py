@@ -28,7 +28,8 @@ def db_upgrade(db: DbOpt = None, revision: Annotated[str, typer.Option(help="Tar
 
     url = settings_for(db).db_url
     before, after = schema_call(schema.upgrade, url, revision)
-    err.print(f"database {shown(url)}: " + (f"already at {after}" if before == after else f"{before or 'empty'} → {after}"))
+    change = f"already at {after}" if before == after else f"{before or 'empty'} → {after}"
+    err.print(f"database {shown(url)}: {change}")
 
 
 @app.command("downgrade")

@@ -23,7 +23,8 @@ def eval_(
                                               "held-out records).")] = None,
     compare_base: Annotated[bool, typer.Option(help="Also evaluate the base model, side by side.")] = False,
     scenario: Annotated[str | None, typer.Option(help="Run this scenario's metric (generation + scoring); "
-                                                 "outputs and scores go to RUN/scenario/{tuned,base}/ or --out.")] = None,
+                                                 "outputs and scores go to RUN/scenario/{tuned,base}/ or "
+                                                 "--out.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="With --scenario: where scores.json and "
                                                  "outputs.jsonl go (default RUN/scenario/).")] = None,
     max_records: Annotated[int | None, typer.Option(help="With --scenario: score at most this many records.")] = None,

@@ -38,7 +38,8 @@ def export_onnx_cmd(
     target: Annotated[str, typer.Argument(help="Run directory, adapter or checkpoint folder, model id or folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the ONNX model (replaced).")],
     precision: Annotated[str, typer.Option(help="fp32, int8 or int4 (weight-only quantization).")] = "fp32",
-    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider (see `slmtune export providers`).")] = "cpu",
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider (see `slmtune export providers`).")
+                        ] = "cpu",
     validation: Annotated[Path | None, typer.Option(help="Chat JSONL: also report the eval-loss change against "
                                                     "PyTorch (a run's validation file, say).")] = None,
 ) -> None:
@@ -57,7 +58,8 @@ def export_onnx_cmd(
     line = (f"ONNX model ({precision}) written to {out}; parity: max abs logit diff {rep['max_abs_logit_diff']:.2e}, "
             f"min cosine {rep['min_cosine']:.6f}, greedy token agreement {rep['token_agreement']:.0%}")
     if "eval_loss_change" in rep:
-        line += f", eval loss {rep['eval_loss_pytorch']:.4f} → {rep['eval_loss_onnx']:.4f} ({rep['eval_loss_change']:+.1%})"
+        line += (f", eval loss {rep['eval_loss_pytorch']:.4f} → {rep['eval_loss_onnx']:.4f} "
+                 f"({rep['eval_loss_change']:+.1%})")
     out.mkdir(exist_ok=True)
     Console(soft_wrap=True).print(line + f"\nchat with it: slmtune chat {out}")
 

@@ -95,7 +95,8 @@ def serve(
     data_dir: DataDirOpt = None,
     workers: Annotated[int, typer.Option(help="Job workers run inside the server process.")] = 1,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no worker here (use `slmtune worker`).")] = False,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")
+                       ] = False,
     max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
     max_body_mb: Annotated[int, typer.Option(help="Largest request body other than an upload (JSON: chat, jobs); "
                                              "past it 413.", min=1)] = 8,
@@ -179,7 +180,8 @@ def serve(
                              allowed_hosts=hosts, api_docs=api_docs, max_queued_per_project=max_queued_per_project,
                              onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
                              max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
-                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds, job_nproc=job_nproc,
+                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds,
+                             job_nproc=job_nproc,
                              rate_limit_rpm=rate_limit, max_storage_bytes=max_storage_mb * 1024 * 1024,
                              migrate=migrate, **executor_settings(executor, ray_address, ray_cpus, ray_gpus,
                                                                   ray_memory_mb, ray_resources, job_nnodes, storage))

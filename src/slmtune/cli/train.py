@@ -47,7 +47,8 @@ def train(
     nproc: NprocOpt = None,
     strategy: StrategyOpt = None,
     set_: SetOpt = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    resume: Annotated[Path | None,
+                      typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and its plan (memory, time), "
                                           "then exit without training.")] = False,
 ) -> None:
@@ -55,11 +56,11 @@ def train(
 
     Examples:\n
       slmtune train examples/demo/lora.yaml\n
-      slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --method lora --epochs 2 --output runs/x\n
+      slmtune train --model smollm2-135m-instruct --data train.jsonl --validation val.jsonl --epochs 2 -o runs/x\n
       slmtune train examples/demo/lora.yaml --max-steps 20 --learning-rate 2e-4 --lora-r 8 --dry-run\n
       slmtune train --resume runs/x\n
       slmtune train examples/demo/lora.yaml --nproc 2 --strategy zero2\n
-      slmtune train --scenario classification --data ~/.slmtune/data/sentiment/train.jsonl --validation ~/.slmtune/data/sentiment/eval.jsonl -o runs/sent
+      slmtune train --scenario classification --data sentiment/train.jsonl --validation sentiment/eval.jsonl
     """
     # the engine, wrapped by a scenario run when one is set
     from slmtune.scenarios.run import train as run_train
@@ -77,7 +78,8 @@ def train(
                   "metrics and artifact are on node 0")
         return
     if result.status == "interrupted":
-        err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] slmtune train --resume {result.run_dir}")
+        err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] "
+                  f"slmtune train --resume {result.run_dir}")
         raise typer.Exit(130)
     out.print(
         f"[green]done[/] {result.global_step} steps in {result.train_runtime_s:.0f}s, "
@@ -126,7 +128,8 @@ def plan_cmd(
         print(json.dumps([p.to_dict() for p in plans], indent=2))
         return
     p0 = plans[0]
-    table = Table(title=f"{cfg.model.name}: {p0.steps} steps, ~{p0.tokens_total:,} tokens, batch {cfg.train.batch_size}")
+    title = f"{cfg.model.name}: {p0.steps} steps, ~{p0.tokens_total:,} tokens, batch {cfg.train.batch_size}"
+    table = Table(title=title)
     for col in ("method", "precision", "trainable", "peak memory", "tokens/s", "time", "cost", "fits"):
         table.add_column(col)
     for p in plans:

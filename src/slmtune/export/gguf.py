@@ -224,5 +224,6 @@ def parity(gguf_file: Path, model, tokenizer, max_new_tokens: int, type: str = "
     same_tokens = all(tok_back(x)["input_ids"] == tokenizer(x)["input_ids"] for x in texts)
     if not same_tokens:
         raise ExportError(f"{gguf_file}: the tokenizer read back from the file encodes text differently")
-    return {"tokenizer_identical": same_tokens, "token_agreement": rate["rounded" if type == "f16" else "fp32"], "token_agreement_fp32": rate["fp32"],
+    return {"tokenizer_identical": same_tokens, "token_agreement": rate["rounded" if type == "f16" else "fp32"],
+            "token_agreement_fp32": rate["fp32"],
             "max_abs_logit_diff_f16": max_diff, "prompts": len(CHECK_PROMPTS)}

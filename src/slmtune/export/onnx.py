@@ -163,7 +163,9 @@ def parity(out: Path, torch_model, tokenizer, precision: str, provider: str, val
 
 def _ort_provider(name: str) -> str:
     """'cpu' → 'CPUExecutionProvider'; full provider names pass through."""
-    return name if name.endswith("ExecutionProvider") else {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+    if name.endswith("ExecutionProvider"):
+        return name
+    return {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                                                             "dml": "DmlExecutionProvider"}.get(name.lower(), name)
 
 
@@ -200,7 +202,8 @@ def export_onnx(target: str | Path, out: str | Path, precision: str = "fp32", pr
     (out / META_FILE).write_text(json.dumps({"source": str(target), "base": src.base, "precision": precision,
                                              "provider": provider}, indent=2))
     if not report["ok"]:
-        raise ExportError(f"parity gate failed ({report['gate']}): max abs logit diff {report['max_abs_logit_diff']:.2e},"
+        raise ExportError(f"parity gate failed ({report['gate']}): max abs logit diff "
+                          f"{report['max_abs_logit_diff']:.2e},"
                           f" token agreement {report['token_agreement']:.0%}; report in {out / 'parity.json'}")
     return report
 

@@ -254,7 +254,7 @@ class Adapters:
                 return False  # every slot is in use by a running request: wait for one to finish
             del self.reading[name]
             self.lora.load(name, config, weights)
-        except Exception as e:  # noqa: BLE001 - reported to the requests that asked for it
+        except Exception as e:
             self.reading.pop(name, None)
             log.exception("adapter %s (%s) failed to load", name, self.paths[name])
             self.failed[name] = e
@@ -278,7 +278,8 @@ class BatchEngine:
 
     def __init__(self, model, tokenizer, *, name: str, max_running: int = 32, max_queued: int = 128,
                  prefill_tokens: int = 512, adapter_capacity: int = 8, metrics: ServingMetrics | None = None,
-                 max_queued_per_project: int | None = None, virtual_prompt: torch.Tensor | None = None, prefix_kv: list | None = None):
+                 max_queued_per_project: int | None = None, virtual_prompt: torch.Tensor | None = None,
+                 prefix_kv: list | None = None):
         self.name = name
         self.model = model.eval()
         use_slot_attention(model)
@@ -376,7 +377,7 @@ class BatchEngine:
             try:
                 with torch.inference_mode():
                     worked = self._step()
-            except Exception as e:  # noqa: BLE001 - a failed forward fails its requests, not the server
+            except Exception as e:
                 log.exception("batch step failed on %s", self.name)
                 self._fail(self.rows + ([self.long] if self.long else []), e)
                 self.rows, self.long = [], None

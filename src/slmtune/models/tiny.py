@@ -68,7 +68,8 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0, revision: 
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048, initializer_range=0.1,  # larger than the 0.02 default so LoRA visibly learns in a few steps
+        # initializer_range: larger than the 0.02 default so LoRA visibly learns in a few steps
+        max_position_embeddings=2048, initializer_range=0.1,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

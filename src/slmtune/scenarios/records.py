@@ -153,7 +153,8 @@ def _read_conll(path: Path) -> tuple[list[Record], list[Problem]]:
         parts = raw.split()
         tag = parts[-1] if len(parts) >= 2 else ""
         if len(parts) < 2 or not (tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)):
-            problems.append(Problem(str(path), lineno, "(line)", f"expected 'TOKEN ... TAG' with a BIO tag, got {raw!r}"))
+            problems.append(Problem(str(path), lineno, "(line)",
+                                    f"expected 'TOKEN ... TAG' with a BIO tag, got {raw!r}"))
             continue
         toks.append(parts[0])
         tags.append(tag)

@@ -23,7 +23,8 @@ def hash_key(key: str) -> str:
 
 def ensure_project(session: Session, project: str) -> Project:
     if not PROJECT_RE.match(project):
-        raise ValueError(f"project name {project!r}: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit")
+        raise ValueError(f"project name {project!r}: use 1-63 of a-z, 0-9, '_' and '-', "
+                         "starting with a letter or digit")
     row = session.get(Project, project)
     if row is None:
         row = Project(id=project)

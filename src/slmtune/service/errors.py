@@ -43,7 +43,8 @@ class NotFound(APIError):
     status = 404
 
     def __init__(self, kind: str, ident: str, *, param: str | None = "id", code: str | None = None):
-        code = code or ("model_not_found" if kind == "model" else f"{kind}_not_found" if kind == "file" else "not_found")
+        code = code or ("model_not_found" if kind == "model" else f"{kind}_not_found" if kind == "file"
+                        else "not_found")
         label = {"file": "File", "job": "fine-tuning job", "model": "model"}.get(kind, kind)
         msg = f"No such {label} object: {ident}" if kind == "file" else f"The {label} '{ident}' does not exist"
         super().__init__(msg, param=param, code=code)

@@ -92,7 +92,7 @@ class Lease:
             except DB_DOWN as e:
                 log.warning("lease of %s: database unreachable (%s); training goes on", self.job_id, type(e).__name__)
                 continue
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+            except Exception:
                 log.exception("lease of %s: renewal failed", self.job_id)
                 continue
             if not ok:

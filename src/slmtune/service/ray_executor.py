@@ -145,7 +145,7 @@ class RayExecutor:
         raise JobRefused(f"the cluster has {len(fit)} node(s) with what the job needs per node ({wanted}), "
                          f"{nodes} needed; ask the service's operator for larger nodes or lower the job's needs")
 
-    def start(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool) -> "RayRun":
+    def start(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool) -> RayRun:
         nodes = self.settings.job_nnodes
         need = self.bundle(cfg)
         self.check_fits(need, nodes)

@@ -157,7 +157,7 @@ class FineTuningJobCreate(_In):
         "chat examples by its prompt template; after training the base and tuned models are scored on the "
         "validation records (or a 20% hold-out) and report.md with its plots joins the job's result files.")
     # --- vendor extras (accepted, not used) ---
-    trainingType: str | None = Field(None, description="Azure OpenAI extra; accepted and ignored.")  # noqa: N815
+    trainingType: str | None = Field(None, description="Azure OpenAI extra; accepted and ignored.")
 
 
 class JobPlanRequest(FineTuningJobCreate):

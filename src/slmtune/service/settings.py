@@ -8,7 +8,6 @@ from pathlib import Path
 
 from slmtune import paths
 
-
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a --no-auth server serves by default
 
 

@@ -102,7 +102,7 @@ class Worker:
                 delay = min(10.0, delay * 2)
                 if claimed:
                     self._release_quietly(*claimed)
-            except Exception:  # noqa: BLE001 - a worker survives any one job
+            except Exception:
                 log.exception("worker %s: error while processing %s", self.id, claimed)
                 if claimed:
                     self._release_quietly(*claimed)
@@ -129,7 +129,7 @@ class Worker:
         """Give the claim back (nothing is written if another worker took it over meanwhile)."""
         try:
             retrying(lambda: release(self.db, job_id, token, requeue), max_wait=30)
-        except Exception:  # noqa: BLE001 - the lease runs out by itself if the database stays away
+        except Exception:
             log.exception("worker %s: could not release %s; its lease will expire", self.id, job_id)
 
     # --- one job --------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from slmtune.models.registry import resolve
 from slmtune.training import distributed
 from slmtune.training.dpo import build_dpo_trainer
 from slmtune.training.head_loss import unsupported_reason
-from slmtune.training.result import TrainResult  # noqa: F401 - also slmtune.training.run.TrainResult
+from slmtune.training.result import TrainResult
 from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
 
 
@@ -64,7 +64,8 @@ def check_config(cfg: TrainConfig) -> None:
     for tracker in cfg.train.report_to:
         if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
             problems.append(f"train.report_to: {tracker} needs the {tracker} package (pip install "
-                            f"{'mlflow-skinny' if tracker == 'mlflow' else tracker}, or pip install 'slmtune[tracking]')")
+                            f"{'mlflow-skinny' if tracker == 'mlflow' else tracker}, "
+                            "or pip install 'slmtune[tracking]')")
     if cfg.data.train and cfg.data.mix:
         problems.append("data.mix: give either data.train or data.mix (its sources with weights), not both")
     for key in ("train", "validation"):
@@ -394,7 +395,7 @@ def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, mod
             import deepspeed
 
             # join the process group now: zero.Init sizes the partitions by DeepSpeed's world size
-            training_args.device
+            _ = training_args.device  # a property: reading it sets up accelerate's state
             deepspeed.init_distributed(dist_backend=distributed.backend())
     return arg_kw, training_args
 
@@ -426,7 +427,8 @@ def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     bus.emit(ev.message(
         f"Model {cfg.model.name} ({total / 1e6:.1f}M params, {cfg.model.precision}) with {method.name}: "
-        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), loaded in {time.perf_counter() - t0:.1f}s",
+        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%), "
+        f"loaded in {time.perf_counter() - t0:.1f}s",
         trainable_params=trainable, total_params=total,
     ))
     return model, peft_config

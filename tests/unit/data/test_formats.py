@@ -44,7 +44,9 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
         "F:6: messages[1].weight: must be 0 or 1, got 2",
         "F:7: messages: expected a list of messages, got str",
         "F:8: (root): expected a JSON object, got list",
-        "F:9: (root): expected 'messages' (chat format), 'prompt' and 'completion', 'input' with 'preferred_output' and 'non_preferred_output' (preference format), 'instruction' and 'output' (Alpaca) or 'conversations' (ShareGPT); it has text (map them with data.columns)",
+        "F:9: (root): expected 'messages' (chat format), 'prompt' and 'completion', 'input' with "
+        "'preferred_output' and 'non_preferred_output' (preference format), 'instruction' and 'output' (Alpaca) "
+        "or 'conversations' (ShareGPT); it has text (map them with data.columns)",
         "F:10: messages: every assistant message has weight 0: nothing to train on",
         "F:11: messages[0].weight: only assistant messages can have a weight",
         "F:12: messages[0].content: missing",
@@ -76,7 +78,8 @@ def test_missing_file_and_bad_encoding(tmp_path):
 
 
 def test_content_parts_are_accepted_as_text(tmp_path):
-    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+    parts = [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]
+    row = {"messages": [{"role": "user", "content": parts},
                         {"role": "assistant", "content": "Hello"}]}
     ex, probs = problems_of([row], tmp_path)
     assert probs == [] and ex[0].messages[0]["content"] == "Hi there"

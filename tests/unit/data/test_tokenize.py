@@ -75,7 +75,8 @@ def test_non_prefix_preserving_template_is_refused(tiny_tok):
 
     tok = copy.deepcopy(tiny_tok)
     # a template that renders the last message differently from earlier ones breaks prefix preservation
-    tok.chat_template = ("{% for m in messages %}{% if loop.last %}[LAST]{% endif %}{{ m['role'] }}: {{ m['content'] }}\n"
+    tok.chat_template = ("{% for m in messages %}{% if loop.last %}[LAST]{% endif %}"
+                         "{{ m['role'] }}: {{ m['content'] }}\n"
                          "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
     with pytest.raises(TemplateError, match="not prefix-preserving"):
         encode_chat(tok, CONVERSATION[1:4] + [{"role": "assistant", "content": "x"}])

@@ -25,7 +25,8 @@ _META = re.compile(r"^metadata\[(.+)\]$")
 def create_job(req: FineTuningJobCreate, session: SessionDep, settings: SettingsDep,
                project: ProjectDep) -> FineTuningJob:
     """Create a job; returns at once in `validating_files` (validation and training run in a worker)."""
-    return jobs.to_public(committed(session, jobs.create_job(session=session, settings=settings, project=project, req=req)))
+    job = jobs.create_job(session=session, settings=settings, project=project, req=req)
+    return jobs.to_public(committed(session, job))
 
 
 @router.post("/slmtune/plan", response_model=JobPlan)
