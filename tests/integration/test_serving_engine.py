@@ -15,7 +15,7 @@ import torch
 
 os.environ["SLMTUNE_TEST_MODELS"] = "1"
 
-from slmtune.inference.batching import Overloaded
+from slmtune.inference.request import Overloaded
 from slmtune.inference.sampling import SamplingParams
 from slmtune.inference.serving import ModelServer, collect
 from slmtune.models.loading import load_base_model, load_tokenizer

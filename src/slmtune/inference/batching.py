@@ -15,262 +15,31 @@ Each loop of the scheduler thread:
 Prefill of newcomers and decoding of the others thus alternate step by step. The KV cache is a slot per sequence
 (``kv_slots.SlotCache``); see there why it is not transformers' own continuous-batching cache.
 
-Written by hand (the pieces transformers and PEFT lack): the scheduler, the 4D masks, per-row positions, the
-detokenizer with stop strings, and the adapter LRU that loads files off the scheduler thread.
+Written by hand (the pieces transformers and PEFT lack): the scheduler and the forwards here (4D masks, per-row
+positions); a request's state and events in ``request``, the detokenizer with stop strings in ``detokenizer``, the
+adapter LRU that loads files off the scheduler thread in ``adapter_cache``.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from slmtune.inference.adapter_cache import AdapterCache
+from slmtune.inference.detokenizer import Detokenizer
 from slmtune.inference.kv_slots import SlotCache, use_slot_attention
-from slmtune.inference.lora_batch import BatchedLoRA, unmixable
 from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.request import Failed, GenerationRequest, Overloaded, PromptTooLong, SequenceState
 from slmtune.inference.sampling import SamplingParams, choose, token_logprobs
 
 log = logging.getLogger("slmtune.serving")
-
-
-class PromptTooLong(ValueError):
-    pass
-
-
-class Overloaded(RuntimeError):
-    """The model's queue is full: answer 429 and ask the client to retry."""
-
-    def __init__(self, message: str, retry_after: float = 1.0):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-# --- what a request's consumer receives (pushed from the scheduler thread through ``emit``) ----------------------
-@dataclass
-class Delta:
-    choice: int
-    text: str
-    logprobs: list[dict] | None = None  # OpenAI ChatCompletionTokenLogprob dicts, when asked for
-
-
-@dataclass
-class Finished:
-    choice: int
-    finish_reason: str  # "stop" | "length"
-    completion_tokens: int
-    logprobs: list[dict] | None = None  # the rest, if any were held back with text
-
-
-@dataclass
-class Failed:
-    error: BaseException
-
-
-class Request:
-    """A chat request with ``n`` choices, each a :class:`Sequence` in the batch."""
-
-    def __init__(self, engine: BatchEngine, prompt: list[int], params: SamplingParams, n: int, adapter: str | None,
-                 emit: Callable[[object], None], project: str | None = None):
-        self.engine = engine
-        self.project = project  # whose request (fair shares between projects); None outside the service
-        self.prompt = prompt
-        self.params = params
-        self.adapter = adapter
-        self.emit = emit
-        self.cancelled = False
-        self.submitted = time.perf_counter()
-        self.first_token: float | None = None
-        self.seqs = [Sequence(self, i) for i in range(n)]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt)
-
-    def cancel(self) -> None:
-        """Leave the batch at the next token boundary (the slot is freed); nothing more is emitted."""
-        self.cancelled = True
-        self.engine.wake()
-
-
-class Sequence:
-    """One choice: its tokens, its place in the KV cache, its detokenizer state."""
-
-    def __init__(self, request: Request, choice: int):
-        self.request = request
-        self.choice = choice
-        self.params = request.params
-        self.generator = request.params.generator(choice, "cpu")
-        self.tokens: list[int] = []  # generated
-        self.cached = 0  # cache positions of its slot that hold its keys/values
-        self.done = False
-        self.text = ""
-        self.sent = 0  # characters of text emitted
-        self.held: list[dict] = []  # logprob entries whose text is not emitted yet
-        self.last_time: float | None = None
-
-    @property
-    def prompt(self) -> list[int]:
-        return self.request.prompt
-
-    @property
-    def adapter(self) -> str | None:
-        return self.request.adapter
-
-    @property
-    def project(self) -> str | None:
-        return self.request.project
-
-
-def _holdback(text: str, stops: list[str]) -> int:
-    """Characters at the end of ``text`` that could still become a stop string (not to be emitted yet): the longest
-    suffix of ``text`` that begins some stop. Only places holding a stop's first character are tried, so the cost
-    per token stays near the stops' length, not its square."""
-    best = 0
-    for s in stops:
-        tail = text[len(text) - min(len(s) - 1, len(text)):]
-        i = tail.find(s[0]) if s else -1
-        while i >= 0 and len(tail) - i > best:
-            if s.startswith(tail[i:]):
-                best = len(tail) - i
-                break
-            i = tail.find(s[0], i + 1)
-    return best
-
-
-class Detokenizer:
-    """Token ids → text deltas, honouring stop strings and multi-byte characters split across tokens."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.eos = {tokenizer.eos_token_id}
-
-    def piece(self, token: int) -> str:
-        return self.tokenizer.decode([token], skip_special_tokens=False)
-
-    def entry(self, token: int, logprob: float, tops: list) -> dict:
-        text = self.piece(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")),
-                "top_logprobs": [{"token": (t := self.piece(i)), "logprob": v, "bytes": list(t.encode("utf-8"))}
-                                 for i, v in tops]}
-
-    def accept(self, seq: Sequence, token: int, lp: tuple[float, list] | None) -> list[object]:
-        """Add a generated token; returns the events to emit (a Delta and/or a Finished)."""
-        p = seq.params
-        seq.tokens.append(token)
-        out: list[object] = []
-        if token in self.eos:
-            return self.finish(seq, "stop", out)
-        if lp is not None:
-            seq.held.append(self.entry(token, *lp))
-        seq.text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-        text = seq.text
-        if p.stop:
-            start = max(0, seq.sent - max(map(len, p.stop)))
-            hits = [i for i in (text.find(s, start) for s in p.stop) if i >= 0]
-            if hits:
-                seq.text = text = text[:min(hits)]
-                return self.finish(seq, "stop", out)
-        if len(seq.tokens) >= p.max_new_tokens:
-            return self.finish(seq, "length", out)
-        safe = len(text) - _holdback(text, p.stop) if p.stop else len(text)
-        if text.endswith("\ufffd"):  # the rest of a multi-byte character comes with the next token
-            safe = min(safe, len(text) - 1)
-        if safe > seq.sent:
-            out.append(Delta(seq.choice, text[seq.sent:safe], self._take(seq)))
-            seq.sent = safe
-        return out
-
-    @staticmethod
-    def _take(seq: Sequence) -> list[dict] | None:
-        if not seq.params.logprobs:
-            return None
-        held, seq.held = seq.held, []
-        return held
-
-    def finish(self, seq: Sequence, reason: str, out: list[object] | None = None) -> list[object]:
-        """End ``seq``: the text not emitted yet, then its Finished event (appended to ``out``)."""
-        out = [] if out is None else out
-        seq.done = True
-        if len(seq.text) > seq.sent:
-            out.append(Delta(seq.choice, seq.text[seq.sent:], self._take(seq)))
-            seq.sent = len(seq.text)
-        out.append(Finished(seq.choice, reason, len(seq.tokens), self._take(seq)))
-        return out
-
-
-class Adapters:
-    """A bounded LRU of LoRA adapters in one base model (:class:`BatchedLoRA`). Files are read on a loader thread;
-    the (fast) copy into the model's adapter slots happens on the scheduler thread between two steps, so decoding
-    never waits on disk."""
-
-    def __init__(self, engine: BatchEngine, capacity: int):
-        self.engine = engine
-        self.lora = BatchedLoRA(engine.model, capacity)
-        self.loaded: OrderedDict[str, Path] = OrderedDict()
-        self.paths: dict[str, Path] = {}
-        self.reading: dict[str, Future] = {}
-        self.failed: dict[str, BaseException] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slmtune-adapter-read")
-
-    def register(self, name: str, path: Path) -> None:
-        self.paths.setdefault(name, Path(path))
-
-    @staticmethod
-    def _read(path: Path):
-        from peft.utils import load_peft_weights
-
-        config = json.loads((Path(path) / "adapter_config.json").read_text())
-        reason = unmixable(config)
-        if reason:
-            raise ValueError(f"{path}: {reason}: this adapter cannot share its base's batch")
-        return config, load_peft_weights(str(path), device="cpu")
-
-    def ready(self, name: str) -> bool:
-        """On the scheduler thread: True once ``name`` is in the model (loading it if needed)."""
-        if name in self.loaded:
-            self.loaded.move_to_end(name)
-            return True
-        if name in self.failed:
-            return False
-        fut = self.reading.get(name)
-        if fut is None:
-            self.reading[name] = self._pool.submit(self._read, self.paths[name])
-            self.reading[name].add_done_callback(lambda _: self.engine.wake())
-            return False
-        if not fut.done():
-            return False
-        try:
-            config, weights = fut.result()
-            if len(self.lora) >= self.lora.capacity and not self._evict():
-                return False  # every slot is in use by a running request: wait for one to finish
-            del self.reading[name]
-            self.lora.load(name, config, weights)
-        except Exception as e:
-            self.reading.pop(name, None)
-            log.exception("adapter %s (%s) failed to load", name, self.paths[name])
-            self.failed[name] = e
-            return False
-        self.loaded[name] = self.paths[name]
-        self.engine.metrics.adapter_loads.labels(self.engine.name).inc()
-        return True
-
-    def _evict(self) -> bool:
-        in_use = self.engine.adapters_in_use(running_only=True)
-        for old in self.loaded:
-            if old not in in_use:
-                self.lora.unload(old)
-                del self.loaded[old]
-                return True
-        return False
 
 
 class BatchEngine:
@@ -300,12 +69,12 @@ class BatchEngine:
         self.reserved = (virtual_prompt.shape[0] if virtual_prompt is not None else 0) + (
             prefix_kv[0][0].shape[1] if prefix_kv else 0)
         self.cache = SlotCache(config.num_hidden_layers, self.max_running, self.max_length, self.device)
-        self.adapters = Adapters(self, adapter_capacity)
+        self.adapters = AdapterCache(self, adapter_capacity)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.rows: list[Sequence] = []  # running, row i in slot i
-        self.long: Sequence | None = None  # a long prompt being prefilled in chunks, in slot len(rows)
-        self.waiting: deque[Sequence] = deque()
-        self._inbox: list[Request] = []
+        self.rows: list[SequenceState] = []  # running, row i in slot i
+        self.long: SequenceState | None = None  # a long prompt being prefilled in chunks, in slot len(rows)
+        self.waiting: deque[SequenceState] = deque()
+        self._inbox: list[GenerationRequest] = []
         self._lock = threading.Lock()
         self.queued = 0  # sequences submitted and not yet admitted
         self.queued_by: Counter[str | None] = Counter()  # the same, per project
@@ -326,7 +95,7 @@ class BatchEngine:
                                 "completion). Please reduce the length of the messages or completion.")
 
     def submit(self, prompt: list[int], params: SamplingParams, *, n: int = 1, adapter: tuple[str, Path] | None = None,
-               emit: Callable[[object], None], project: str | None = None) -> Request:
+               emit: Callable[[object], None], project: str | None = None) -> GenerationRequest:
         """Queue a request (``n`` choices); events are passed to ``emit`` from the scheduler thread."""
         if not prompt:
             raise PromptTooLong("The prompt is empty.")
@@ -344,7 +113,7 @@ class BatchEngine:
                 raise Overloaded(f"This project has {self.queued_by[project]} requests queued for model "
                                  f"'{self.name}' (its share is {self.max_queued_per_project}). Please retry after "
                                  "a short wait.", retry_after=1.0)
-            req = Request(self, prompt, params, n, name, emit, project)
+            req = GenerationRequest(self, prompt, params, n, name, emit, project)
             self.queued += n
             self.queued_by[project] += n
             self._inbox.append(req)
@@ -422,7 +191,7 @@ class BatchEngine:
             self.cache.move(len(self.rows) + len(indices), len(self.rows), self.long.cached)
 
     @staticmethod
-    def _fail(seqs: list[Sequence], error: BaseException) -> None:
+    def _fail(seqs: list[SequenceState], error: BaseException) -> None:
         """Fail the requests of ``seqs`` (each once); their sequences leave wherever they are."""
         for req in {id(s.request): s.request for s in seqs}.values():
             req.cancelled = True
@@ -441,10 +210,10 @@ class BatchEngine:
         if len(projects) < 2:
             return
         held = Counter(s.project for s in self.rows)
-        by_project: dict[str | None, deque[Sequence]] = {}
+        by_project: dict[str | None, deque[SequenceState]] = {}
         for s in self.waiting:
             by_project.setdefault(s.project, deque()).append(s)
-        order: deque[Sequence] = deque()
+        order: deque[SequenceState] = deque()
         while by_project:
             p = min(by_project, key=lambda k: held[k])  # ties: the project whose first sequence waited longest
             order.append(by_project[p].popleft())
@@ -482,16 +251,16 @@ class BatchEngine:
             self.queued += len(back)
             self.queued_by.update(s.project for s in back)
 
-    def _admit(self) -> list[Sequence]:
+    def _admit(self) -> list[SequenceState]:
         """Waiting sequences that go into free slots now (prefilled together in one forward)."""
         if self.long is not None:
             return []
         self._preempt()
         self._fair_order()
         free = self.max_running - len(self.rows)
-        batch: list[Sequence] = []
+        batch: list[SequenceState] = []
         budget = self.prefill_tokens
-        keep: deque[Sequence] = deque()
+        keep: deque[SequenceState] = deque()
         while self.waiting:
             s = self.waiting.popleft()
             if free <= 0 or budget <= 0:
@@ -525,13 +294,13 @@ class BatchEngine:
             self._unqueue(batch + ([self.long] if self.long is not None else []))
         return batch
 
-    def _start(self, s: Sequence, slot: int) -> None:
+    def _start(self, s: SequenceState, slot: int) -> None:
         s.cached = 0
         if self.prefix_kv:
             self.cache.write_prefix(slot, self.prefix_kv)
             s.cached = self.prefix_kv[0][0].shape[1]
 
-    def _prompt_ids(self, s: Sequence) -> list[int]:
+    def _prompt_ids(self, s: SequenceState) -> list[int]:
         """The tokens a sequence still has to prefill; virtual tokens are negative ids -1, -2, ... A preempted
         sequence prefills its generated tokens too, and the token sampled after them is its next one."""
         full = ([-(i + 1) for i in range(self.virtual_prompt.shape[0])] if self.virtual_prompt is not None
@@ -579,7 +348,7 @@ class BatchEngine:
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[:, None]
 
-    def _forward(self, rows: list[Sequence], tokens: torch.Tensor, write_pos: torch.Tensor, slot0: int):
+    def _forward(self, rows: list[SequenceState], tokens: torch.Tensor, write_pos: torch.Tensor, slot0: int):
         self.cache.plan(slot0, write_pos)
         kw = dict(position_ids=write_pos, attention_mask=self._mask(write_pos), cache=self.cache, use_cache=True,
                   logits_to_keep=1)
@@ -597,7 +366,7 @@ class BatchEngine:
         self.steps += 1
         return out.logits[:, -1].float()
 
-    def _prefill(self, seqs: list[Sequence], chunks: list[list[int]], slot0: int, sample: bool = True) -> None:
+    def _prefill(self, seqs: list[SequenceState], chunks: list[list[int]], slot0: int, sample: bool = True) -> None:
         """One forward over newcomers' prompts, right-aligned so every row's last real token is the last query."""
         q = max(map(len, chunks))
         tokens = torch.full((len(seqs), q), self.pad_id, dtype=torch.long)
@@ -622,7 +391,7 @@ class BatchEngine:
             s.cached += 1
         self._emit(rows, logits)
 
-    def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+    def _emit(self, seqs: list[SequenceState], logits: torch.Tensor) -> None:
         chosen = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         want = [s.params.top_logprobs if s.params.logprobs else -1 for s in seqs]
         lps = token_logprobs(logits, chosen, [max(0, w) for w in want]) if max(want) >= 0 else None

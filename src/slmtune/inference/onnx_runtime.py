@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmtune.artifacts import is_onnx_dir
-from slmtune.inference.batching import Detokenizer, Failed, Overloaded, PromptTooLong, Request
+from slmtune.inference.detokenizer import Detokenizer
 from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.request import Failed, GenerationRequest, Overloaded, PromptTooLong
 from slmtune.inference.serving import ModelServer, Prepared
 from slmtune.models.loading import load_tokenizer
 
@@ -105,7 +106,7 @@ class OnnxEngine:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self.live: dict = {}  # og.Request -> Sequence
+        self.live: dict = {}  # og.Request -> SequenceState
         self.queued = 0
         self.thread = threading.Thread(target=self._loop, args=(og,), name=f"slmtune-onnx[{name}]", daemon=True)
         self.thread.start()
@@ -125,7 +126,7 @@ class OnnxEngine:
             if self.queued + n > self.max_queued:
                 raise Overloaded(f"The server is at capacity for model '{self.name}'. Please retry after a short "
                                  "wait.", retry_after=1.0)
-            req = Request(self, prompt, params, n, None, emit)
+            req = GenerationRequest(self, prompt, params, n, None, emit)
             self.queued += n
             self._inbox.append(req)
         self.wake()

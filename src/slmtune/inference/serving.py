@@ -25,17 +25,10 @@ from pathlib import Path
 
 import torch
 
-from slmtune.inference.batching import (
-    BatchEngine,
-    Delta,
-    Failed,
-    Finished,
-    Overloaded,
-    PromptTooLong,
-    Request,
-)
+from slmtune.inference.batching import BatchEngine
 from slmtune.inference.lora_batch import unmixable
 from slmtune.inference.metrics import ServingMetrics
+from slmtune.inference.request import Delta, Failed, Finished, GenerationRequest, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer, resolve_precision
 from slmtune.models.registry import resolve
@@ -223,7 +216,7 @@ class ModelServer:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
-               emit, project: str | None = None) -> Request:
+               emit, project: str | None = None) -> GenerationRequest:
         engine = prepared.engine
         if prepared.adapter is not None and prepared.adapter[0] in engine.adapters.loaded:
             self.metrics.adapter_hits.labels(engine.name).inc()
@@ -251,7 +244,7 @@ class ModelServer:
 _RENDER = ThreadPoolExecutor(2, thread_name_prefix="slmtune-render")  # chat templates and tokenizers, off the loop
 
 
-async def submit_async(server, *args, **kw) -> Request:
+async def submit_async(server, *args, **kw) -> GenerationRequest:
     """``server.submit(...)`` on the render threads: templating and tokenizing a long prompt takes the CPU for
     seconds, which on the event loop would stall every other request. Two threads: a burst of long prompts queues
     here instead of taking every core from the decode threads."""
@@ -285,7 +278,7 @@ def refuse_far_too_long(tokenizer, messages: list[dict], max_length: int) -> Non
 class Collector:
     """Gathers a request's events into a :class:`Completion`, whoever waits for them (a thread or a coroutine)."""
 
-    def __init__(self, req: Request):
+    def __init__(self, req: GenerationRequest):
         self.completion = Completion(req.prompt_tokens, [Choice() for _ in req.seqs])
         self.left = len(req.seqs)
 
@@ -303,7 +296,7 @@ class Collector:
         return self.left == 0
 
 
-def collect(req: Request, get, timeout: float | None = None) -> Completion:
+def collect(req: GenerationRequest, get, timeout: float | None = None) -> Completion:
     """Wait for a request's events with ``get`` (a queue's) and return its Completion."""
     c = Collector(req)
     while not c.add(get(timeout=timeout) if timeout else get()):

@@ -11,7 +11,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from slmtune.inference.batching import Delta, Failed, Finished, Overloaded, PromptTooLong
+from slmtune.inference.request import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
 from slmtune.inference.serving import Collector, submit_async
 from slmtune.service import models
