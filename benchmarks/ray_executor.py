@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["SLMTUNE_TEST_MODELS"] = "1"
 
+from slmtune.training.distributed import free_port  # noqa: E402
 from tests.helpers import FACTS, chat_record, write_jsonl  # noqa: E402
-from tests.service.conftest import free_port, start_server  # noqa: E402
+from tests.service.conftest import start_server  # noqa: E402
 
 
 def one_job(srv, data: Path) -> tuple[float, float]:

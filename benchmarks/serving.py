@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from slmtune.training.distributed import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODEL = "smollm2-135m-instruct"
@@ -38,12 +40,6 @@ PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
            "Describe how to plant and care for a vegetable garden.",
            "Write a long poem about the sea and the people who live by it.",
            "Explain how rain forms, from the ocean to the clouds."]
-
-
-def free_port() -> int:
-    from slmtune.training.distributed import free_port as fp
-
-    return fp()
 
 
 def start(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:

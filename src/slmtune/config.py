@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from slmtune import methods
 from slmtune.methods import METHODS, option_defaults  # methods never import config at run time (types only)
 
 
@@ -100,9 +101,7 @@ class DataSection(_Section):
 class MethodSection(_Section):
     """Options of every method; each method reads only its own (see ``slmtune.methods``), others are errors."""
 
-    name: str = Field("lora", description="Fine-tuning method: " + ", ".join(
-        ["lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "adalora", "loha", "lokr",
-         "vera", "full"]) + ".")
+    name: str = Field("lora", description="Fine-tuning method: " + methods.names() + ".")
     r: int = Field(16, gt=0, description="Adapter rank (adalora: target rank; vera: defaults to 256).")
     alpha: float = Field(32.0, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(

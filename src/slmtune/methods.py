@@ -1,8 +1,12 @@
-"""Fine-tuning methods: one entry each, name → how to make the model trainable and what it saves.
+"""Fine-tuning methods: one entry each, name → how to make the model trainable, what it saves, and its traits.
 
 An entry declares ``build(cfg, ctx) -> peft.PeftConfig | None`` (None: train every weight), the options of
 ``method.*`` it reads (any other option set in a config is an error naming the valid ones), the precisions it
-supports, whether its artifact can be merged into the base weights, and whether the base is loaded quantized.
+supports, and its traits — the facts other layers used to derive from its name (as PEFT keeps
+``is_prompt_learning`` on its config classes): whether its artifact merges into the base weights, whether the base
+is loaded quantized, whether it is prompt learning (and whether its virtual tokens take input positions), whether
+its layers wrap the linear layers (and take bf16 adapter autocast), whether its adapters share a base's serving
+batch, the PEFT type its adapter files name, and a hook run after each optimizer step.
 Adding a method is one entry here plus one row in the method test table (tests/integration/test_methods.py).
 """
 
@@ -35,13 +39,25 @@ class Method:
     build: Callable[[MethodSection, BuildContext], Any]
     options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32", "bf16", "bf16-mixed")
-    mergeable: bool = True
-    merge_note: str = ""
+    peft_type: str | None = None  # adapter_config.json's peft_type (None: full fine-tuning saves a plain model)
+    mergeable: bool = True  # the adapter folds into the base weights (slmtune export merge, GGUF, ONNX)
+    merge_note: str = ""  # why not, when it does not
     quantized: bool = False  # base weights loaded through bitsandbytes
+    prompt_learning: bool = False  # virtual tokens or key/value prefixes instead of weight changes
+    virtual_inputs: bool = False  # its virtual tokens take input positions (the sequence grows by num_virtual_tokens)
+    on_linear: bool = False  # its layers wrap the model's linear layers (each keeps a copy of its input for backward)
+    autocast: bool = False  # its PEFT layers take model.adapter_autocast (bf16 adapter matmuls on a bf16 base)
+    batchable: bool = False  # its adapters share the base's batch when served (inference/lora_batch), many at once
+    after_optimizer_step: Callable[[Any, int], None] | None = None  # (PEFT model, global step): e.g. AdaLoRA's budget
+
+    @property
+    def every_weight(self) -> bool:
+        """Full fine-tuning: every weight trains and the run saves a plain model, not an adapter."""
+        return self.peft_type is None
 
     @property
     def artifact(self) -> str:
-        return "model" if self.name == "full" else "adapter"
+        return "model" if self.every_weight else "adapter"
 
 
 METHODS: dict[str, Method] = {}
@@ -59,6 +75,20 @@ def get(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+
+
+def of_adapter(config: dict) -> Method | None:
+    """The method that wrote an adapter, from its ``adapter_config.json`` (None: a PEFT type slmtune does not train).
+    LoRA's variants share one PEFT type: ``use_dora`` tells DoRA apart; QLoRA's adapter is a LoRA adapter."""
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type == "LORA" and config.get("use_dora"):
+        return METHODS["dora"]
+    return next((m for m in METHODS.values() if m.peft_type == peft_type), None)
+
+
+def names() -> str:
+    """Every method's name, comma-separated (help texts, errors)."""
+    return ", ".join(METHODS)
 
 
 def resolve_targets(cfg: MethodSection, ctx: BuildContext) -> list[str]:
@@ -108,6 +138,11 @@ def _prompt(kind: str):
     return build
 
 
+def _adalora_budget(peft_model, step: int) -> None:
+    """AdaLoRA reallocates rank after each optimizer step, before gradients are zeroed (PEFT's contract)."""
+    peft_model.base_model.update_and_allocate(step)
+
+
 def _adalora(cfg: MethodSection, ctx: BuildContext):
     from peft import AdaLoraConfig, TaskType
 
@@ -140,30 +175,37 @@ def _vera(cfg: MethodSection, ctx: BuildContext):
 
 _NO_MERGE = "it adds virtual tokens in front of the input instead of changing weights; serve the adapter as it is"
 
+_LINEAR = dict(on_linear=True)  # adapters on the linear layers
 register(Method("lora", "Low-rank adapters (Hu et al., 2021); rslora and pissa/olora/gaussian init as options",
-                _lora, LORA_OPTS))
+                _lora, LORA_OPTS, peft_type="LORA", autocast=True, batchable=True, **_LINEAR))
 register(Method("dora", "Weight-decomposed LoRA: low-rank direction plus a trained magnitude (Liu et al., 2024)",
-                lambda c, x: _lora(c, x, use_dora=True), LORA_OPTS))
+                lambda c, x: _lora(c, x, use_dora=True), LORA_OPTS, peft_type="LORA", autocast=True, **_LINEAR))
 register(Method("qlora", "LoRA on a base quantized to 4-bit NF4 with double quantization (or 8-bit: bits 8), "
                 "through bitsandbytes (Dettmers et al., 2023)", _lora, (*LORA_OPTS, "bits"),
-                precisions=("fp32", "bf16"), quantized=True))
+                precisions=("fp32", "bf16"), peft_type="LORA", quantized=True, batchable=True, **_LINEAR))
 register(Method("ia3", "(IA)3: learned rescaling vectors on keys, values and feed-forward (Liu et al., 2022)",
-                _ia3, ("target_modules", "feedforward_modules")))
+                _ia3, ("target_modules", "feedforward_modules"), peft_type="IA3", **_LINEAR))
+_PROMPT = dict(mergeable=False, prompt_learning=True)
 register(Method("prompt_tuning", "Soft prompt: trained virtual token embeddings (Lester et al., 2021)",
-                _prompt("prompt_tuning"), PROMPT_OPTS, mergeable=False, merge_note=_NO_MERGE))
+                _prompt("prompt_tuning"), PROMPT_OPTS, peft_type="PROMPT_TUNING", merge_note=_NO_MERGE,
+                virtual_inputs=True, **_PROMPT))
 register(Method("prefix_tuning", "Trained key/value prefixes in every layer (Li & Liang, 2021)",
-                _prompt("prefix_tuning"), PROMPT_OPTS, mergeable=False,
+                _prompt("prefix_tuning"), PROMPT_OPTS, peft_type="PREFIX_TUNING",
                 merge_note="it adds trained key/value prefixes to every attention layer instead of changing weights; "
-                "serve the adapter as it is"))
+                "serve the adapter as it is", **_PROMPT))
 register(Method("p_tuning", "P-tuning: virtual tokens produced by a small trained encoder (Liu et al., 2021)",
-                _prompt("p_tuning"), PROMPT_OPTS, mergeable=False, merge_note=_NO_MERGE))
+                _prompt("p_tuning"), PROMPT_OPTS, peft_type="P_TUNING", merge_note=_NO_MERGE, virtual_inputs=True,
+                **_PROMPT))
 register(Method("adalora", "AdaLoRA: LoRA whose rank budget is reallocated across layers while training "
                 "(Zhang et al., 2023); method.r is the target rank, method.init_r the starting one",
-                _adalora, (*ADAPTER_OPTS, "init_r")))
-register(Method("loha", "LoHa: low-rank Hadamard product adapters (Hyeon-Woo et al., 2022)", _loha, ADAPTER_OPTS))
-register(Method("lokr", "LoKr: low-rank Kronecker product adapters (Yeh et al., 2023)", _lokr, ADAPTER_OPTS))
+                _adalora, (*ADAPTER_OPTS, "init_r"), peft_type="ADALORA", autocast=True,
+                after_optimizer_step=_adalora_budget, **_LINEAR))
+register(Method("loha", "LoHa: low-rank Hadamard product adapters (Hyeon-Woo et al., 2022)", _loha, ADAPTER_OPTS,
+                peft_type="LOHA", autocast=True, **_LINEAR))
+register(Method("lokr", "LoKr: low-rank Kronecker product adapters (Yeh et al., 2023)", _lokr, ADAPTER_OPTS,
+                peft_type="LOKR", autocast=True, **_LINEAR))
 register(Method("vera", "VeRA: shared frozen random matrices with trained scaling vectors (Kopiczko et al., 2024); "
-                "method.r defaults to 256", _vera, ("r", "dropout", "target_modules")))
+                "method.r defaults to 256", _vera, ("r", "dropout", "target_modules"), peft_type="VERA", **_LINEAR))
 register(Method("full", "Full fine-tuning: every weight is trained", lambda c, x: None, (), precisions=("fp32",
                 "bf16-mixed")))
 

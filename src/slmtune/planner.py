@@ -25,7 +25,7 @@ from slmtune import paths
 from slmtune.config import TrainConfig, coerce_config
 from slmtune.data.sources import stream_source
 from slmtune.data.tokenize import encode_example
-from slmtune.methods import METHODS, BuildContext, get
+from slmtune.methods import METHODS, BuildContext, Method, get
 from slmtune.models.loading import linear_names, load_tokenizer, quiet_transformers, resolve_precision
 from slmtune.models.registry import resolve
 from slmtune.training.head_loss import CHUNK_ROWS
@@ -38,10 +38,6 @@ RUNTIME_OVERHEAD_MB = 512.0  # python + torch + transformers + peft + tokenizer 
 ACTIVATION_ELEMS = (8.8, 4.4)  # saved elements per token per layer ≈ a·hidden + b·intermediate
 LOGIT_COPIES = 3.5  # fp32 logits, log-softmax, its gradient, casts
 ADAPTER_INPUT_COPY = 1.1  # bf16 base + fp32 adapters: each adapted layer keeps an fp32 copy of its input
-ADAPTER_ON_LINEAR = {"lora", "dora", "qlora", "ia3", "adalora", "loha", "lokr", "vera"}
-# Methods whose PEFT layers take model.adapter_autocast (bf16 adapter matmuls on the bf16 input: no fp32 copies).
-AUTOCAST_METHODS = {"lora", "dora", "adalora", "loha", "lokr"}
-PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning", "p_tuning"}
 AUTOCAST_TEMPS = 0.8  # adapter autocast: bf16 casts and adapter outputs kept for backward, × the fp32 input copies
 METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp32 adapter-input copies per token)
     # refit 2026-11-30 after the fused loss and adapter autocast (docs/methods.md, calibrate setting); dora and
@@ -179,38 +175,38 @@ def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
 
 
 # --- the plan -----------------------------------------------------------------------------------------------------
-def _memory_breakdown(cfg, method: str, quantized: bool, precision: str, c: dict, longest: int) -> dict[str, float]:
+def _memory_breakdown(cfg, method: Method, precision: str, c: dict, longest: int) -> dict[str, float]:
     """Peak memory by part, in MB: weights, trainable state, activations of the longest batch, logits, temporaries."""
     t = cfg.train
     wbytes = BYTES[precision]
-    if quantized:
+    if method.quantized:
         qbits = cfg.method.bits
         weights = c["linear"] * (qbits / 8 * 1.06) + (c["total"] - c["linear"]) * wbytes
     else:
         weights = c["total"] * wbytes
     # grad, m, v (+ the weight itself when it is not part of the base)
-    trainable_state = c["trainable"] * (12 if method == "full" else 16)
-    seq = longest + (cfg.method.num_virtual_tokens if method in ("prompt_tuning", "p_tuning") else 0)
+    trainable_state = c["trainable"] * (12 if method.every_weight else 16)
+    seq = longest + (cfg.method.num_virtual_tokens if method.virtual_inputs else 0)
     tokens_peak = t.batch_size * seq
     act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
     per_token = c["layers"] * (ACTIVATION_ELEMS[0] * c["hidden"] + ACTIVATION_ELEMS[1] * c["intermediate"])
     if t.gradient_checkpointing:
         per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
     activations = tokens_peak * per_token * act_bytes
-    if t.fused_loss and method not in PROMPT_LEARNING:  # chunks of head logits; full: an fp32 head gradient too
-        logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if method == "full" else 0)
+    if t.fused_loss and not method.prompt_learning:  # chunks of head logits; full: an fp32 head gradient too
+        logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if method.every_weight else 0)
     else:
         logits = tokens_peak * c["vocab"] * 4 * LOGIT_COPIES
     adapted_fp32 = (c["linear"] - c["vocab"] * c["hidden"]) * 4  # the adapted layers (the head is not adapted)
     input_copy = tokens_peak * c["layers"] * (6 * c["hidden"] + c["intermediate"]) * 4  # fp32 inputs of adapted layers
     if t.gradient_checkpointing:
         input_copy /= c["layers"]  # recomputed layer by layer in the backward pass
-    autocast = cfg.model.adapter_autocast and method in AUTOCAST_METHODS
-    if method in ADAPTER_ON_LINEAR and precision == "bf16":
+    autocast = cfg.model.adapter_autocast and method.autocast
+    if method.on_linear and precision == "bf16":
         adapter = input_copy * (AUTOCAST_TEMPS if autocast else ADAPTER_INPUT_COPY)
     else:
         adapter = 0.0
-    w_factor, t_factor = METHOD_EXTRA.get(method, (0.0, 0.0))
+    w_factor, t_factor = METHOD_EXTRA.get(method.name, (0.0, 0.0))
     breakdown = {
         "runtime": RUNTIME_OVERHEAD_MB,
         "weights": weights / MB,
@@ -236,14 +232,14 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     data = _data_stats(cfg, load_tokenizer(model_dir))
     t = cfg.train
 
-    breakdown = _memory_breakdown(cfg, m.name, m.quantized, precision, c, data["max"])
+    breakdown = _memory_breakdown(cfg, m, precision, c, data["max"])
     peak = sum(breakdown.values())
 
     # speed
     tokens_mean = data["mean"]
     n_mm = c["linear"] + (c["vocab"] * c["hidden"])  # the head is a matmul even when tied to the embedding
     fwd = 2 * n_mm + 4 * c["layers"] * tokens_mean * c["hidden"]
-    flops = 3 * fwd if m.name == "full" else 2 * fwd + 6 * c["trainable"]
+    flops = 3 * fwd if m.every_weight else 2 * fwd + 6 * c["trainable"]
     if t.gradient_checkpointing:
         flops += fwd
     peak_flops = probe()[precision]

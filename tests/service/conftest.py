@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from slmtune.training.distributed import free_port
+
 os.environ["SLMTUNE_TEST_MODELS"] = "1"
 
 _SCHEMAS: list[str] = []
 BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("SLMTUNE_TEST_POSTGRES_URL") else [])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_db_url(backend: str, tmp: Path) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from slmtune.training.distributed import free_port
 from tests.helpers import run_cli
-from tests.service.conftest import free_port
 
 
 def test_keys_create_then_serve_with_auth(tmp_path):

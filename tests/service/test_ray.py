@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from slmtune.training.distributed import free_port
 from tests.helpers import FACTS, chat_record, write_jsonl
-from tests.service.conftest import free_port, start_server, wait_for, wait_status
+from tests.service.conftest import start_server, wait_for, wait_status
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'slmtune[ray]')") \
     if not os.environ.get("CI") else __import__("ray")

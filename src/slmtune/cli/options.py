@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-METHODS_HELP = "lora, dora, qlora, ia3, prompt_tuning, prefix_tuning, p_tuning, adalora, loha, lokr, vera, full"
+from slmtune.methods import names as method_names
+
+METHODS_HELP = method_names()
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (optional: flags and --set can give it all).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="model.name: registry id or local model folder.")]

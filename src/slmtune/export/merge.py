@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import yaml
 
 from slmtune.artifacts import locate
-from slmtune.methods import METHODS
+from slmtune.methods import METHODS, Method, of_adapter
 from slmtune.models.loading import load_base_model, load_tokenizer
 
 
@@ -31,10 +32,9 @@ def merge(run_or_adapter: str | Path, out: str | Path, precision: str = "fp32") 
         return out
     if src.adapter_dir is None:
         raise MergeError(f"{run_or_adapter}: no adapter to merge (a base model is already plain)")
-    method = _method_of(Path(run_or_adapter), src.adapter_dir)
-    m = METHODS.get(method)
+    m = _method_of(Path(run_or_adapter), src.adapter_dir)
     if m is not None and not m.mergeable:
-        raise MergeError(f"a {method} adapter cannot be merged: {m.merge_note}")
+        raise MergeError(f"a {m.name} adapter cannot be merged: {m.merge_note}")
     base = load_base_model(src.base_dir, precision)
     model = PeftModel.from_pretrained(base, str(src.adapter_dir))
     merged = model.merge_and_unload()
@@ -44,11 +44,7 @@ def merge(run_or_adapter: str | Path, out: str | Path, precision: str = "fp32") 
     return out
 
 
-def _method_of(run: Path, adapter_dir: Path) -> str:
+def _method_of(run: Path, adapter_dir: Path) -> Method | None:
     if (run / "config.yaml").exists():
-        return yaml.safe_load((run / "config.yaml").read_text())["method"]["name"]
-    import json
-
-    peft_type = json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "").lower()
-    return {"prompt_tuning": "prompt_tuning", "prefix_tuning": "prefix_tuning", "p_tuning": "p_tuning"}.get(
-        peft_type, peft_type)
+        return METHODS.get(yaml.safe_load((run / "config.yaml").read_text())["method"]["name"])
+    return of_adapter(json.loads((adapter_dir / "adapter_config.json").read_text()))

@@ -20,13 +20,16 @@ import math
 
 import torch
 
+from slmtune.methods import of_adapter
+
 PREFIX = "base_model.model."
 
 
 def unmixable(config: dict) -> str | None:
     """Why an adapter cannot share the base's batch (None: it can)."""
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        return f"{config.get('peft_type')} is not LoRA"
+    method = of_adapter(config)
+    if method is None or not method.batchable:
+        return f"{method.name if method else config.get('peft_type')} is not plain LoRA"
     checks = {"use_dora": "DoRA", "modules_to_save": "modules_to_save", "rank_pattern": "rank_pattern",
               "alpha_pattern": "alpha_pattern", "fan_in_fan_out": "fan_in_fan_out", "lora_bias": "lora_bias",
               "target_parameters": "target_parameters", "layer_replication": "layer_replication",

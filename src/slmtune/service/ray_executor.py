@@ -90,9 +90,9 @@ class _JobActor:
         return {"node_id": node_id, "ip": ip, "host": socket.gethostname(), "pid": os.getpid()}
 
     def free_port(self) -> int:
-        with socket.socket() as s:
-            s.bind(("", 0))  # free on every interface of the node: its peers connect to its address
-            return s.getsockname()[1]
+        from slmtune.training.distributed import free_port
+
+        return free_port("")  # free on every interface of the node: its peers connect to its address
 
     def run(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool) -> int:
         """The local executor's child, on this node; its exit code."""

@@ -26,7 +26,6 @@ from slmtune.training.result import TrainResult
 
 WORKER_ENV = "SLMTUNE_DIST_WORKER"
 ERRORS_DIR = "worker-errors"  # each failed rank writes "Type: message" here; the launcher reports the first
-PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning", "p_tuning")
 
 
 class LaunchError(RuntimeError):
@@ -65,7 +64,7 @@ def check(cfg, method) -> list[str]:
     if method.quantized and strategy in ("zero3", "fsdp"):
         problems.append(f"distributed.strategy: {strategy} shards parameters, and {method.name}'s 4/8-bit "
                         "bitsandbytes weights cannot be sharded; use ddp, zero1 or zero2")
-    if method.name in PROMPT_LEARNING and strategy in ("fsdp", "zero3"):
+    if method.prompt_learning and strategy in ("fsdp", "zero3"):
         problems.append(f"distributed.strategy: {strategy} with {method.name} is not supported (its virtual-token "
                         "encoder sits outside the sharded decoder layers); use ddp, zero1 or zero2")
     if d.deepspeed and not strategy.startswith("zero"):
@@ -160,10 +159,11 @@ def trainer_args(cfg, strategy: str, run_dir: Path, model) -> dict:
     return kw
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now (for a rendezvous started right away)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on this machine now (for a rendezvous or a server started right away); ``host=""``: free on
+    every interface (a rendezvous that other nodes reach)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

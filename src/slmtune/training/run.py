@@ -39,7 +39,7 @@ from slmtune.training import distributed
 from slmtune.training.dpo import build_dpo_trainer
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.result import TrainResult
-from slmtune.training.trainer import AdaLoraBudget, EventCallback, SLMTrainer
+from slmtune.training.trainer import AfterOptimizerStep, EventCallback, SLMTrainer
 
 
 class RunDirError(ValueError):
@@ -72,7 +72,7 @@ def check_config(cfg: TrainConfig) -> None:
         p = getattr(cfg.data, key)
         if p and not Path(p).is_file():
             problems.append(f"data.{key}: no such file: {p}")
-    if cfg.data.packing and method.name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+    if cfg.data.packing and method.prompt_learning:
         problems.append(f"data.packing: not possible with {method.name} (virtual tokens are per sequence)")
     if cfg.data.packing and cfg.train.objective == "dpo":
         problems.append("data.packing: not supported with train.objective dpo")
@@ -472,8 +472,8 @@ def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, mode
     callback = EventCallback(bus, run_dir, cfg.train.save_total_limit)
     callback.trainer = trainer
     trainer.add_callback(callback)
-    if method.name == "adalora":
-        trainer.add_callback(AdaLoraBudget())
+    if method.after_optimizer_step is not None:
+        trainer.add_callback(AfterOptimizerStep(method.after_optimizer_step))
     return callback
 
 

@@ -130,15 +130,19 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class AdaLoraBudget(TrainerCallback):
-    """AdaLoRA reallocates rank after each optimizer step, before gradients are zeroed (PEFT's contract)."""
+class AfterOptimizerStep(TrainerCallback):
+    """A method's ``after_optimizer_step`` hook (``Method.after_optimizer_step``: AdaLoRA's rank budget), called with
+    the PEFT model (unwrapped from DDP/DeepSpeed) after each optimizer step, before gradients are zeroed."""
+
+    def __init__(self, hook):
+        self.hook = hook
 
     def on_optimizer_step(self, args, state, control, model=None, **kw):
         peft_model = model
         while peft_model is not None and not hasattr(peft_model, "base_model"):
             peft_model = getattr(peft_model, "module", None)
         if peft_model is not None:
-            peft_model.base_model.update_and_allocate(state.global_step)
+            self.hook(peft_model, state.global_step)
 
 
 class EventCallback(TrainerCallback):
