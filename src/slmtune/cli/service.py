@@ -64,9 +64,9 @@ def check_executor(settings) -> None:
 
 
 def open_db(url: str, migrate: bool = False):
-    """The service database, its schema created or checked (``slmtune.service.schema``); exit 2 with the reason."""
+    """The service database, its schema created or checked (``slmtune.service.migrations``); exit 2 with the reason."""
     from slmtune.service.db import Database
-    from slmtune.service.schema import SchemaError
+    from slmtune.service.migrations import SchemaError
 
     database = Database(url)
     try:

@@ -28,6 +28,7 @@ from slmtune.cli.options import (
     ValidationOpt,
     build,
 )
+from slmtune.training.result import RunStatus
 
 
 @handle_errors
@@ -77,7 +78,7 @@ def train(
         out.print(f"[green]done[/] node {cfg.distributed.node_rank}: its processes finished; the run directory, "
                   "metrics and artifact are on node 0")
         return
-    if result.status == "interrupted":
+    if result.status == RunStatus.INTERRUPTED:
         err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] "
                   f"slmtune train --resume {result.run_dir}")
         raise typer.Exit(130)

@@ -60,7 +60,7 @@ class Prepared:
 
 
 @dataclass
-class Choice:
+class GeneratedChoice:
     text: str = ""
     finish_reason: str = "stop"
     completion_tokens: int = 0
@@ -70,7 +70,7 @@ class Choice:
 @dataclass
 class Completion:
     prompt_tokens: int
-    choices: list[Choice]
+    choices: list[GeneratedChoice]
 
     @property
     def completion_tokens(self) -> int:
@@ -279,7 +279,7 @@ class Collector:
     """Gathers a request's events into a :class:`Completion`, whoever waits for them (a thread or a coroutine)."""
 
     def __init__(self, req: GenerationRequest):
-        self.completion = Completion(req.prompt_tokens, [Choice() for _ in req.seqs])
+        self.completion = Completion(req.prompt_tokens, [GeneratedChoice() for _ in req.seqs])
         self.left = len(req.seqs)
 
     def add(self, ev) -> bool:

@@ -16,7 +16,7 @@ from slmtune.scenarios.catalog import get
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
 from slmtune.scenarios.report import write_report
 from slmtune.training import run as engine
-from slmtune.training.run import TrainResult
+from slmtune.training.result import RunStatus, TrainResult
 
 
 def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
@@ -38,7 +38,7 @@ def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
             bus.close()
         result = engine.train(cfg, resume=resume, sinks=[_KeepOpen(s) for s in held], progress=progress,
                               run_dir_ready=True)
-        if result is None or result.status != "succeeded" or not cfg.scenario.eval:
+        if result is None or result.status != RunStatus.SUCCEEDED or not cfg.scenario.eval:
             return result
         bus, held = _bus(held, run_dir, progress, keep_open=False), []  # the bus closes them now
         try:

@@ -1,6 +1,6 @@
 """Service storage: SQLAlchemy 2 tables, one engine per URL (SQLite with WAL by default, PostgreSQL for scale).
 
-The tables change only through a migration in ``migrations/versions`` (``slmtune.service.schema``); a test runs
+The tables change only through a migration in ``migrations/versions`` (``slmtune.service.migrations``); a test runs
 ``alembic check`` so that a model edited without one fails CI.
 
 Every row that a user can see belongs to one project. Public ids (``file-…``, ``ftjob-…``) are strings; an
@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from slmtune.paths import private_file
-from slmtune.service import schema
+from slmtune.service import migrations
 
 _B62 = string.ascii_letters + string.digits
 
@@ -165,8 +165,8 @@ class Database:
 
     def ensure_schema(self, migrate: bool = False) -> str:
         """Create the tables at the newest migration, or check (and with ``migrate`` upgrade) an existing
-        database; raises ``schema.SchemaError`` naming the command to run. See ``slmtune.service.schema``."""
-        return schema.ensure(self.url, migrate=migrate)
+        database; raises ``migrations.SchemaError`` naming the command to run. See ``slmtune.service.migrations``."""
+        return migrations.ensure(self.url, migrate=migrate)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -6,7 +6,7 @@ starts the training and hands back a handle the worker's watch loop drives the s
   (:mod:`slmtune.service.ray_executor`; ``pip install 'slmtune[ray]'``).
 
 A handle has ``alive()``, ``wait(seconds)``, ``interrupt()`` (save a checkpoint and stop), ``kill()``,
-``exitcode`` (``queue.EXIT_*``), ``error`` (why the executor could not run it, else None), ``placement()`` (a note
+``exitcode`` (``states.ExitCode``), ``error`` (why the executor could not run it, else None), ``placement()`` (a note
 for the job's events: where it runs, or what it waits for) and ``describe()`` (where it runs, for starts.jsonl; None
 until placed).
 """

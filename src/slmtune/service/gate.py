@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from slmtune.service.auth import bearer_key, hash_key, project_for_key
 from slmtune.service.errors import APIError, Forbidden, TooLarge
+from slmtune.service.schemas import ErrorResponse
 
 AUTH_THREADS = 4  # key lookups in flight at once; more wait on the event loop (a coroutine each, no thread)
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -58,9 +59,8 @@ def body_too_large(limit: int, what: str = "The request body", code: str = "requ
 
 def envelope(status: int, message: str, *, type_: str = "invalid_request_error", param=None, code=None,
              headers: dict | None = None) -> JSONResponse:
-    """OpenAI's error body; the one place it is built (the app's exception handlers call it too)."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """An error answer (``schemas.ErrorResponse``); the app's exception handlers call it too."""
+    return JSONResponse(ErrorResponse.body(message, type_, param, code), status_code=status, headers=headers)
 
 
 def error_response(exc: APIError, **extra_headers: str) -> JSONResponse:

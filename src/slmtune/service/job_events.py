@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 
 from slmtune.service import jobs as J
 from slmtune.service.db import CheckpointRow, Database, JobRow, new_id
-from slmtune.service.queue import DB_DOWN, EXIT_LEASE_LOST, LeaseLost, fence, retrying
+from slmtune.service.queue import DB_DOWN, LeaseLost, fence, retrying
+from slmtune.service.states import ExitCode
 
 log = logging.getLogger("slmtune.worker")
 
@@ -87,7 +88,7 @@ class DBSink:
                         self._write(s, event)
                 except LeaseLost:
                     log.warning("job %s is another worker's now: stopping this training", self.job_id)
-                    os._exit(EXIT_LEASE_LOST)
+                    os._exit(ExitCode.LEASE_LOST)
                 self._pending.popleft()
 
     def _write(self, s, event) -> None:

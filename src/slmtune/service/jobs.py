@@ -27,9 +27,8 @@ from slmtune.service.schemas import (
     JobPlanRequest,
 )
 from slmtune.service.settings import Settings
+from slmtune.service.states import JobStatus
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-ACTIVE = {"validating_files", "queued", "running", "paused"}
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 BASE_LR = 2e-4  # learning_rate_multiplier scales this (the LoRA default of the CLI)
 MAX_LR_MULTIPLIER = 100.0  # a learning rate of 0.02: past it a LoRA run only diverges
@@ -50,7 +49,7 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
             raise BadRequest("metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.",
                              param="metadata")
     active = session.scalar(select(func.count()).select_from(JobRow).where(
-        JobRow.project_id == project, JobRow.status.in_(ACTIVE)))
+        JobRow.project_id == project, JobRow.status.in_(JobStatus.active())))
     check_quota(session, settings, project, 0, param="training_file")
     if active >= settings.max_active_jobs_per_project:
         raise RateLimited(f"This project already has {active} active fine-tuning jobs (limit "
@@ -60,7 +59,7 @@ def create_job(*, session: Session, settings: Settings, project: str, req: FineT
         id=new_id("ftjob-"), project_id=project, created_at=now(), model=req.model,
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31), metadata_=req.metadata,
-        method=method, status="validating_files", result_files=[],
+        method=method, status=JobStatus.VALIDATING_FILES, result_files=[],
     )
     session.add(job)
     session.flush()
@@ -238,7 +237,7 @@ def to_public(job: JobRow) -> FineTuningJob:
         finished_at=job.finished_at, hyperparameters=hp, model=job.model, organization_id=f"org-{job.project_id}",
         result_files=list(job.result_files or []), seed=job.seed, status=job.status,
         trained_tokens=job.trained_tokens, training_file=job.training_file, validation_file=job.validation_file,
-        estimated_finish=job.estimated_finish if job.status == "running" else None, integrations=None,
+        estimated_finish=job.estimated_finish if job.status == JobStatus.RUNNING else None, integrations=None,
         metadata=job.metadata_, method=method, user_provided_suffix=job.suffix,
     )
 
@@ -258,18 +257,18 @@ def _transition(session: Session, project: str, job_id: str, allowed, values: di
 
 
 def cancel_job(*, session: Session, project: str, job_id: str) -> JobRow:
-    job = _transition(session, project, job_id, ACTIVE,
-                      {"status": "cancelled", "finished_at": now(), "pause_requested": False},
+    job = _transition(session, project, job_id, JobStatus.active(),
+                      {"status": JobStatus.CANCELLED, "finished_at": now(), "pause_requested": False},
                       lambda j: f"Job {job_id} is already {j.status} and cannot be cancelled.")
-    add_event(session, job.id, "Job cancelled", key="cancelled")
+    add_event(session, job.id, "Job cancelled", key=JobStatus.CANCELLED)
     return job
 
 
 def pause_job(*, session: Session, project: str, job_id: str) -> JobRow:
     job = get_job(session=session, project=project, job_id=job_id)
-    if job.status == "running" and job.pause_requested:
+    if job.status == JobStatus.RUNNING and job.pause_requested:
         return job
-    job = _transition(session, project, job_id, ("running",), {"pause_requested": True},
+    job = _transition(session, project, job_id, (JobStatus.RUNNING,), {"pause_requested": True},
                       lambda j: f"Job {job_id} is {j.status}; only a running job can be paused.")
     add_event(session, job.id, "Pause requested: saving a checkpoint")
     return job
@@ -277,8 +276,8 @@ def pause_job(*, session: Session, project: str, job_id: str) -> JobRow:
 
 def resume_job(*, session: Session, project: str, job_id: str) -> JobRow:
     # attempts back to 0: a pause is a clean stop, not a failed start, so pause/resume cycles never use them up
-    job = _transition(session, project, job_id, ("paused",),
-                      {"status": "queued", "pause_requested": False, "attempts": 0},
+    job = _transition(session, project, job_id, (JobStatus.PAUSED,),
+                      {"status": JobStatus.QUEUED, "pause_requested": False, "attempts": 0},
                       lambda j: f"Job {job_id} is {j.status}; only a paused job can be resumed.")
     add_event(session, job.id, "Job resumed: moving job to queued state")
     return job

@@ -19,14 +19,12 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from slmtune.service.db import Database, JobRow
+from slmtune.service.states import JobStatus
 
 log = logging.getLogger("slmtune.worker")
 
 MAX_ATTEMPTS = 5
 DB_DOWN = (OperationalError, DBAPIError)  # connection refused / reset / server restarting
-# how a training child ends (the worker reads its exit code)
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LEASE_LOST = 0, 1, 3, 4
-EXIT_NODE_LOST = 5  # (Ray executor) the node running the job died: back to the queue, resumed from a checkpoint
 
 
 class JobRefused(RuntimeError):
@@ -110,7 +108,7 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> tuple[str, int]
     with db.session() as s:
         candidates = s.execute(
             select(JobRow.id, JobRow.status).where(
-                JobRow.status.in_(("validating_files", "queued", "running")), expired,
+                JobRow.status.in_(JobStatus.claimable()), expired,
             ).order_by(JobRow.seq).limit(10)
         ).all()
     for job_id, status in candidates:
@@ -136,7 +134,7 @@ def release(db: Database, job_id: str, token: int, requeue: bool) -> None:
         s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token).values(**values))
         if requeue:
             s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token,
-                                           JobRow.status == "running").values(status="queued"))
+                                           JobRow.status == JobStatus.RUNNING).values(status=JobStatus.QUEUED))
 
 
 def set_status(s, job_id: str, token: int, expected, **values) -> bool:

@@ -28,9 +28,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from slmtune.planner import plan
-from slmtune.service.queue import EXIT_FAILED, EXIT_NODE_LOST, EXIT_OK, JobRefused
+from slmtune.service.queue import JobRefused
 from slmtune.service.runner import LocalRun
 from slmtune.service.settings import Settings
+from slmtune.service.states import ExitCode
 
 # Environment the training child needs from the process that started the executor (a Ray worker inherits the
 # environment of the node's `ray start`, not the driver's) — settings only: anything that names a secret stays
@@ -191,7 +192,7 @@ class RayRun:
                     self._launch()
                 except self.ray.exceptions.RayError as e:  # an actor that could not start (its environment)
                     self.error = f"the Ray actor for the job could not start: {e}"
-                    self._code = EXIT_FAILED
+                    self._code = ExitCode.FAILED
                     self._release()
             return
         ready, _ = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout)
@@ -223,7 +224,7 @@ class RayRun:
         collective until a timeout, so the job ends now."""
         ready, _ = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
         for ref in ready:
-            if self._get(ref) != EXIT_OK:
+            if self._get(ref) != ExitCode.OK:
                 return True
         return False
 
@@ -231,16 +232,16 @@ class RayRun:
         try:
             return int(self.ray.get(ref))
         except self.ray.exceptions.RayActorError:  # the actor died: its node was lost (or it was killed)
-            return EXIT_NODE_LOST
+            return ExitCode.NODE_LOST
         except self.ray.exceptions.RayError:
-            return EXIT_FAILED
+            return ExitCode.FAILED
 
     def _finish(self) -> None:
-        codes = [self._get(ref) for ref in self.refs] if self.refs else [EXIT_FAILED]
-        bad = [c for c in codes if c != EXIT_OK]
+        codes = [self._get(ref) for ref in self.refs] if self.refs else [ExitCode.FAILED]
+        bad = [c for c in codes if c != ExitCode.OK]
         # node 0's code tells how the run ended (interrupted, failed); a lost node wins so the job is retried
-        self._code = EXIT_NODE_LOST if EXIT_NODE_LOST in bad else (codes[0] if codes[0] != EXIT_OK else
-                                                                   (bad[0] if bad else EXIT_OK))
+        self._code = ExitCode.NODE_LOST if ExitCode.NODE_LOST in bad else (codes[0] if codes[0] != ExitCode.OK else
+                                                                   (bad[0] if bad else ExitCode.OK))
         self._release()
 
     def _release(self) -> None:

@@ -1,6 +1,6 @@
 """The training child process: started by the worker (spawn), it leads its own process group (so a cancel or a lost
 lease kills torchrun and its ranks too), dies with its worker, runs at lower priority than the API, and writes its
-events through a ``DBSink``. Its exit code tells the worker how it ended (``queue.EXIT_*``)."""
+events through a ``DBSink``. Its exit code tells the worker how it ended (``states.ExitCode``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import signal
 from slmtune.scenarios.run import train
 from slmtune.service.db import Database
 from slmtune.service.job_events import DBSink
-from slmtune.service.queue import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from slmtune.service.states import ExitCode
+from slmtune.training.result import RunStatus
 
 JOB_NICE = 10  # niceness of training processes (their launchers and ranks inherit it)
 JOB_GROUP_ENV = "SLMTUNE_JOB_GROUP"  # set in the training child: launchers keep their processes in its group
@@ -26,7 +27,7 @@ def _die_with_parent(parent_pid: int) -> None:
     except OSError:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(EXIT_FAILED)
+        os._exit(ExitCode.FAILED)
 
 
 def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool,
@@ -43,15 +44,15 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
     try:
         result = train(cfg, resume=resume, sinks=[sink])
         # None: a node other than 0 of a multi-node job (node 0 reports the run)
-        code = EXIT_OK if result is None or result.status == "succeeded" else EXIT_INTERRUPTED
+        code = ExitCode.OK if result is None or result.status == RunStatus.SUCCEEDED else ExitCode.INTERRUPTED
     except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
+        code = ExitCode.INTERRUPTED
     except BaseException:  # noqa: BLE001 - the engine already emitted the error as an event
-        code = EXIT_FAILED
+        code = ExitCode.FAILED
     try:
         sink.close()
     except Exception:  # noqa: BLE001 - events that never reached the database: the job cannot be trusted
-        code = EXIT_FAILED
+        code = ExitCode.FAILED
     os._exit(code)
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slmtune.service.states import JobStatus
+
 MAX_CHOICES = 8  # n per chat request
 MAX_MESSAGES = 2048  # messages per chat request
 MAX_STOP_CHARS = 256  # characters per stop sequence (each is matched against the text at every token)
@@ -30,9 +32,15 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every non-2xx answer: ``{"error": {"message", "type", "param", "code"}}``."""
+    """Every non-2xx answer: ``{"error": {"message", "type", "param", "code"}}`` (and a stream's in-band failure).
+    The one builder of that body: ``gate.envelope`` and the chat stream serialise it; the OpenAPI schema shows it."""
 
     error: ErrorBody
+
+    @classmethod
+    def body(cls, message: str, type_: str = "invalid_request_error", param: str | None = None,
+             code: str | None = None) -> dict:
+        return cls(error=ErrorBody(message=message, type=type_, param=param, code=code)).model_dump()
 
 
 def error_responses(*statuses: int) -> dict:
@@ -206,7 +214,7 @@ class FineTuningJob(BaseModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+    status: JobStatus
     trained_tokens: int | None = None
     training_file: str
     validation_file: str | None = None

@@ -45,9 +45,6 @@ from slmtune.service.executors import make_executor
 from slmtune.service.files import store_file
 from slmtune.service.queue import (
     DB_DOWN,
-    EXIT_INTERRUPTED,
-    EXIT_NODE_LOST,
-    EXIT_OK,
     MAX_ATTEMPTS,
     JobRefused,
     Lease,
@@ -59,6 +56,7 @@ from slmtune.service.queue import (
     set_status,
 )
 from slmtune.service.settings import Settings
+from slmtune.service.states import ExitCode, JobStatus
 from slmtune.training.distributed import free_port
 
 log = logging.getLogger("slmtune.worker")
@@ -148,7 +146,7 @@ class Worker:
                         fence(s, job_id, token)
                         job.run_dir = str(run_dir)
                     status = job.status
-                if status == "validating_files":
+                if status == JobStatus.VALIDATING_FILES:
                     if not self.validate(job_id, token, run_dir):
                         return
                 if self.stop.is_set():
@@ -187,7 +185,7 @@ class Worker:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             method = _with_hyper(job.method, J.resolve_hyperparameters(_hyper(job.method), n_train))
-            if not set_status(s, job_id, token, "validating_files", status="queued", method=method):
+            if not set_status(s, job_id, token, JobStatus.VALIDATING_FILES, status=JobStatus.QUEUED, method=method):
                 return False  # cancelled meanwhile (or taken over)
             J.add_event(s, job_id, "Files validated, moving job to queued state", key="validated")
         return True
@@ -248,7 +246,8 @@ class Worker:
     def train(self, job_id: str, token: int, run_dir: Path) -> None:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
-            if not set_status(s, job_id, token, ("queued", "running"), status="running", pause_requested=False):
+            if not set_status(s, job_id, token, (JobStatus.QUEUED, JobStatus.RUNNING), status=JobStatus.RUNNING,
+                              pause_requested=False):
                 return
             cfg = self._config(job, run_dir)
             # a multi-node job starts again from step 0 after a lost node (each node keeps its own launch state)
@@ -313,7 +312,7 @@ class Worker:
                                               .where(JobRow.id == job_id)).one()
             except DB_DOWN:
                 continue  # the database is away: training goes on, the child buffers its events
-            if status == "cancelled":
+            if status == JobStatus.CANCELLED:
                 self.kill_child()
                 break
             if pause and not interrupted and self.child.alive():
@@ -325,7 +324,7 @@ class Worker:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if job.claims != token:
                 raise LeaseLost(job_id)
-            if job.status != "cancelled":
+            if job.status != JobStatus.CANCELLED:
                 self._fail(s, job, token, "executor_failed", f"Fine-tuning could not start: {reason}", None)
 
     def _ending(self, job_id: str, token: int, run_dir: Path, ft_name: str, code: int | None) -> None:
@@ -333,11 +332,11 @@ class Worker:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if job.claims != token:
                 raise LeaseLost(job_id)
-            if job.status == "cancelled":
+            if job.status == JobStatus.CANCELLED:
                 s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.claims == token)
                           .values(lease_until=None, worker_id=None))
                 return
-            if code == EXIT_NODE_LOST and not self.stop.is_set():  # its node died: an attempt, then resumed
+            if code == ExitCode.NODE_LOST and not self.stop.is_set():  # its node died: an attempt, then resumed
                 s.rollback()
                 release(self.db, job_id, token, requeue=False)
                 ckpts = list_checkpoints(run_dir / "run")
@@ -345,15 +344,15 @@ class Worker:
                 with self.db.session() as s2:
                     J.add_event(s2, job_id, f"The node running the job was lost; the job goes back to the queue "
                                 f"and resumes{at} on a node that has its resources", level="warn")
-            elif code == EXIT_OK:
+            elif code == ExitCode.OK:
                 self._succeed(s, job, token, run_dir, ft_name)
-            elif code == EXIT_INTERRUPTED and job.pause_requested:
-                if set_status(s, job_id, token, "running", status="paused", pause_requested=False,
+            elif code == ExitCode.INTERRUPTED and job.pause_requested:
+                if set_status(s, job_id, token, JobStatus.RUNNING, status=JobStatus.PAUSED, pause_requested=False,
                              lease_until=None, worker_id=None):
                     ckpts = list_checkpoints(run_dir / "run")
                     at = f" at step {ckpts[-1][0]}" if ckpts else ""
                     J.add_event(s, job_id, f"Job paused{at}; resume continues from this checkpoint")
-            elif code != EXIT_OK and self.stop.is_set():  # told to stop: back to the queue, not a failure
+            elif code != ExitCode.OK and self.stop.is_set():  # told to stop: back to the queue, not a failure
                 s.rollback()
                 release(self.db, job_id, token, requeue=True)
                 ckpts = list_checkpoints(run_dir / "run")
@@ -370,7 +369,7 @@ class Worker:
         hp = _hyper(job.method)
         tokens_file = run_dir / "data" / "tokens"
         tokens = int(tokens_file.read_text()) if tokens_file.exists() else 0
-        if not set_status(s, job.id, token, "running", status="succeeded", fine_tuned_model=ft_name,
+        if not set_status(s, job.id, token, JobStatus.RUNNING, status=JobStatus.SUCCEEDED, fine_tuned_model=ft_name,
                          finished_at=now(), trained_tokens=tokens * int(hp["n_epochs"]), lease_until=None,
                          worker_id=None):
             return  # cancelled while the last step ran: the cancel wins
@@ -387,13 +386,13 @@ class Worker:
                                           content=path.read_bytes()).id)
         s.execute(update(JobRow).where(JobRow.id == job.id).values(result_files=results))
         J.add_event(s, job.id, f"New fine-tuned model created: {ft_name}", key="model-created")
-        J.add_event(s, job.id, "The job has successfully completed", key="succeeded")
+        J.add_event(s, job.id, "The job has successfully completed", key=JobStatus.SUCCEEDED)
 
     def _fail(self, s, job: JobRow, token: int, code: str, message: str, param: str | None) -> None:
-        if set_status(s, job.id, token, ("validating_files", "queued", "running"), status="failed",
+        if set_status(s, job.id, token, JobStatus.claimable(), status=JobStatus.FAILED,
                      error={"code": code, "message": message, "param": param}, finished_at=now(),
                      lease_until=None, worker_id=None):
-            J.add_event(s, job.id, message, level="error", key="failed")
+            J.add_event(s, job.id, message, level="error", key=JobStatus.FAILED)
             if job.run_dir:  # a failed job has no model: its data copies and checkpoints stop taking room
                 shutil.rmtree(job.run_dir, ignore_errors=True)
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    """How a training run ended (``TrainResult.status``)."""
+
+    SUCCEEDED = "succeeded"  # every step done, the artifact saved
+    INTERRUPTED = "interrupted"  # stopped at a checkpoint (Ctrl-C, SIGTERM, a pause): resume continues it
 
 
 @dataclass
 class TrainResult:
     run_dir: str
-    status: str  # "succeeded" | "interrupted"
+    status: RunStatus
     global_step: int
     total_steps: int
     train_loss: float | None

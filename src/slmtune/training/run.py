@@ -38,7 +38,7 @@ from slmtune.models.registry import resolve
 from slmtune.training import distributed
 from slmtune.training.dpo import build_dpo_trainer
 from slmtune.training.head_loss import unsupported_reason
-from slmtune.training.result import TrainResult
+from slmtune.training.result import RunStatus, TrainResult
 from slmtune.training.trainer import AfterOptimizerStep, EventCallback, SLMTrainer
 
 
@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
         trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args)
         callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
         status, runtime = fit(trainer, callback, ckpt, data)
-    artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == "succeeded" else None
+    artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == RunStatus.SUCCEEDED else None
     return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
 
 
@@ -482,8 +482,8 @@ def fit(trainer, callback, ckpt, data: Data) -> tuple[str, float]:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(ckpt[1]) if ckpt else None)
     runtime = time.perf_counter() - started
-    status = "interrupted" if callback.interrupted else "succeeded"
-    if data.has_val and status == "succeeded" and callback.last_eval.get("step") != trainer.state.global_step:
+    status = RunStatus.INTERRUPTED if callback.interrupted else RunStatus.SUCCEEDED
+    if data.has_val and status == RunStatus.SUCCEEDED and callback.last_eval.get("step") != trainer.state.global_step:
         trainer.evaluate()
         callback.flush()
     return status, runtime
@@ -531,7 +531,7 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
     )
     if distributed.rank() == 0:
         (run_dir / RESULT_FILE).write_text(result.to_json())
-    if status == "interrupted":
+    if status == RunStatus.INTERRUPTED:
         bus.emit(ev.message(
             f"Stopped at step {state.global_step}; resume with: slmtune train --resume {run_dir}",
             level="warn", step=state.global_step,

@@ -1,4 +1,4 @@
-"""Alembic environment for the service database (run by ``slmtune.service.schema``, never by hand).
+"""Alembic environment for the service database (run by ``slmtune.service.migrations``, never by hand).
 
 The caller passes an open connection inside a transaction (``config.attributes["connection"]``): every revision of
 one upgrade runs in that transaction, so on PostgreSQL a failing migration leaves the database at its old revision.

@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from slmtune.inference.request import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
 from slmtune.inference.serving import Collector, submit_async
-from slmtune.service import models
+from slmtune.service import project_models
 from slmtune.service.db import new_id
 from slmtune.service.deps import ProjectDep, SessionDep, SettingsDep
 from slmtune.service.errors import BadRequest, NotFound, RateLimited, ServerError
@@ -24,6 +24,7 @@ from slmtune.service.schemas import (
     Choice,
     ChoiceLogprobs,
     ChoiceMessage,
+    ErrorResponse,
     Usage,
 )
 
@@ -60,7 +61,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
         load = server.prepare(req.model)
     else:
         server = request.app.state.inference
-        base, adapter = models.resolve_for_chat(session=session, settings=settings, project=project,
+        base, adapter = project_models.resolve_for_chat(session=session, settings=settings, project=project,
                                                 model_id=req.model)
         load = server.prepare(base, adapter)
     session.close()  # generation can take seconds: do not hold a database connection meanwhile
@@ -142,9 +143,8 @@ async def _stream(req, handle, events: asyncio.Queue, cid: str, created: int, n:
         while left:
             ev = await events.get()
             if isinstance(ev, Failed):  # reported in-band, as OpenAI does mid-stream
-                err = {"message": f"The model failed while generating: {ev.error}", "type": "server_error",
-                       "param": None, "code": None}
-                yield f"data: {json.dumps({'error': err})}\n\n"
+                err = ErrorResponse.body(f"The model failed while generating: {ev.error}", "server_error")
+                yield f"data: {json.dumps(err)}\n\n"
                 return
             if isinstance(ev, Delta):
                 yield chunk([choice(ev.choice, {"content": ev.text}, logprobs=ev.logprobs)])

@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from slmtune import __version__
 
-HERE = Path(__file__).parent / "migrations"
+HERE = Path(__file__).parent  # env.py, script.py.mako and versions/ beside this module
 BASELINE = "0001"
 # the tables slmtune 0.1 created with create_all: their presence without alembic_version marks such a database
 BASELINE_TABLES = frozenset({"projects", "api_keys", "files", "jobs", "job_events", "job_checkpoints"})

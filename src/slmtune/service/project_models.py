@@ -15,6 +15,7 @@ from slmtune.service.errors import BadRequest, NotFound
 from slmtune.service.jobs import base_models
 from slmtune.service.schemas import ModelObject
 from slmtune.service.settings import Settings
+from slmtune.service.states import JobStatus
 
 _STARTED = now()
 
@@ -23,7 +24,7 @@ def list_models(*, session: Session, settings: Settings, project: str) -> list[M
     out = [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in base_models(settings)]
     out += [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in settings.onnx_models]
     out += [ModelObject(id=m, created=_STARTED, owned_by="slmtune") for m in settings.local_adapters]
-    jobs = session.scalars(select(JobRow).where(JobRow.project_id == project, JobRow.status == "succeeded",
+    jobs = session.scalars(select(JobRow).where(JobRow.project_id == project, JobRow.status == JobStatus.SUCCEEDED,
                                                 JobRow.model_deleted.is_(False)).order_by(JobRow.seq))
     for job in jobs:
         out.append(ModelObject(id=job.fine_tuned_model, created=job.finished_at or job.created_at,
@@ -69,7 +70,7 @@ def resolve_for_chat(*, session: Session, settings: Settings, project: str,
         base, adapter_dir = _local_adapter(str(settings.local_adapters[model_id]))
         return base, (model_id, adapter_dir)
     job = session.scalar(select(JobRow).where(JobRow.fine_tuned_model == model_id, JobRow.project_id == project,
-                                              JobRow.model_deleted.is_(False), JobRow.status == "succeeded"))
+                                              JobRow.model_deleted.is_(False), JobRow.status == JobStatus.SUCCEEDED))
     if job is not None:
         return job.model, (model_id, Path(job.run_dir) / "run" / "adapter")
     ckpt = session.scalar(select(CheckpointRow).join(JobRow, JobRow.id == CheckpointRow.job_id).where(
