@@ -8,48 +8,63 @@ from typing import Annotated
 import typer
 
 from slmtune.cli.common import err, fail
+from slmtune.service.settings import MiB, Settings
+
+
+def setting(name: str, *decls: str, per: int = 1, **kw):
+    """A flag for ``Settings.<name>``, its help and shown default taken from that one definition (``per``: the
+    flag's unit in the setting's, e.g. MiB for a --...-mb flag). Left out, the setting comes from its environment
+    variable (``SLMTUNE_<NAME>``) or its default."""
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=False) if field.default_factory is None else None
+    shown = f", default {default // per if per > 1 else default}" if default not in (None, False) else ""
+    text = f"{field.description} (env SLMTUNE_{name.upper()}{shown})".replace("[", "\\[")  # not rich markup
+    return typer.Option(*decls, help=text, show_default=False, **kw)
+
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite under $SLMTUNE_HOME/service; "
-                                                       "postgresql://user@host/db for scale-out).")]
+                                                       "postgresql://user@host/db for scale-out; env SLMTUNE_DB_URL)."
+                                           )]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored (default "
+                                                 "$SLMTUNE_HOME/service; env SLMTUNE_DATA_DIR).")]
+LeaseOpt = Annotated[float | None, setting("lease_seconds", min=0.01)]
+JobNprocOpt = Annotated[int | None, setting("job_nproc", min=1)]
+ExecutorOpt = Annotated[str | None, setting("executor")]
+RayAddressOpt = Annotated[str | None, setting("ray_address")]
+RayCpusOpt = Annotated[float | None, setting("ray_cpus", min=0.01)]
+RayGpusOpt = Annotated[float | None, setting("ray_gpus", min=0)]
+RayMemoryOpt = Annotated[float | None, setting("ray_memory_mb")]
+RayResourcesOpt = Annotated[str | None, setting("ray_resources")]
+JobNnodesOpt = Annotated[int | None, setting("job_nnodes", min=1)]
+StorageOpt = Annotated[str | None, setting("storage")]
+MigrateOpt = Annotated[bool, setting("migrate", "--migrate")]
 
 
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored "
-                                                                     "(default $SLMTUNE_HOME/service).")]
-LeaseOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before another worker takes a job over.")]
-JobNprocOpt = Annotated[int, typer.Option(help="Processes per training job (DDP; the job's batch size is split "
-                                          "over them).", min=1)]
-ExecutorOpt = Annotated[str, typer.Option(help="Where jobs train: local (a child process of the worker) or ray (a "
-                                         "node of the Ray cluster at --ray-address; pip install 'slmtune[ray]').")]
-RayAddressOpt = Annotated[str | None, typer.Option(help="The Ray head's address, HOST:PORT as `ray start --head` "
-                                                   "prints it.")]
-RayCpusOpt = Annotated[float, typer.Option(help="CPUs per node of a job (Ray executor).", min=0.01)]
-RayGpusOpt = Annotated[float, typer.Option(help="GPUs per node of a job (Ray executor).", min=0)]
-RayMemoryOpt = Annotated[float | None, typer.Option(help="Memory per node of a job in MB (Ray executor; default: "
-                                                    "the planner's estimate of the job's peak).")]
-RayResourcesOpt = Annotated[str | None, typer.Option(help="Custom Ray resources per node of a job, as JSON, e.g. "
-                                                     "'{\"a100\": 1}' (Ray executor).")]
-JobNnodesOpt = Annotated[int, typer.Option(help="Nodes per job (Ray executor): DDP across them, the rendezvous "
-                                           "filled in by slmtune.", min=1)]
-StorageOpt = Annotated[str | None, typer.Option(help="Where job runs (checkpoints, adapters) are kept (default "
-                                                "DATA_DIR/runs); with the Ray executor, a path every node sees.")]
-MigrateOpt = Annotated[bool, typer.Option("--migrate", help="Upgrade an older database schema at start (back the "
-                                          "database up first); without it start-up stops and says so.")]
-
-
-def executor_settings(executor: str, ray_address: str | None, ray_cpus: float, ray_gpus: float,
-                      ray_memory_mb: float | None, ray_resources: str | None, job_nnodes: int,
+def executor_settings(executor: str | None, ray_address: str | None, ray_cpus: float | None, ray_gpus: float | None,
+                      ray_memory_mb: float | None, ray_resources: str | None, job_nnodes: int | None,
                       storage: str | None) -> dict:
-    """The executor's settings from the flags; exit 2 naming the flag that is wrong."""
+    """The executor's settings from the flags given; exit 2 naming the flag that is wrong."""
     import json
 
-    try:
-        resources = json.loads(ray_resources) if ray_resources else {}
-        if not isinstance(resources, dict) or not all(isinstance(v, (int, float)) for v in resources.values()):
-            raise ValueError("expected a JSON object of resource name → amount")
-    except ValueError as e:
-        fail(f"--ray-resources {ray_resources}: {e}", 2)
-    return {"executor": executor, "ray_address": ray_address, "ray_cpus": ray_cpus, "ray_gpus": ray_gpus,
-            "ray_memory_mb": ray_memory_mb, "ray_resources": resources, "job_nnodes": job_nnodes, "storage": storage}
+    resources = None
+    if ray_resources is not None:
+        try:
+            resources = json.loads(ray_resources)
+            if not isinstance(resources, dict) or not all(isinstance(v, (int, float)) for v in resources.values()):
+                raise ValueError("expected a JSON object of resource name → amount")
+        except ValueError as e:
+            fail(f"--ray-resources {ray_resources}: {e}", 2)
+    return given(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, ray_gpus=ray_gpus,
+                 ray_memory_mb=ray_memory_mb, ray_resources=resources, job_nnodes=job_nnodes, storage=storage)
+
+
+def mib(mb: int | None) -> int | None:
+    return mb * MiB if mb is not None else None
+
+
+def given(**flags) -> dict:
+    """The flags the user gave (the others leave their setting to the environment or its default)."""
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def check_executor(settings) -> None:
@@ -82,10 +97,8 @@ def shown(url: str) -> str:
     return url.split("@")[-1]
 
 
-def settings_for(db: str | None, data_dir: Path | None = None, **kw):
-    from slmtune.service.settings import Settings
-
-    return Settings(**({"db_url": db} if db else {}), **({"data_dir": data_dir} if data_dir else {}), **kw)
+def settings_for(db: str | None, data_dir: Path | None = None, **kw) -> Settings:
+    return Settings(**given(db_url=db, data_dir=data_dir), **kw)
 
 
 def serve(
@@ -95,29 +108,23 @@ def serve(
     data_dir: DataDirOpt = None,
     workers: Annotated[int, typer.Option(help="Job workers run inside the server process.")] = 1,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no worker here (use `slmtune worker`).")] = False,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default'.")
-                       ] = False,
-    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload.")] = 512,
-    max_body_mb: Annotated[int, typer.Option(help="Largest request body other than an upload (JSON: chat, jobs); "
-                                             "past it 413.", min=1)] = 8,
-    body_timeout: Annotated[float, typer.Option(help="Seconds a JSON body may take to arrive in full (and an "
-                                                "upload between two chunks); past it 408.", min=0.1)] = 30.0,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Single-user mode: no API key, project 'default' "
+                                          "(env SLMTUNE_AUTH=false).")] = False,
+    max_upload_mb: Annotated[int | None, setting("max_upload_bytes", per=MiB, min=1)] = None,
+    max_body_mb: Annotated[int | None, setting("max_body_bytes", per=MiB, min=1)] = None,
+    body_timeout: Annotated[float | None, setting("body_timeout", min=0.1)] = None,
     allowed_hosts: Annotated[list[str] | None, typer.Option("--allowed-hosts", help="With --no-auth: a Host name "
                                                             "(and web-page origin) to serve besides the loopback "
                                                             "names (repeatable; '*' for any).")] = None,
     max_connections: Annotated[int, typer.Option(help="Open connections served at once; past it 503 (with "
                                                  "the body cap, what bounds the memory clients can hold).",
                                                  min=1)] = 1024,
-    api_docs: Annotated[bool, typer.Option("--api-docs", help="Serve /docs and /redoc (their pages load their "
-                                           "scripts from a CDN).")] = False,
-    max_active_jobs: Annotated[int, typer.Option(help="Active (not finished) jobs per project.")] = 8,
-    rate_limit: Annotated[int, typer.Option(help="Requests a minute per API key (bursts up to as many); past it "
-                                            "429 with Retry-After. 0: no limit.", min=0)] = 3000,
-    max_storage_mb: Annotated[int, typer.Option(help="Megabytes a project keeps (uploads, result files and its "
-                                                "jobs' runs: checkpoints, adapters); past it an upload or a new "
-                                                "job gets 413. 0: no quota.", min=0)] = 10240,
-    lease_seconds: LeaseOpt = 30.0,
-    job_nproc: JobNprocOpt = 1,
+    api_docs: Annotated[bool, setting("api_docs", "--api-docs")] = False,
+    max_active_jobs: Annotated[int | None, setting("max_active_jobs_per_project", min=1)] = None,
+    rate_limit: Annotated[int | None, setting("rate_limit_rpm", min=0)] = None,
+    max_storage_mb: Annotated[int | None, setting("max_storage_bytes", per=MiB, min=0)] = None,
+    lease_seconds: LeaseOpt = None,
+    job_nproc: JobNprocOpt = None,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Allow --no-auth on an address other "
                                                    "than loopback (anyone who reaches it acts as project "
                                                    "'default').")] = False,
@@ -126,22 +133,18 @@ def serve(
     adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Serve a tuned model trained outside the "
                                                       "service as NAME (NAME=DIR: a run dir or adapter folder; "
                                                       "repeatable). LoRA adapters share their base's batch.")] = None,
-    max_running: Annotated[int, typer.Option(help="Chat sequences decoded together per model (its batch).")] = 32,
-    max_queued: Annotated[int, typer.Option(help="Chat sequences waiting per model; past it a request gets 429 "
-                                            "with Retry-After.")] = 128,
-    max_queued_per_project: Annotated[int, typer.Option(help="Of those, one project's; past it that project's "
-                                                        "chat gets 429 (other projects still get in).",
-                                                        min=1)] = 64,
-    adapter_cache: Annotated[int, typer.Option(help="LoRA adapters kept loaded per base model (LRU).")] = 8,
-    precision: Annotated[str, typer.Option(help="Chat weights: auto (bf16 where the CPU/GPU has fast bf16), "
-                                           "bf16 or fp32.")] = "auto",
-    executor: ExecutorOpt = "local",
+    max_running: Annotated[int | None, setting("max_running", min=1)] = None,
+    max_queued: Annotated[int | None, setting("max_queued", min=0)] = None,
+    max_queued_per_project: Annotated[int | None, setting("max_queued_per_project", min=1)] = None,
+    adapter_cache: Annotated[int | None, setting("adapter_cache_size", min=1)] = None,
+    precision: Annotated[str | None, setting("serve_precision")] = None,
+    executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
-    ray_cpus: RayCpusOpt = 1.0,
-    ray_gpus: RayGpusOpt = 0.0,
+    ray_cpus: RayCpusOpt = None,
+    ray_gpus: RayGpusOpt = None,
     ray_memory_mb: RayMemoryOpt = None,
     ray_resources: RayResourcesOpt = None,
-    job_nnodes: JobNnodesOpt = 1,
+    job_nnodes: JobNnodesOpt = None,
     storage: StorageOpt = None,
     migrate: MigrateOpt = False,
 ) -> None:
@@ -152,9 +155,6 @@ def serve(
     from slmtune.service.app import create_app
     from slmtune.service.settings import LOOPBACK_HOSTS
 
-    if no_auth and not insecure_no_auth and host not in LOOPBACK_HOSTS:
-        fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "
-              "--no-auth (and create keys with `slmtune keys create`), or add --insecure-no-auth", 2)
     onnx_models = {}
     for item in onnx or []:
         name, _, folder = item.partition("=")
@@ -175,23 +175,29 @@ def serve(
     try:
         hosts = [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::") else []),
                  *(allowed_hosts or [])]
-        settings = settings_for(db, data_dir, auth=not no_auth, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                             max_body_bytes=max_body_mb * 1024 * 1024, body_timeout=body_timeout,
-                             allowed_hosts=hosts, api_docs=api_docs, max_queued_per_project=max_queued_per_project,
-                             onnx_models=onnx_models, local_adapters=local_adapters, max_running=max_running,
-                             max_queued=max_queued, adapter_cache_size=adapter_cache, serve_precision=precision,
-                             max_active_jobs_per_project=max_active_jobs, lease_seconds=lease_seconds,
-                             job_nproc=job_nproc,
-                             rate_limit_rpm=rate_limit, max_storage_bytes=max_storage_mb * 1024 * 1024,
-                             migrate=migrate, **executor_settings(executor, ray_address, ray_cpus, ray_gpus,
-                                                                  ray_memory_mb, ray_resources, job_nnodes, storage))
+        settings = settings_for(db, data_dir, allowed_hosts=hosts, onnx_models=onnx_models,
+                                local_adapters=local_adapters, **given(
+                                    auth=False if no_auth else None, max_upload_bytes=mib(max_upload_mb),
+                                    max_body_bytes=mib(max_body_mb), body_timeout=body_timeout,
+                                    api_docs=api_docs or None,
+                                    max_queued_per_project=max_queued_per_project, max_running=max_running,
+                                    max_queued=max_queued, adapter_cache_size=adapter_cache,
+                                    serve_precision=precision, max_active_jobs_per_project=max_active_jobs,
+                                    lease_seconds=lease_seconds, job_nproc=job_nproc, rate_limit_rpm=rate_limit,
+                                    max_storage_bytes=mib(max_storage_mb), migrate=migrate or None),
+                                **executor_settings(executor, ray_address, ray_cpus, ray_gpus, ray_memory_mb,
+                                                    ray_resources, job_nnodes, storage))
     except ValueError as e:
         fail(f"slmtune serve: {e}", 2)
-    open_db(settings.db_url, migrate).dispose()
+    if not settings.auth and not insecure_no_auth and host not in LOOPBACK_HOSTS:
+        fail(f"--no-auth on --host {host} would let anyone who reaches it use the service; bind 127.0.0.1, drop "
+              "--no-auth (and create keys with `slmtune keys create`), or add --insecure-no-auth", 2)
+    open_db(settings.db_url, settings.migrate).dispose()
     if not no_worker:
         check_executor(settings)
     err.print(f"slmtune serve: http://{host}:{port}/v1  db={shown(settings.db_url)}  "
-              f"workers={0 if no_worker else workers}  executor={settings.executor}  auth={'off' if no_auth else 'on'}")
+              f"workers={0 if no_worker else workers}  executor={settings.executor}  "
+              f"auth={'on' if settings.auth else 'off'}")
     # keep-alive 75 s (uvicorn's default is 5): a client reusing a connection the moment the server closes it as
     # idle gets a connection reset on a request it cannot safely retry (seen under load); load balancers idle out
     # at 60 s, so the server must keep connections longer than they do
@@ -199,10 +205,10 @@ def serve(
                 timeout_keep_alive=75, limit_concurrency=max_connections)
 
 
-def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = 30.0,
-           job_nproc: JobNprocOpt = 1, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
-           ray_cpus: RayCpusOpt = 1.0, ray_gpus: RayGpusOpt = 0.0, ray_memory_mb: RayMemoryOpt = None,
-           ray_resources: RayResourcesOpt = None, job_nnodes: JobNnodesOpt = 1, storage: StorageOpt = None,
+def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOpt = None,
+           job_nproc: JobNprocOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
+           ray_cpus: RayCpusOpt = None, ray_gpus: RayGpusOpt = None, ray_memory_mb: RayMemoryOpt = None,
+           ray_resources: RayResourcesOpt = None, job_nnodes: JobNnodesOpt = None, storage: StorageOpt = None,
            migrate: MigrateOpt = False) -> None:
     """Run a job worker against the service database (more workers = more jobs at once).
 
@@ -216,13 +222,14 @@ def worker(db: DbOpt = None, data_dir: DataDirOpt = None, lease_seconds: LeaseOp
     from slmtune.service.worker import Worker
 
     try:
-        settings = settings_for(db, data_dir, lease_seconds=lease_seconds, job_nproc=job_nproc,
+        settings = settings_for(db, data_dir, **given(lease_seconds=lease_seconds, job_nproc=job_nproc,
+                                                       migrate=migrate or None),
                                 **executor_settings(executor, ray_address, ray_cpus, ray_gpus, ray_memory_mb,
                                                     ray_resources, job_nnodes, storage))
     except ValueError as e:
         fail(f"slmtune worker: {e}", 2)
     check_executor(settings)
-    w = Worker(settings, open_db(settings.db_url, migrate))
+    w = Worker(settings, open_db(settings.db_url, settings.migrate))
 
     def stop(*_):  # first signal: checkpoint and hand the job back; a second: stop its training now
         if w.stop.is_set():

@@ -52,6 +52,20 @@ class Example:
     fmt: str = ""  # the format it was written in: chat, completion, preference, alpaca, sharegpt
 
 
+OBJECTIVE_KINDS = {"sft": ("chat", "completion"), "dpo": ("preference",)}  # the records each objective trains on
+
+
+def objective_mismatch(kind: str, objective: str) -> str | None:
+    """Why records of ``kind`` cannot train ``objective`` (``train.objective``; a service job's method type), said
+    the same way by the engine and the service's file check; None when they can."""
+    if kind in OBJECTIVE_KINDS[objective]:
+        return None
+    if objective == "dpo":
+        return f"{kind} format: dpo needs preference records (input.messages, preferred_output, non_preferred_output)"
+    return (f"{kind} format: {objective} trains on chat or prompt/completion records (set train.objective: dpo, or "
+            "a job's method dpo, to train on preference data)")
+
+
 class DataError(ValueError):
     """Raised with every problem found in a data file (``problems``); nothing is trained on bad data."""
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from slmtune.config import TrainSection
 from slmtune.data.validate import check_file
 from slmtune.models.registry import REGISTRY
 from slmtune.planner import plan
@@ -30,7 +31,8 @@ from slmtune.service.settings import Settings
 from slmtune.service.states import JobStatus
 
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
-BASE_LR = 2e-4  # learning_rate_multiplier scales this (the LoRA default of the CLI)
+# learning_rate_multiplier scales the config's default learning rate (what `slmtune train` uses)
+BASE_LR = TrainSection.model_fields["learning_rate"].default
 MAX_LR_MULTIPLIER = 100.0  # a learning rate of 0.02: past it a LoRA run only diverges
 
 

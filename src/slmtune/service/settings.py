@@ -1,86 +1,122 @@
-"""Service settings, checked at startup."""
+"""Service settings: one definition per setting — its type, default, bounds and description — read from keyword
+arguments (the flags of `slmtune serve` / `slmtune worker`, which take their help and defaults from here), else
+from the environment (``SLMTUNE_<NAME>``, e.g. ``SLMTUNE_MAX_RUNNING=64``), else the default. Checked at startup.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slmtune import paths
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a --no-auth server serves by default
+MiB = 1024 * 1024
 
 
 def default_db_url() -> str:
     return f"sqlite:///{paths.home() / 'service' / 'slmtune.db'}"
 
 
-@dataclass
-class Settings:
-    db_url: str = field(default_factory=default_db_url)
-    data_dir: Path = field(default_factory=lambda: paths.home() / "service")
-    auth: bool = True
-    default_project: str = "default"  # used when auth is off
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_body_bytes: int = 8 * 1024 * 1024  # any other request body (JSON): read whole before a slot is taken
-    body_timeout: float = 30.0  # seconds for a JSON body to arrive in full; for an upload, between two chunks
-    allowed_hosts: list = field(default_factory=lambda: list(LOOPBACK_HOSTS))  # Host names --no-auth serves
-    api_docs: bool = False  # /docs and /redoc (their pages load scripts from a CDN)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLMTUNE_", extra="forbid", validate_default=True)
+
+    # where things live
+    db_url: str = Field(default_factory=default_db_url,
+                        description="Database URL (SQLite, or postgresql://user@host/db for scale-out).")
+    data_dir: Path = Field(default_factory=lambda: paths.home() / "service",
+                           description="Where uploads and job runs are stored.")
+    storage: Path | None = Field(None, description="Where job runs (checkpoints, adapters) are kept (default "
+                                 "DATA_DIR/runs); with the Ray executor, a path every node sees.")
+    migrate: bool = Field(False, description="Upgrade an older database schema at start (back the database up "
+                          "first); without it start-up stops and says so.")
+    # who may call, and what one call may cost
+    auth: bool = Field(True, description="API keys required (off: single-user mode, every call is project "
+                       "'default').")
+    default_project: str = "default"  # the project of every call when auth is off
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS),
+                                     description="Host names (and web-page origins) a server without auth serves.")
+    api_docs: bool = Field(False, description="Serve /docs and /redoc (their pages load their scripts from a CDN).")
+    max_upload_bytes: int = Field(512 * MiB, gt=0, description="Largest accepted upload.")
+    max_body_bytes: int = Field(8 * MiB, gt=0, description="Largest request body other than an upload (JSON: chat, "
+                                "jobs); past it 413. Read whole before an admission slot is taken.")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a JSON body may take to arrive in full (and an "
+                                "upload between two chunks); past it 408.")
+    rate_limit_rpm: int = Field(3000, ge=0, description="Requests a minute per API key (bursts up to as many); past "
+                                "it 429 with Retry-After. 0: no limit.")
+    max_storage_bytes: int = Field(10 * 1024 * MiB, ge=0, description="What a project keeps (uploads, result files "
+                                   "and its jobs' runs: checkpoints, adapters); past it an upload or a new job gets "
+                                   "413. 0: no quota.")
+    api_threads: int = Field(32, ge=1, description="Threads serving the API's sync routes (each may hold a database "
+                             "connection).")
+    # jobs
     min_examples: int = 10
     max_examples: int = 100_000
-    max_active_jobs_per_project: int = 8
-    api_threads: int = 32  # threads serving the API's sync routes (each may hold a database connection)
-    rate_limit_rpm: int = 3000  # requests a minute per API key (bursts up to as many); 0 turns the limit off
-    max_storage_bytes: int = 10 * 1024**3  # bytes a project keeps (files and job runs); 0: no quota
-    job_nproc: int = 1
-    onnx_models: dict = field(default_factory=dict)  # name → folder from `slmtune export onnx` (runtime: onnx)
-    local_adapters: dict = field(default_factory=dict)  # name → run dir / adapter folder trained outside the service
-    adapter_cache_size: int = 8  # LoRA adapters kept loaded per base model (LRU)
-    max_running: int = 32  # sequences decoded together per model; more wait in its queue
-    max_queued: int = 128  # sequences waiting per model; past this a chat request gets 429 + Retry-After
-    max_queued_per_project: int = 64  # of those, one project's; past it that project's chat gets 429
-    serve_precision: str = "auto"  # chat weights: bf16 where the CPU/GPU has fast bf16, else fp32
-    lease_seconds: float = 30.0
-    storage: Path | None = None  # where job runs (checkpoints, adapters) go; default DATA_DIR/runs
-    executor: str = "local"  # local: a child process on the worker's machine; ray: a node of a Ray cluster
-    ray_address: str | None = None  # the head's GCS address, host:port
-    ray_cpus: float = 1.0  # per node of a job
-    ray_gpus: float = 0.0
-    ray_memory_mb: float | None = None  # per node; None: the planner's estimate of the job's peak
-    ray_resources: dict = field(default_factory=dict)  # custom Ray resources per node, e.g. {"a100": 1}
-    job_nnodes: int = 1  # nodes per job (Ray executor): DDP across them, the rendezvous filled in by slmtune
-    migrate: bool = False  # upgrade an older database schema at start (else start-up stops and says what to run)
-    test_models: bool = field(default_factory=lambda: os.environ.get("SLMTUNE_TEST_MODELS") == "1")
+    max_active_jobs_per_project: int = Field(8, ge=1, description="Active (not finished) jobs per project.")
+    lease_seconds: float = Field(30.0, gt=0, description="Seconds without a heartbeat before another worker takes "
+                                 "a job over.")
+    job_nproc: int = Field(1, ge=1, description="Processes per training job (DDP; the job's batch size is split "
+                           "over them).")
+    executor: Literal["local", "ray"] = Field("local", description="Where jobs train: local (a child process of the "
+                                              "worker) or ray (a node of the Ray cluster at ray_address; pip install "
+                                              "'slmtune[ray]').")
+    ray_address: str | None = Field(None, description="The Ray head's address, HOST:PORT as `ray start --head` "
+                                    "prints it.")
+    ray_cpus: float = Field(1.0, gt=0, description="CPUs per node of a job (Ray executor).")
+    ray_gpus: float = Field(0.0, ge=0, description="GPUs per node of a job (Ray executor).")
+    ray_memory_mb: float | None = Field(None, gt=0, description="Memory per node of a job in MB (Ray executor; "
+                                        "default: the planner's estimate of the job's peak).")
+    ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per node of a "
+                                            "job, e.g. {\"a100\": 1} (Ray executor).")
+    job_nnodes: int = Field(1, ge=1, description="Nodes per job (Ray executor): DDP across them, the rendezvous "
+                            "filled in by slmtune.")
+    # chat
+    onnx_models: dict[str, str] = Field(default_factory=dict, description="Exported ONNX models served by name "
+                                        "(name → folder from `slmtune export onnx`).")
+    local_adapters: dict[str, str] = Field(default_factory=dict, description="Tuned models trained outside the "
+                                           "service, served by name (name → run dir or adapter folder).")
+    adapter_cache_size: int = Field(8, ge=1, description="LoRA adapters kept loaded per base model (LRU).")
+    max_running: int = Field(32, ge=1, description="Chat sequences decoded together per model (its batch).")
+    max_queued: int = Field(128, ge=0, description="Chat sequences waiting per model; past it a request gets 429 "
+                            "with Retry-After.")
+    max_queued_per_project: int = Field(64, ge=1, description="Of those, one project's; past it that project's chat "
+                                        "gets 429 (other projects still get in).")
+    serve_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Chat weights: auto (bf16 where "
+                                                             "the CPU/GPU has fast bf16), bf16 or fp32.")
+    test_models: bool = Field(False, description="Offer the tiny in-process test models (tests only).")
 
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        if self.db_url.startswith("postgres://"):
-            self.db_url = "postgresql://" + self.db_url[len("postgres://"):]
-        if self.db_url.startswith("postgresql://"):
-            self.db_url = "postgresql+psycopg://" + self.db_url[len("postgresql://"):]
-        if min(self.max_upload_bytes, self.max_body_bytes, self.lease_seconds, self.body_timeout) <= 0:
-            raise ValueError("max_upload_bytes, max_body_bytes, body_timeout and lease_seconds must be positive")
-        if self.max_queued_per_project < 1:
-            raise ValueError("max_queued_per_project must be at least 1")
-        if self.rate_limit_rpm < 0 or self.max_storage_bytes < 0:
-            raise ValueError("rate_limit_rpm and max_storage_bytes must be 0 (off) or positive")
-        if self.api_threads < 1:
-            raise ValueError("api_threads must be at least 1")
-        if self.max_running < 1 or self.max_queued < 0:
-            raise ValueError("max_running must be at least 1 and max_queued at least 0")
-        if self.executor not in ("local", "ray"):
-            raise ValueError(f"executor must be local or ray, not {self.executor!r}")
-        if self.job_nnodes < 1 or (self.job_nnodes > 1 and self.executor != "ray"):
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:  # one line per problem, naming the setting (a ValueError, as before)
+            raise ValueError("; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: "
+                                       f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())) from None
+
+    @field_validator("db_url")
+    @classmethod
+    def _driver(cls, url: str) -> str:
+        """postgres:// and postgresql:// go through psycopg 3 (the driver slmtune ships)."""
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _no_urls(cls, value):
+        if value is not None and "://" in str(value):
+            raise ValueError(f"{value}: URLs are not supported yet; mount the bucket (s3fs, gcsfuse, an NFS export) "
+                             "on every node and give the mount's path")
+        return value
+
+    @model_validator(mode="after")
+    def _nodes_need_ray(self) -> Settings:
+        if self.job_nnodes > 1 and self.executor != "ray":
             raise ValueError("job_nnodes above 1 needs the Ray executor (--executor ray)")
-        if self.ray_cpus <= 0 or self.ray_gpus < 0:
-            raise ValueError("ray_cpus must be positive and ray_gpus at least 0")
-        if self.storage is not None:
-            if "://" in str(self.storage):
-                raise ValueError(f"storage {self.storage}: URLs are not supported yet; mount the bucket (s3fs, "
-                                 "gcsfuse, an NFS export) on every node and give the mount's path")
-            self.storage = Path(self.storage)
-        if self.serve_precision not in ("auto", "fp32", "bf16"):
-            raise ValueError("serve_precision must be auto, fp32 or bf16")
+        return self
 
     @property
     def files_dir(self) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from slmtune.artifacts import list_checkpoints
-from slmtune.data.formats import Problem
+from slmtune.data.formats import Problem, objective_mismatch
 from slmtune.data.validate import check_file
 from slmtune.models.loading import load_tokenizer
 from slmtune.models.registry import resolve
@@ -41,7 +41,7 @@ from slmtune.paths import private_dir, private_file
 from slmtune.scenarios.records import read_records
 from slmtune.service import jobs as J
 from slmtune.service.db import Database, EventRow, JobRow, new_id, now
-from slmtune.service.executors import make_executor
+from slmtune.service.executors import RunHandle, make_executor
 from slmtune.service.files import store_file
 from slmtune.service.queue import (
     DB_DOWN,
@@ -75,7 +75,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace  # how long a checkpoint may take when the worker is told to stop
         self.stop = threading.Event()
         self.executor = make_executor(settings)
-        self.child = None  # the running job's handle (runner.LocalRun or ray_executor.RayRun)
+        self.child: RunHandle | None = None  # the running job's handle
         self.lease: Lease | None = None
         self.idle = threading.Event()
         self.idle.set()
@@ -441,12 +441,9 @@ def _check_job_file(path: Path, method: dict, tokenizer, max_examples: int):
     if method.get("scenario"):  # scenario records: the engine turns them into chat examples
         return _ScenarioCheck(path, method["scenario"])
     rep = check_file(path, tokenizer, max_seq_length=1024, keep=0, limit=max_examples + 1)
-    want = "preference" if method["type"] == "dpo" else None
     if not rep.problems and rep.kind is not None:
         kind, line = rep.kind  # one kind a file (the reader makes a mixed file a problem): the first record's
-        if (want and kind != want) or (not want and kind == "preference"):
-            rep.problems.append(Problem(str(path), line, "(root)", (
-                f"{kind} format, but method {method['type']} needs "
-                + ("preference records (input, preferred_output, non_preferred_output)" if want
-                   else "chat or prompt/completion records"))))
+        why = objective_mismatch(kind, "dpo" if method["type"] == "dpo" else "sft")
+        if why:
+            rep.problems.append(Problem(str(path), line, "(root)", why))
     return rep

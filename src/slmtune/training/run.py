@@ -22,7 +22,7 @@ from pathlib import Path
 from slmtune import events as ev
 from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
-from slmtune.data.formats import DataError, Problem
+from slmtune.data.formats import DataError, Problem, objective_mismatch
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
 from slmtune.display import ConsoleSink
@@ -124,18 +124,14 @@ def _examples_for_objective(cfg: TrainConfig, reports: list, train_set: list, va
     """DPO trains on preference records; SFT refuses them. Every mismatch is named. Returns the parsed examples
     behind ``train_set`` and ``val_set`` (looked up by line in the reports that encoded them)."""
     problems = []
-    wanted = {"dpo": ("preference",), "sft": ("chat", "completion")}[cfg.train.objective]
     source = {id(enc): (rep.examples[enc.line], rep.file) for rep in reports for enc in rep.encoded}
     out = []
     for subset in (train_set, val_set):
         pairs = [source[id(enc)] for enc in subset]
-        bad = [(e, path) for e, path in pairs if e.kind not in wanted]
+        bad = [(e, path, why) for e, path in pairs if (why := objective_mismatch(e.kind, cfg.train.objective))]
         if bad:
-            e, path = bad[0]
-            hint = ("set train.objective: dpo to train on preference data" if cfg.train.objective == "sft"
-                    else "dpo needs preference records: input.messages, preferred_output, non_preferred_output")
-            problems.append(Problem(path, e.line, "(root)", f"{e.kind} format with train.objective "
-                                    f"{cfg.train.objective}: {hint}"))
+            e, path, why = bad[0]
+            problems.append(Problem(path, e.line, "(root)", why))
         out.append([e for e, _ in pairs])
     if problems:
         raise DataError(problems)
