@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -211,8 +211,14 @@ class DistributedSection(_Section):
     )
 
 
+# The scenarios' names, here because the config (the bottom layer) checks them; each one's record format, prompts and
+# metrics live in slmtune.scenarios (catalog.SCENARIOS, which is built over exactly these names).
+ScenarioName = Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"]
+SCENARIO_NAMES: tuple[str, ...] = get_args(ScenarioName)
+
+
 class ScenarioSection(_Section):
-    name: Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"] | None = Field(
+    name: ScenarioName | None = Field(
         None, description="Train on a scenario's record format (docs/scenarios.md): data.train/validation hold its "
         "records, turned into chat turns by the scenario's prompt template. `scenario: NAME` is short for this."
     )

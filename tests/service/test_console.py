@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from slmtune.config import SCENARIO_NAMES
 from tests.helpers import FACTS, chat_record, write_jsonl
 from tests.service.conftest import start_server, wait_for
 
@@ -288,9 +289,13 @@ def test_console_assets_are_served_from_the_package(srv):
     base = f"http://127.0.0.1:{srv.port}"
     page = httpx.get(base + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    for path in ("/console/app.js", "/console/app.css", "/console/vendor/uplot-1.6.32/uPlot.iife.min.js"):
+    for path in ("/console/js/main.js", "/console/js/views/job.js", "/console/app.css",
+                 "/console/vendor/uplot-1.6.32/uPlot.iife.min.js"):
         r = httpx.get(base + path)
         assert r.status_code == 200 and r.content, path
+        if path.endswith(".js"):  # ES modules load only with a JavaScript MIME type
+            assert "javascript" in r.headers["content-type"], path
+    assert httpx.get(base + "/console/scenarios.json").json() == list(SCENARIO_NAMES)
     assert httpx.get(base + "/console/../service/app.py").status_code == 404
     # the API itself answers JSON without the console's CSP (OpenAPI clients and /docs are unaffected)
     assert "content-security-policy" not in httpx.get(base + "/v1/models").headers

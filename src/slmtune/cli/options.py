@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from slmtune.config import SCENARIO_NAMES
 from slmtune.methods import names as method_names
 
 METHODS_HELP = method_names()
@@ -18,8 +19,8 @@ DataOpt = Annotated[str | None, typer.Option("--data", help="data.train: trainin
                                              "a save_to_disk folder).")]
 ValidationOpt = Annotated[str | None, typer.Option("--validation", help="data.validation: validation data.")]
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="train.epochs.")]
-ScenarioOpt = Annotated[str | None, typer.Option("--scenario", help="scenario.name: domain, classification, ner, "
-                                                 "translation, qa, chat, creative (data files hold its records).")]
+ScenarioOpt = Annotated[str | None, typer.Option("--scenario", help=f"scenario.name: {', '.join(SCENARIO_NAMES)} "
+                                                 "(data files hold its records).")]
 OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="run.output: the run directory.")]
 NprocOpt = Annotated[int | None, typer.Option("--nproc", help="distributed.nproc: worker processes on this machine "
                                               "(launched by slmtune through torchrun).")]

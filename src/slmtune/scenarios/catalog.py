@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slmtune.config import SCENARIO_NAMES
 from slmtune.data.formats import Example
 from slmtune.scenarios.records import Record
 
@@ -26,11 +27,13 @@ class Scenario:
     headline: str  # the metric the before/after target is stated on
     better: str  # "higher" | "lower"
     max_new_tokens: int = 64
+    scored_by_loss: bool = False  # loss and perplexity of the reference text on held-out records
+    generates: bool = True  # held-out prompts are answered and the answers scored
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("domain", "continued pre-training on raw text", '{"text"} or .txt', ("perplexity", "loss"),
-             "perplexity", "lower"),
+             "perplexity", "lower", scored_by_loss=True, generates=False),
     Scenario("classification", "text → one label from the data's label set", '{"text", "label"}',
              ("accuracy", "macro_f1", "accuracy_lenient", "unparseable"), "accuracy", "higher", max_new_tokens=12),
     Scenario("ner", "text → its named entities as 'TYPE: mention' lines",
@@ -41,11 +44,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("qa", "context + question → short answer", '{"context", "question", "answer"}',
              ("token_f1", "exact_match"), "token_f1", "higher", max_new_tokens=64),
     Scenario("chat", "conversations (OpenAI messages)", '{"messages"}',
-             ("loss", "perplexity", "reply_f1"), "loss", "lower", max_new_tokens=96),
+             ("loss", "perplexity", "reply_f1"), "loss", "lower", max_new_tokens=96, scored_by_loss=True),
     Scenario("creative", "prompt → text (poems, songs, jokes)", '{"prompt", "text"} or {"text"}',
              ("perplexity", "distinct_1", "distinct_2", "length_ratio_median", "line_format_match"), "perplexity",
-             "lower", max_new_tokens=160),
+             "lower", max_new_tokens=160, scored_by_loss=True),
 ]}
+if tuple(SCENARIOS) != SCENARIO_NAMES:
+    raise RuntimeError("config.ScenarioName and scenarios.catalog must name the same scenarios, in the same order")
 
 
 def get(name: str) -> Scenario:

@@ -17,8 +17,6 @@ from slmtune.scenarios.records import Record
 
 SCORES_FILE = "scores.json"
 OUTPUTS_FILE = "outputs.jsonl"
-LOSS_SCENARIOS = {"domain", "chat", "creative"}
-GEN_SCENARIOS = {"classification", "ner", "translation", "qa", "chat", "creative"}
 
 
 @torch.inference_mode()
@@ -77,13 +75,13 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
     sc = get(name)
     prog = _rich_progress if progress else _no_progress
     scores: dict = {"scenario": name, "records": len(records)}
-    if name in LOSS_SCENARIOS:
+    if sc.scored_by_loss:
         enc = [encode_example(chat_model.tokenizer, to_example(name, meta, r), max_seq_length) for r in records]
         ev = evaluate_encoded(chat_model.model, chat_model.tokenizer, enc, batch_size)
         scores["loss"] = ev["loss"]
         scores["perplexity"] = math.exp(ev["loss"]) if ev["loss"] < 50 else float("inf")
     rows: list[dict] = []
-    if name in GEN_SCENARIOS:
+    if sc.generates:
         rows = _generate(chat_model, name, meta, records, batch_size, max_new_tokens or sc.max_new_tokens, prog)
         preds, refs = [r["output"] for r in rows], [r["reference"] for r in rows]
         if name == "classification":

@@ -18,10 +18,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmtune.config import SCENARIO_NAMES
 from slmtune.data.formats import DataError, Problem, _check_chat, jsonl_lines, jsonl_records
 from slmtune.scenarios.metrics import bio_spans
 
-SCENARIOS = ("domain", "classification", "ner", "translation", "qa", "chat", "creative")
+SCENARIOS = SCENARIO_NAMES
 
 _STR_FIELDS = {
     "classification": (("text", "label"), ()),

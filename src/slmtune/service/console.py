@@ -1,9 +1,10 @@
 """The web console: static files shipped in the package, served at ``/`` on the API's own origin.
 
-No template engine and no build step: one HTML page, one script and one stylesheet of our own, and uPlot (vendored
-with its version and licence under ``web/vendor``) for the curves. Everything the page shows comes from the
-public ``/v1`` API with the key the user typed (kept in sessionStorage, sent as a header, never a cookie), so the
-console can do nothing a client of the API cannot, and project scoping is the API's own.
+No template engine and no build step: one HTML page, ES modules served as they are (``web/js``: the DOM helper, the
+API client, sign-in, the router, charts, the report's Markdown, and one module per view under ``web/js/views``), one
+stylesheet, and uPlot (vendored with its version and licence under ``web/vendor``) for the curves. Everything the
+page shows comes from the public ``/v1`` API with the key the user typed (kept in sessionStorage, sent as a header,
+never a cookie), so the console can do nothing a client of the API cannot, and project scoping is the API's own.
 
 Every console response carries a Content-Security-Policy: scripts and styles from this origin only (no inline
 script, no ``eval``), no framing, no plugins; images may also be ``blob:`` (report plots fetched with the key).
@@ -16,6 +17,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+
+from slmtune.config import SCENARIO_NAMES
 
 STATIC = Path(__file__).parent / "web"
 
@@ -63,6 +66,10 @@ def mount_console(app: FastAPI) -> None:
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    @app.get("/console/scenarios.json", include_in_schema=False)
+    def scenario_names() -> list[str]:  # the record formats the console offers: the config's list, not a copy
+        return list(SCENARIO_NAMES)
 
     @app.get("/console", include_in_schema=False)
     def console_redirect() -> RedirectResponse:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slmtune.config import ScenarioName
 from slmtune.service.states import JobStatus
 
 MAX_CHOICES = 8  # n per chat request
@@ -144,7 +145,6 @@ class Method(_In):
     reinforcement: dict | None = None
 
 
-ScenarioName = Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"]
 
 
 class FineTuningJobCreate(_In):
