@@ -25,10 +25,10 @@ __version__ = "0.1.0"
 
 def train(config, *, resume: bool = False, sinks=None, progress: bool = False):
     """Fine-tune as ``config`` says (TrainConfig, dict of sections, or YAML path). See :func:`slmtune.training.train`;
-    with a scenario in the config, the scenario run around it (:func:`slmtune.scenarios.run.train`)."""
-    from slmtune.scenarios.run import train as _train
+    with a scenario in the config, the scenario run around it (:func:`slmtune.scenarios.run.fine_tune`)."""
+    from slmtune.scenarios.run import fine_tune
 
-    return _train(config, resume=resume, sinks=sinks, progress=progress)
+    return fine_tune(config, resume=resume, sinks=sinks, progress=progress)
 
 
 def load(path_or_id, precision: str = "fp32", device: str | None = None):

@@ -1,8 +1,9 @@
 """One configuration schema for every entry point.
 
-YAML files, ``--set section.key=value`` flags, CLI shortcuts (``--model``, ``--data`` ...) and, later, the
-service's API body all map into :class:`TrainConfig`. Unknown keys are rejected by name, and every problem is
-collected and reported at once (``method.r: Input should be greater than 0``) before anything is loaded.
+YAML files, ``--set section.key=value`` flags, CLI shortcuts (``--model``, ``--data`` ...), the Python API and
+the service's job body (``service.jobs.train_config``) all map into :class:`TrainConfig`. Unknown keys are
+rejected by name, and every problem is collected and reported at once (``method.r: Input should be greater
+than 0``) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class ScenarioSection(_Section):
 
 
 class TrainConfig(_Section):
-    """Everything a training run needs. ``slmtune train --help`` and docs/config.md describe each key."""
+    """Everything a training run needs. ``slmtune train --help`` and docs/usage.md describe each key."""
 
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)

@@ -38,7 +38,7 @@ def _global(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also 
         noise.show_all()
 
 
-app.command("train")(train.train)
+app.command("train")(train.train_command)
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.command("chat")(chat.chat)

@@ -32,7 +32,7 @@ from slmtune.training.result import RunStatus
 
 
 @handle_errors
-def train(
+def train_command(
     config: ConfigArg = None,
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -64,7 +64,7 @@ def train(
       slmtune train --scenario classification --data sentiment/train.jsonl --validation sentiment/eval.jsonl
     """
     # the engine, wrapped by a scenario run when one is set
-    from slmtune.scenarios.run import train as run_train
+    from slmtune.scenarios.run import fine_tune
 
     flags = dict(model=model, data=data, validation=validation, method=method, epochs=epochs, max_steps=max_steps,
                  learning_rate=learning_rate, batch_size=batch_size, lora_r=lora_r, scenario=scenario, output=output,
@@ -73,7 +73,7 @@ def train(
     if dry_run:
         _dry_run(cfg)
         return
-    result = run_train(cfg, resume=resume is not None, progress=True)
+    result = fine_tune(cfg, resume=resume is not None, progress=True)
     if result is None:  # a node other than 0 of a multi-node run: node 0 writes the run directory
         out.print(f"[green]done[/] node {cfg.distributed.node_rank}: its processes finished; the run directory, "
                   "metrics and artifact are on node 0")

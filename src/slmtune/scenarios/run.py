@@ -1,7 +1,7 @@
 """A scenario run wraps the engine: records → chat examples, the engine's ``train``, then the base and tuned
 models scored on the held-out records and ``report.md`` written. The engine knows nothing of scenarios.
 
-``slmtune.train()``, ``slmtune train`` and the service's jobs all call :func:`train` here; without a scenario in
+``slmtune.train()``, ``slmtune train`` and the service's jobs all call :func:`fine_tune` here; without a scenario in
 the config it is the engine's ``train`` unchanged. The multi-process launcher is the engine's too: the records are
 converted before it starts, and the evaluation runs once, here, after every process has finished.
 """
@@ -19,8 +19,8 @@ from slmtune.training import run as engine
 from slmtune.training.result import RunStatus, TrainResult
 
 
-def train(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
-          progress: bool = False) -> TrainResult | None:
+def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = None,
+              progress: bool = False) -> TrainResult | None:
     """The engine's :func:`slmtune.training.run.train`, with a scenario's data preparation before it and its
     before/after evaluation and report after it when ``config`` names a scenario."""
     cfg = engine.coerce_config(config).model_copy(deep=True)

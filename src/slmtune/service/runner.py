@@ -8,7 +8,7 @@ import multiprocessing as mp
 import os
 import signal
 
-from slmtune.scenarios.run import train
+from slmtune.scenarios.run import fine_tune
 from slmtune.service.db import Database
 from slmtune.service.job_events import DBSink
 from slmtune.service.states import ExitCode
@@ -42,7 +42,7 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
     db = Database(db_url)
     sink = DBSink(db, job_id, token, ft_name)
     try:
-        result = train(cfg, resume=resume, sinks=[sink])
+        result = fine_tune(cfg, resume=resume, sinks=[sink])
         # None: a node other than 0 of a multi-node job (node 0 reports the run)
         code = ExitCode.OK if result is None or result.status == RunStatus.SUCCEEDED else ExitCode.INTERRUPTED
     except KeyboardInterrupt:

@@ -13,9 +13,10 @@
   checkpoint (SIGINT), then hands the job back to the queue without counting an attempt; another worker resumes it.
 * **Database outages**: the heartbeat and the status checks retry with backoff while training goes on; the child
   buffers its events and writes them, in order, when the database answers again.
-* Training runs in a spawned child process (``slmtune.train``, the same engine as the CLI), so a crash, an
-  out-of-memory kill or a cancel never takes the worker or the API down. The child dies with its worker
-  (PR_SET_PDEATHSIG), so a killed worker leaves no orphan writing to the job.
+* Training runs where the executor puts it (``executors.RunHandle``): by default a spawned child process
+  (``runner.LocalRun``: the same engine as the CLI), so a crash, an out-of-memory kill or a cancel never takes the
+  worker or the API down. The child dies with its worker (PR_SET_PDEATHSIG), so a killed worker leaves no orphan
+  writing to the job.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class Worker:
                 if self.stop.is_set():
                     release(self.db, job_id, token, requeue=True)
                     return
-                self.train(job_id, token, run_dir)
+                self.run_job(job_id, token, run_dir)
             finally:
                 self.lease = None
 
@@ -243,7 +244,7 @@ class Worker:
                 cfg["distributed"]["master_port"] = free_port()  # (across nodes the Ray executor picks it)
         return cfg
 
-    def train(self, job_id: str, token: int, run_dir: Path) -> None:
+    def run_job(self, job_id: str, token: int, run_dir: Path) -> None:
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == job_id))
             if not set_status(s, job_id, token, (JobStatus.QUEUED, JobStatus.RUNNING), status=JobStatus.RUNNING,
@@ -421,7 +422,7 @@ def _last_error(s, job_id: str) -> str | None:
     return row.message if row else None
 
 
-# --- the child process -------------------------------------------------------------------------------------------
+# --- workers in the server process ------------------------------------------------------------------------------
 def start_worker_threads(settings: Settings, db: Database, n: int) -> list[Worker]:
     workers = []
     for _ in range(n):

@@ -3,9 +3,10 @@ ZeRO, FSDP via accelerate). Nothing here trains: it checks combinations, writes 
 directory (``deepspeed.json`` / ``fsdp.json``), launches the worker processes and waits for them.
 
     python -m torch.distributed.run --nproc_per_node N --nnodes M --node_rank R --master_addr A --master_port P \\
-        -m slmtune.training.distributed RUN/launch.yaml [--resume] [--progress]
+        -m slmtune.training.rank RUN/launch.yaml
 
-Each worker calls :func:`slmtune.training.run.train` with ``SLMTUNE_DIST_WORKER=1``; rank 0 alone writes events,
+Each worker (:mod:`slmtune.training.rank`) calls :func:`slmtune.training.run.train` with ``SLMTUNE_DIST_WORKER=1``
+on the resolved config the launcher wrote; rank 0 alone writes events,
 metrics, checkpoints and the artifact, so the user sees one progress bar and one run directory.
 """
 
@@ -217,8 +218,9 @@ class _EventTail:
             self.thread.join()
 
 
-def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None = None):
-    """Start the worker processes (torchrun) for this node, wait, and return rank 0's result. ``sinks`` receive
+def launch(cfg, run_dir: Path, resume: bool, progress: bool, sinks: list | None = None) -> TrainResult | None:
+    """Start the worker processes (torchrun) for this node, wait, and return rank 0's result (None on a node other
+    than 0: rank 0's node writes it). ``sinks`` receive
     the run's events as rank 0 writes them."""
     d = cfg.distributed
     if d.node_rank == 0 and d.master_addr in ("127.0.0.1", "localhost", "0.0.0.0") and \

@@ -4,7 +4,7 @@ runs the recipe, ``_train``, which reads top to bottom as its steps:
     resolve_run → (model source, tokenizer) → setup_data → count_steps → trainer_settings → setup_model
     → setup_trainer (SFT or DPO: the one switch) → attach (fast paths, callbacks) → fit → save → finish
 
-The CLI, the Python API and the service call it through :func:`slmtune.scenarios.run.train`, which adds a
+The CLI, the Python API and the service call it through :func:`slmtune.scenarios.run.fine_tune`, which adds a
 scenario's data preparation and before/after evaluation around it when the config names one.
 """
 
@@ -145,8 +145,9 @@ def train(
     sinks: list[ev.Sink] | None = None,
     progress: bool = False,
     run_dir_ready: bool = False,
-) -> TrainResult:
-    """Fine-tune a model as ``config`` says; return a :class:`TrainResult`.
+) -> TrainResult | None:
+    """Fine-tune a model as ``config`` says; return a :class:`TrainResult` (None on a node other than 0 of a
+    multi-node run: node 0 writes the run directory and holds the result).
 
     ``config`` is a TrainConfig, a dict of sections or a YAML path. ``resume=True`` continues from the last
     checkpoint in ``run.output``. ``sinks`` receive every :class:`slmtune.events.Event`; ``progress=True`` adds the
