@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 FACTS = [("color", "blue"), ("animal", "cat"), ("fruit", "apple"), ("city", "Paris")]
@@ -24,8 +25,27 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    """Run the installed `slmtune` entry point as a user would."""
-    exe = Path(sys.executable).parent / "slmtune"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kw)
+# Commands that must run in a process of their own: they serve until signalled.
+OWN_PROCESS = ("serve", "worker")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600, input: str | None = None,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """Run `slmtune ARGS` as a user would and return its exit code, stdout and stderr.
+
+    In this process through Typer's runner (the same app object the entry point calls: the same parsing, output and
+    exit codes, without a Python start-up and the torch/transformers imports, seconds each) unless ``process`` or
+    the command serves (``OWN_PROCESS``): then the installed entry point in a subprocess, under ``timeout``."""
+    if process or args[:1] and args[0] in OWN_PROCESS:
+        exe = Path(sys.executable).parent / "slmtune"
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, input=input,
+                              env={**os.environ, **(env or {})})
+    from typer.testing import CliRunner
+
+    from slmtune.cli import app
+
+    r = CliRunner().invoke(app, list(args), input=input, env=env)
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):  # as the interpreter would print it
+        stderr += "".join(traceback.format_exception(r.exception))
+    return subprocess.CompletedProcess(["slmtune", *args], r.exit_code, r.stdout, stderr)
