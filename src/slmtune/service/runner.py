@@ -1,6 +1,13 @@
-"""The training child process: started by the worker (spawn), it leads its own process group (so a cancel or a lost
-lease kills torchrun and its ranks too), dies with its worker, runs at lower priority than the API, and writes its
-events through a ``DBSink``. Its exit code tells the worker how it ended (``states.ExitCode``)."""
+"""The training child process: it leads its own process group (so a cancel or a lost lease kills torchrun and its
+ranks too), dies with its worker, runs at lower priority than the API, and writes its events through a ``DBSink``.
+Its exit code tells the worker how it ended (``states.ExitCode``).
+
+Children fork from a multiprocessing *forkserver* that imported the engine once (torch, transformers, peft, the
+recipe): a spawned child paid those imports on every job, 5-9 s before its first step on 2 cores. The forkserver is
+a fresh interpreter started on first use (never a fork of the threaded server), and each child takes the worker's
+current environment and working directory, as a spawned one would. A child dies with the forkserver (its parent,
+PR_SET_PDEATHSIG), which exits when its worker does; a child that finds its worker already gone exits at once.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +25,40 @@ JOB_NICE = 10  # niceness of training processes (their launchers and ranks inher
 JOB_GROUP_ENV = "SLMTUNE_JOB_GROUP"  # set in the training child: launchers keep their processes in its group
 
 
-def _die_with_parent(parent_pid: int) -> None:
+# The modules every job imports, loaded once in the forkserver (what a spawned child took 5-9 s to import).
+PRELOAD = ["slmtune.service.runner", "slmtune.training.trainer", "transformers.trainer", "peft"]
+_context = None
+
+
+def context():
+    """The multiprocessing context training children start from (the forkserver, its preload set on first use)."""
+    global _context
+    if _context is None:
+        _context = mp.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def _die_with_parent(worker_pid: int) -> None:
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the forkserver, which exits when the worker does
     except OSError:
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    try:
+        os.kill(worker_pid, 0)
+    except ProcessLookupError:  # the worker died before prctl took effect
         os._exit(ExitCode.FAILED)
 
 
 def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool,
-                parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+               worker_pid: int, env: dict[str, str], cwd: str) -> None:
+    _die_with_parent(worker_pid)
+    os.environ.clear()  # the worker's environment now, not the forkserver's at its start
+    os.environ.update(env)
+    os.chdir(cwd)
     os.setpgid(0, 0)  # lead a process group: the worker's cancel or lost lease kills all of it, launchers included
     # Training is batch work beside an interactive API (often in the same server): it yields the CPU to requests.
     # (200 API clients for 60 s beside a job on 2 cores: p50 3.5 s before, 2.5 s after; docs/benchmarks.md.)
@@ -60,8 +86,9 @@ class LocalRun:
     """The training child on this machine: a spawned process leading its own process group."""
 
     def __init__(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool):
-        self.proc = mp.get_context("spawn").Process(
-            target=child_main, args=(db_url, job_id, token, ft_name, cfg, resume, os.getpid()), daemon=True)
+        self.proc = context().Process(
+            target=child_main, args=(db_url, job_id, token, ft_name, cfg, resume, os.getpid(), dict(os.environ),
+                                     os.getcwd()), daemon=True)
         self.proc.start()
 
     def alive(self) -> bool:
