@@ -36,7 +36,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600, input: str 
     In this process through Typer's runner (the same app object the entry point calls: the same parsing, output and
     exit codes, without a Python start-up and the torch/transformers imports, seconds each) unless ``process`` or
     the command serves (``OWN_PROCESS``): then the installed entry point in a subprocess, under ``timeout``."""
-    if process or args[:1] and args[0] in OWN_PROCESS:
+    if process or (args[:1] and args[0] in OWN_PROCESS and "--help" not in args):
         exe = Path(sys.executable).parent / "slmtune"
         return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, input=input,
                               env={**os.environ, **(env or {})})
