@@ -28,7 +28,6 @@ from slmtune.cli.options import (
     ValidationOpt,
     build,
 )
-from slmtune.training.result import RunStatus
 
 
 @handle_errors
@@ -65,6 +64,7 @@ def train_command(
     """
     # the engine, wrapped by a scenario run when one is set
     from slmtune.scenarios.run import fine_tune
+    from slmtune.training.result import RunStatus
 
     flags = dict(model=model, data=data, validation=validation, method=method, epochs=epochs, max_steps=max_steps,
                  learning_rate=learning_rate, batch_size=batch_size, lora_r=lora_r, scenario=scenario, output=output,
