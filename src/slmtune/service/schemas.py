@@ -138,13 +138,13 @@ class DpoMethod(_In):
     hyperparameters: DpoHyperparameters | None = None
 
 
-class Method(_In):
+class JobMethod(_In):
+    """A job's ``method`` (the training objective, OpenAI's wire name; slmtune.methods.Method is the PEFT method)."""
+
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
     reinforcement: dict | None = None
-
-
 
 
 class FineTuningJobCreate(_In):
@@ -158,7 +158,7 @@ class FineTuningJobCreate(_In):
     validation_file: str | None = None
     integrations: list[dict] | None = None
     seed: int | None = Field(None, ge=0, le=2147483647)
-    method: Method | None = None
+    method: JobMethod | None = None
     metadata: dict[str, str] | None = None
     scenario: ScenarioName | None = Field(
         None, description="slmtune extra: the files hold this scenario's records (docs/scenarios.md), turned into "
