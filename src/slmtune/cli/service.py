@@ -80,13 +80,13 @@ def check_executor(settings) -> None:
 
 def open_db(url: str, migrate: bool = False):
     """The service database, its schema created or checked (``slmtune.service.migrations``); exit 2 with the reason."""
+    from slmtune.service import migrations
     from slmtune.service.db import Database
-    from slmtune.service.migrations import SchemaError
 
     database = Database(url)
     try:
-        done = database.ensure_schema(migrate)
-    except SchemaError as e:
+        done = migrations.ensure(url, migrate=migrate)
+    except migrations.SchemaError as e:
         fail(f"database {shown(url)}: {e}", 2)
     if "created" in done or "upgraded" in done or "stamped" in done:
         err.print(f"database {shown(url)}: {done}")

@@ -18,6 +18,7 @@ from slmtune import __version__
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.onnx_runtime import OnnxServer
 from slmtune.inference.serving import ModelServer
+from slmtune.service import migrations
 from slmtune.service.auth import ensure_project
 from slmtune.service.console import mount_console
 from slmtune.service.db import Database, new_id
@@ -158,7 +159,7 @@ def _lifespan(settings: Settings, db: Database, workers: int):
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        db.ensure_schema(settings.migrate)
+        migrations.ensure(db.url, migrate=settings.migrate)  # created, checked, or upgraded when asked
         # sync routes and dependencies run on anyio's thread pool: as many threads as the pool has connections
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         if not settings.auth:

@@ -33,7 +33,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from slmtune.paths import private_file
-from slmtune.service import migrations
 
 _B62 = string.ascii_letters + string.digits
 
@@ -162,11 +161,6 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def ensure_schema(self, migrate: bool = False) -> str:
-        """Create the tables at the newest migration, or check (and with ``migrate`` upgrade) an existing
-        database; raises ``migrations.SchemaError`` naming the command to run. See ``slmtune.service.migrations``."""
-        return migrations.ensure(self.url, migrate=migrate)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
