@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slmtune import methods
-from slmtune.methods import METHODS, option_defaults  # methods never import config at run time (types only)
+from slmtune.methods import METHODS, option_defaults
+from slmtune.methods import names as method_names  # methods never import config at run time (types only)
 
 
 class ConfigError(ValueError):
@@ -102,7 +102,7 @@ class DataSection(_Section):
 class MethodSection(_Section):
     """Options of every method; each method reads only its own (see ``slmtune.methods``), others are errors."""
 
-    name: str = Field("lora", description="Fine-tuning method: " + methods.names() + ".")
+    name: str = Field("lora", description="Fine-tuning method: " + method_names() + ".")
     r: int = Field(16, gt=0, description="Adapter rank (adalora: target rank; vera: defaults to 256).")
     alpha: float = Field(32.0, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(

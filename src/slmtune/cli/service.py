@@ -16,17 +16,14 @@ def setting(name: str, *decls: str, per: int = 1, **kw):
     flag's unit in the setting's, e.g. MiB for a --...-mb flag). Left out, the setting comes from its environment
     variable (``SLMTUNE_<NAME>``) or its default."""
     field = Settings.model_fields[name]
-    default = field.get_default(call_default_factory=False) if field.default_factory is None else None
+    default = field.default if field.default_factory is None else None  # a factory's default is said in words
     shown = f", default {default // per if per > 1 else default}" if default not in (None, False) else ""
     text = f"{field.description} (env SLMTUNE_{name.upper()}{shown})".replace("[", "\\[")  # not rich markup
     return typer.Option(*decls, help=text, show_default=False, **kw)
 
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite under $SLMTUNE_HOME/service; "
-                                                       "postgresql://user@host/db for scale-out; env SLMTUNE_DB_URL)."
-                                           )]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where uploads and job runs are stored (default "
-                                                 "$SLMTUNE_HOME/service; env SLMTUNE_DATA_DIR).")]
+DbOpt = Annotated[str | None, setting("db_url", "--db")]
+DataDirOpt = Annotated[Path | None, setting("data_dir", "--data-dir")]
 LeaseOpt = Annotated[float | None, setting("lease_seconds", min=0.01)]
 JobNprocOpt = Annotated[int | None, setting("job_nproc", min=1)]
 ExecutorOpt = Annotated[str | None, setting("executor")]

@@ -64,7 +64,7 @@ class AdapterCache:
                 return False  # every slot is in use by a running request: wait for one to finish
             del self.reading[name]
             self.lora.load(name, config, weights)
-        except Exception as e:
+        except Exception as e:  # reported to the requests that asked for it
             self.reading.pop(name, None)
             log.exception("adapter %s (%s) failed to load", name, self.paths[name])
             self.failed[name] = e

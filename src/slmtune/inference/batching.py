@@ -146,7 +146,7 @@ class BatchEngine:
             try:
                 with torch.inference_mode():
                     worked = self._step()
-            except Exception as e:
+            except Exception as e:  # a failed forward fails its requests, not the server
                 log.exception("batch step failed on %s", self.name)
                 self._fail(self.rows + ([self.long] if self.long else []), e)
                 self.rows, self.long = [], None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from slmtune.artifacts import Source, is_onnx_dir, locate
+from slmtune.artifacts import Source, is_onnx_dir, locate  # also inference's own names (re-exported)
 from slmtune.inference.onnx_runtime import OnnxChatModel
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer
 

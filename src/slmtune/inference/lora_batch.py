@@ -30,7 +30,7 @@ def unmixable(config: dict) -> str | None:
     method = of_adapter(config)
     if method is None or not method.batchable:
         return f"{method.name if method else config.get('peft_type')} is not plain LoRA"
-    checks = {"use_dora": "DoRA", "modules_to_save": "modules_to_save", "rank_pattern": "rank_pattern",
+    checks = {"modules_to_save": "modules_to_save", "rank_pattern": "rank_pattern",
               "alpha_pattern": "alpha_pattern", "fan_in_fan_out": "fan_in_fan_out", "lora_bias": "lora_bias",
               "target_parameters": "target_parameters", "layer_replication": "layer_replication",
               "trainable_token_indices": "trainable tokens"}

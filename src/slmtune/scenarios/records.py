@@ -22,8 +22,6 @@ from slmtune.config import SCENARIO_NAMES
 from slmtune.data.formats import DataError, Problem, _check_chat, jsonl_lines, jsonl_records
 from slmtune.scenarios.metrics import bio_spans
 
-SCENARIOS = SCENARIO_NAMES
-
 _STR_FIELDS = {
     "classification": (("text", "label"), ()),
     "translation": (("src", "tgt", "src_lang", "tgt_lang"), ()),
@@ -180,8 +178,8 @@ def read_records(path: str | Path, scenario: str, *, strict: bool = False,
                  ignored: Counter | None = None) -> tuple[list[Record], list[Problem]]:
     """Read a scenario data file (JSONL; also .txt for domain/creative, .conll/.bio for ner). Keys beyond a
     record's are counted in ``ignored`` (problems with ``strict``)."""
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if scenario not in SCENARIO_NAMES:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIO_NAMES)}")
     path = Path(path)
     if not path.exists():
         return [], [Problem(str(path), 0, "(file)", "no such file")]

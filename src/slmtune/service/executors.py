@@ -8,13 +8,12 @@ starts the training and hands back a :class:`RunHandle` the worker's watch loop 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from slmtune.service.runner import LocalRun
 from slmtune.service.settings import Settings
 
 
-@runtime_checkable
 class RunHandle(Protocol):
     """A started job's training, as the worker sees it (``runner.LocalRun``, ``ray_executor.RayRun``)."""
 

@@ -90,7 +90,7 @@ class Lease:
             except DB_DOWN as e:
                 log.warning("lease of %s: database unreachable (%s); training goes on", self.job_id, type(e).__name__)
                 continue
-            except Exception:
+            except Exception:  # the heartbeat must outlive any one failure
                 log.exception("lease of %s: renewal failed", self.job_id)
                 continue
             if not ok:

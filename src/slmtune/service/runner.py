@@ -25,8 +25,9 @@ JOB_NICE = 10  # niceness of training processes (their launchers and ranks inher
 JOB_GROUP_ENV = "SLMTUNE_JOB_GROUP"  # set in the training child: launchers keep their processes in its group
 
 
-# The modules every job imports, loaded once in the forkserver (what a spawned child took 5-9 s to import).
-PRELOAD = ["slmtune.service.runner", "slmtune.training.trainer", "transformers.trainer", "peft"]
+# What the forkserver imports once: this module, and through it the engine every job runs (training.run, its
+# Trainer subclass, transformers.trainer, peft) — what a spawned child took 5-9 s to import.
+PRELOAD = ["slmtune.service.runner"]
 _context = None
 
 
@@ -83,7 +84,7 @@ def child_main(db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, re
 
 
 class LocalRun:
-    """The training child on this machine: a spawned process leading its own process group."""
+    """The training child on this machine: a process forked from the forkserver, leading its own process group."""
 
     def __init__(self, db_url: str, job_id: str, token: int, ft_name: str, cfg: dict, resume: bool):
         self.proc = context().Process(

@@ -26,9 +26,10 @@ class Settings(BaseSettings):
 
     # where things live
     db_url: str = Field(default_factory=default_db_url,
-                        description="Database URL (SQLite, or postgresql://user@host/db for scale-out).")
+                        description="Database URL (default: SQLite under $SLMTUNE_HOME/service; "
+                        "postgresql://user@host/db for scale-out).")
     data_dir: Path = Field(default_factory=lambda: paths.home() / "service",
-                           description="Where uploads and job runs are stored.")
+                           description="Where uploads and job runs are stored (default $SLMTUNE_HOME/service).")
     storage: Path | None = Field(None, description="Where job runs (checkpoints, adapters) are kept (default "
                                  "DATA_DIR/runs); with the Ray executor, a path every node sees.")
     migrate: bool = Field(False, description="Upgrade an older database schema at start (back the database up "

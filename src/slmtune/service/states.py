@@ -1,7 +1,7 @@
 """A job's status and a training child's exit code: the two sets of states the service moves jobs through, each
 owning which of its members end a job (``terminal``) or count against a project's active-job limit (``active``).
 
-Statuses are the OpenAI fine-tuning API's (``docs/api.md``); they are stored in the jobs table as their string
+Statuses are the OpenAI fine-tuning API's; they are stored in the jobs table as their string
 values, and a ``StrEnum`` compares equal to its string, so rows, queries and wire bodies need no conversion.
 """
 
@@ -33,10 +33,6 @@ class JobStatus(StrEnum):
     def claimable(cls) -> tuple[JobStatus, ...]:
         """Statuses a worker may claim a job in (a running one only once its holder's lease has expired)."""
         return cls.VALIDATING_FILES, cls.QUEUED, cls.RUNNING
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in JobStatus.terminal()
 
 
 class ExitCode(IntEnum):

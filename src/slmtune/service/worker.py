@@ -101,7 +101,7 @@ class Worker:
                 delay = min(10.0, delay * 2)
                 if claimed:
                     self._release_quietly(*claimed)
-            except Exception:
+            except Exception:  # a worker survives any one job
                 log.exception("worker %s: error while processing %s", self.id, claimed)
                 if claimed:
                     self._release_quietly(*claimed)
@@ -128,7 +128,7 @@ class Worker:
         """Give the claim back (nothing is written if another worker took it over meanwhile)."""
         try:
             retrying(lambda: release(self.db, job_id, token, requeue), max_wait=30)
-        except Exception:
+        except Exception:  # the lease runs out by itself if the database stays away
             log.exception("worker %s: could not release %s; its lease will expire", self.id, job_id)
 
     # --- one job --------------------------------------------------------------------------------------------------
