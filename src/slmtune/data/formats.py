@@ -1,14 +1,19 @@
 """Training data formats, read and checked line by line.
 
-* chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1?}, ...]}``
-  as in the OpenAI fine-tuning API. ``weight: 0`` on an assistant turn keeps it as context without training on it.
+* chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str, "weight": 0|1?}, ...],
+  "tools"?: [...], "parallel_tool_calls"?: bool}`` as in the OpenAI fine-tuning API. ``weight: 0`` on an assistant
+  turn keeps it as context without training on it. Assistant turns may carry ``tool_calls`` and ``tool`` turns
+  answer them (``tool_call_id``); the deprecated ``functions``/``function_call``/``function`` form is converted
+  (:mod:`slmtune.data.tools`).
 * completion: ``{"prompt": str, "completion": str}``; the loss covers the completion and the end-of-sequence token.
 * preference (DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": ...}],
   "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
 * alpaca: ``{"instruction": str, "input": str?, "output": str, "system": str?}`` → a chat of one user turn
   (instruction, then the input after a blank line) and the assistant's output.
-* sharegpt: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system": str?}`` → a chat
-  (``human``/``user`` → user, ``gpt``/``assistant``/``chatgpt``/``bard``/``bing`` → assistant).
+* sharegpt: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system": str?,
+  "tools": str?}`` → a chat (``human``/``user`` → user, ``gpt``/``assistant``/``chatgpt``/``bard``/``bing`` →
+  assistant; LLaMA-Factory's ``function_call`` turn, a JSON call, → an assistant call and ``observation`` → its
+  result; ``tools``: the functions as JSON text).
 
 ``columns`` (``data.columns``) renames a source's fields to these names first, e.g. ``{"question": "instruction",
 "answer": "output"}``. Keys a record has beyond its format's are ignored and counted (real exports carry ids,
@@ -23,8 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "weight", "name"}
+from slmtune.data import tools as tool_data
+
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Example:
     chosen: str = ""  # preference: the preferred assistant reply to ``messages``
     rejected: str = ""
     fmt: str = ""  # the format it was written in: chat, completion, preference, alpaca, sharegpt
+    tools: list[dict] | None = None  # function definitions the conversation may call (data.tools)
 
 
 OBJECTIVE_KINDS = {"sft": ("chat", "completion"), "dpo": ("preference",)}  # the records each objective trains on
@@ -87,7 +95,11 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def _check_chat(obj: dict, add) -> list[dict] | None:
+def _check_chat(obj: dict, add, *, tools: list[dict] | None = None, strict: bool = False,
+                warn=None) -> list[dict] | None:
+    """The messages of a chat record, normalised (role, content, weight; tool_calls on assistant turns and
+    tool_call_id on tool turns), or None after reporting every problem through ``add(field, message)``. Calls are
+    checked against ``tools``; arguments off their schema are problems with ``strict``, else go to ``warn``."""
     msgs = obj["messages"]
     if not isinstance(msgs, list):
         add("messages", f"expected a list of messages, got {type(msgs).__name__}")
@@ -95,8 +107,11 @@ def _check_chat(obj: dict, add) -> list[dict] | None:
     if not msgs:
         add("messages", "empty list; at least one user and one assistant message are needed")
         return None
+    by_name = {t["function"]["name"]: t for t in tools} if tools else None
+    warn = warn or (lambda path, msg: None)
     out: list[dict] = []
     ok = True
+    legacy: list[str] = []  # ids given to deprecated function_call turns, answered by 'function' turns
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -105,8 +120,7 @@ def _check_chat(obj: dict, add) -> list[dict] | None:
             continue
         for key in m:
             if key not in MESSAGE_KEYS:
-                what = "not supported yet" if key in ("tool_calls", "function_call", "tool_call_id") else "unknown key"
-                add(f"{where}.{key}", what)
+                add(f"{where}.{key}", "unknown key")
                 ok = False
         role = m.get("role")
         if "role" not in m:
@@ -115,19 +129,38 @@ def _check_chat(obj: dict, add) -> list[dict] | None:
         elif not isinstance(role, str):
             add(f"{where}.role", f"expected a string, got {type(role).__name__}")
             ok = False
+        elif role == "function":  # deprecated: the result of a function_call
+            role = "tool"
         elif role not in ROLES:
             add(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
             ok = False
-        if "content" not in m:
+        raw_calls = m.get("tool_calls")
+        if "function_call" in m:  # deprecated: one call, no id
+            if raw_calls is not None:
+                add(f"{where}.function_call", "give tool_calls or the deprecated function_call, not both")
+                ok = False
+            legacy.append(f"call_{i}")
+            raw_calls = [{"id": legacy[-1], "type": "function", "function": m["function_call"]}]
+        calls = None
+        if raw_calls is not None:
+            if role != "assistant":
+                add(f"{where}.tool_calls", "only assistant messages can make tool calls")
+                ok = False
+            else:
+                calls = tool_data.check_calls(raw_calls, add, where, by_name, strict=strict, warn=warn)
+                ok = ok and calls is not None
+        text = None
+        if role == "assistant" and raw_calls is not None and m.get("content") is None:
+            text = ""
+        elif "content" not in m:
             add(f"{where}.content", "missing")
             ok = False
-            text = None
         else:
             text = _content_text(m["content"])
             if text is None:
                 add(f"{where}.content", f"expected a string, got {type(m['content']).__name__}")
                 ok = False
-            elif not text.strip():
+            elif not text.strip() and role != "tool" and raw_calls is None:
                 add(f"{where}.content", "empty")
                 ok = False
         weight = m.get("weight", 1)
@@ -141,7 +174,21 @@ def _check_chat(obj: dict, add) -> list[dict] | None:
         if "name" in m and not isinstance(m["name"], str):
             add(f"{where}.name", f"expected a string, got {type(m['name']).__name__}")
             ok = False
-        out.append({"role": role, "content": text, "weight": weight})
+        item = {"role": role, "content": text, "weight": weight}
+        if calls:
+            item["tool_calls"] = calls
+        if role == "tool":
+            cid = m.get("tool_call_id")
+            if cid is None and m.get("role") == "function" and legacy:
+                cid = legacy[-1]
+            if not isinstance(cid, str):
+                add(f"{where}.tool_call_id", "missing (a tool message names the call it answers)")
+                ok = False
+            item["tool_call_id"] = cid
+        elif "tool_call_id" in m:
+            add(f"{where}.tool_call_id", "only tool messages answer a call")
+            ok = False
+        out.append(item)
     if ok:
         roles = [m["role"] for m in out]
         if "assistant" not in roles:
@@ -157,7 +204,26 @@ def _check_chat(obj: dict, add) -> list[dict] | None:
         if ok and sys_late:
             add(f"messages[{sys_late[0]}].role", "a system message may only come first")
             ok = False
+        ok = ok and tool_data.check_exchange(out, add)
     return out if ok else None
+
+
+def _check_tools(obj: dict, add) -> tuple[bool, list[dict] | None]:
+    """A record's ``tools`` (or deprecated ``functions``) and ``parallel_tool_calls``: (ok, tools or None)."""
+    ok = True
+    if "tools" in obj and "functions" in obj:
+        add("functions", "give tools or the deprecated functions, not both")
+        return False, None
+    raw = obj["tools"] if "tools" in obj else tool_data.functions_to_tools(obj.get("functions"))
+    path = "tools" if "tools" in obj else "functions"
+    tools = None
+    if raw is not None:
+        tools = tool_data.check_tools(raw, add, path)
+        ok = tools is not None
+    if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
+        add("parallel_tool_calls", "expected true or false")
+        ok = False
+    return ok, tools
 
 
 def _check_completion(obj: dict, add) -> tuple[str, str] | None:
@@ -179,18 +245,24 @@ def _check_completion(obj: dict, add) -> tuple[str, str] | None:
     return (obj["prompt"], obj["completion"]) if ok else None
 
 
-def _check_preference(obj: dict, add) -> tuple[list[dict], str, str] | None:
+def _check_preference(obj: dict, add) -> tuple[list[dict], str, str, list[dict] | None] | None:
     ok = True
     for key in obj:
         if key not in ("input", "preferred_output", "non_preferred_output"):
             add(key, "unknown key")
             ok = False
     inp = obj.get("input")
-    msgs = None
+    msgs, tools = None, None
     if not isinstance(inp, dict) or "messages" not in inp:
         add("input", "expected an object with 'messages'")
         ok = False
     else:
+        for key in inp:
+            if key not in ("messages", "tools", "parallel_tool_calls"):
+                add(f"input.{key}", "unknown key")
+                ok = False
+        tools_ok, tools = _check_tools(inp, lambda path, msg: add(f"input.{path}", msg))
+        ok = ok and tools_ok
         msgs = inp["messages"]
         if not isinstance(msgs, list) or not msgs:
             add("input.messages", "expected a non-empty list of messages")
@@ -224,18 +296,19 @@ def _check_preference(obj: dict, add) -> tuple[list[dict], str, str] | None:
     if not ok:
         return None
     prompt = [{"role": m["role"], "content": _content_text(m["content"]), "weight": 1} for m in msgs]
-    return prompt, replies[0], replies[1]
+    return prompt, replies[0], replies[1], tools
 
 
 FORMAT_KEYS = {
-    "chat": {"messages"},
+    "chat": {"messages", "tools", "parallel_tool_calls", "functions"},
     "completion": {"prompt", "completion"},
     "preference": {"input", "preferred_output", "non_preferred_output"},
     "alpaca": {"instruction", "input", "output", "system"},
-    "sharegpt": {"conversations", "system"},
+    "sharegpt": {"conversations", "system", "tools"},
 }
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant"}
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
+                  "function_call": "assistant", "observation": "tool"}
 KIND = {"chat": "chat", "completion": "completion", "preference": "preference", "alpaca": "chat",
         "sharegpt": "chat"}
 
@@ -264,6 +337,7 @@ class Reading:
     problems: list[Problem] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
+    warnings: list[Problem] = field(default_factory=list)  # kept records' doubtful parts (tool arguments off schema)
     unit: str = "line"  # what its numbers count: line (JSONL), record (a JSON array), row (a table)
     first_kind: tuple[str, int] | None = None  # (kind, number) of the first record: the file's kind
 
@@ -299,13 +373,52 @@ def _alpaca_chat(obj: dict, add) -> list[dict] | None:
                    {"role": "assistant", "content": obj["output"], "weight": 1}]
 
 
-def _sharegpt_chat(obj: dict, add) -> list[dict] | None:
+def _sharegpt_tools(obj: dict, add) -> tuple[bool, list[dict] | None]:
+    """LLaMA-Factory's ``tools`` column: the functions (bare or as tools) as JSON text, or as a list."""
+    raw = obj.get("tools")
+    if raw is None or raw == "":
+        return True, None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            add("tools", f"not valid JSON: {e.msg} (column {e.colno})")
+            return False, None
+    if isinstance(raw, list):
+        raw = [t if isinstance(t, dict) and "function" in t else {"type": "function", "function": t} for t in raw]
+    tools = tool_data.check_tools(raw, add)
+    return tools is not None, tools
+
+
+def _sharegpt_call(value, add, where: str, n: int) -> list[dict] | None:
+    """A ``function_call`` turn's value (JSON text of one call or a list of them) as tool calls."""
+    try:
+        got = json.loads(value)
+    except json.JSONDecodeError as e:
+        add(f"{where}.value", f"a function_call turn holds JSON ({{'name', 'arguments'}}): {e.msg}")
+        return None
+    got = got if isinstance(got, list) else [got]
+    calls = []
+    for j, c in enumerate(got):
+        if not isinstance(c, dict) or "name" not in c:
+            add(f"{where}.value", "a function_call turn holds {'name', 'arguments'} objects")
+            return None
+        args = c.get("arguments", {})
+        calls.append({"id": f"call_{n}_{j}", "type": "function",
+                      "function": {"name": c["name"], "arguments": args if isinstance(args, str) else
+                                   tool_data.dumps(args)}})
+    return calls
+
+
+def _sharegpt_chat(obj: dict, add, *, strict: bool = False, warn=None) -> tuple[list[dict], list[dict] | None] | None:
     turns = obj["conversations"]
     if not isinstance(turns, list) or not turns:
         add("conversations", "expected a non-empty list of {from, value} turns")
         return None
+    tools_ok, tools = _sharegpt_tools(obj, add)
     msgs = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
-    ok = True
+    ok = tools_ok
+    answering: list[str] = []  # ids of the last function_call turn's calls, answered by observations in order
     for i, turn in enumerate(turns):
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
@@ -320,7 +433,18 @@ def _sharegpt_chat(obj: dict, add) -> list[dict] | None:
             add(f"{where}.value", "missing" if "value" not in turn else
                 f"expected a string, got {type(turn['value']).__name__}")
             ok = False
-        msgs.append({"role": SHAREGPT_ROLES.get(who, "user"), "content": turn.get("value")})
+        if who == "function_call" and isinstance(turn.get("value"), str):
+            calls = _sharegpt_call(turn["value"], add, where, i)
+            if calls is None:
+                ok = False
+                continue
+            answering = [c["id"] for c in calls]
+            msgs.append({"role": "assistant", "content": None, "tool_calls": calls})
+        elif who == "observation":
+            msgs.append({"role": "tool", "content": turn.get("value"),
+                         "tool_call_id": answering.pop(0) if answering else "(none)"})
+        else:
+            msgs.append({"role": SHAREGPT_ROLES.get(who, "user"), "content": turn.get("value")})
     if not ok:
         return None
     # the rest (roles in order, empty turns, a trained assistant turn) as for OpenAI chat; problems name the turn
@@ -334,13 +458,15 @@ def _sharegpt_chat(obj: dict, add) -> list[dict] | None:
             path = "conversations" + path[8:]
         add(path.replace(".role", ".from").replace(".content", ".value"), message)
 
-    return _check_chat({"messages": msgs}, add_turn)
+    checked = _check_chat({"messages": msgs}, add_turn, tools=tools, strict=strict, warn=warn)
+    return (checked, tools) if checked is not None else None
 
 
 def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
-                 ignored: Counter | None = None) -> tuple[Example | None, str | None]:
+                 ignored: Counter | None = None, warn=None) -> tuple[Example | None, str | None]:
     """One record (a parsed JSON object or a table row) → (Example or None, its format or None). Problems go to
-    ``add(field, message)``; keys beyond the format's are counted in ``ignored`` (problems when ``strict``)."""
+    ``add(field, message)``, warnings (tool-call arguments off their schema, without ``strict``) to
+    ``warn(field, message)``; keys beyond the format's are counted in ``ignored`` (problems when ``strict``)."""
     if not isinstance(obj, dict):
         add("(root)", f"expected a JSON object, got {type(obj).__name__}")
         return None, None
@@ -354,9 +480,6 @@ def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
                                                          "data.columns)" if obj else ""))
         return None, None
     extra = [k for k in obj if k not in FORMAT_KEYS[fmt]]
-    if fmt == "chat" and ("tools" in obj or "parallel_tool_calls" in obj):
-        add("tools", "tool definitions are not supported yet")
-        return None, fmt
     if extra and strict:
         for k in extra:
             add(k, "unknown key (data.strict is on)")
@@ -365,15 +488,21 @@ def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
         ignored.update(extra)
     obj = {k: v for k, v in obj.items() if k not in extra}
     if fmt == "chat":
-        msgs = _check_chat(obj, add)
+        tools_ok, tools = _check_tools(obj, add)
+        msgs = _check_chat(obj, add, tools=tools, strict=strict, warn=warn)
+        return (Example(line=0, kind="chat", messages=msgs, fmt=fmt, tools=tools)
+                if msgs is not None and tools_ok else None), fmt
+    if fmt == "alpaca":
+        msgs = _alpaca_chat(obj, add)
         return (Example(line=0, kind="chat", messages=msgs, fmt=fmt) if msgs is not None else None), fmt
-    if fmt in ("alpaca", "sharegpt"):
-        msgs = _alpaca_chat(obj, add) if fmt == "alpaca" else _sharegpt_chat(obj, add)
-        return (Example(line=0, kind="chat", messages=msgs, fmt=fmt) if msgs is not None else None), fmt
+    if fmt == "sharegpt":
+        got = _sharegpt_chat(obj, add, strict=strict, warn=warn)
+        return (Example(line=0, kind="chat", messages=got[0], fmt=fmt, tools=got[1])
+                if got is not None else None), fmt
     if fmt == "preference":
         pref = _check_preference(obj, add)
-        return (Example(line=0, kind="preference", messages=pref[0], chosen=pref[1], rejected=pref[2], fmt=fmt)
-                if pref is not None else None), fmt
+        return (Example(line=0, kind="preference", messages=pref[0], chosen=pref[1], rejected=pref[2], fmt=fmt,
+                        tools=pref[3]) if pref is not None else None), fmt
     pc = _check_completion(obj, add)
     return (Example(line=0, kind="completion", prompt=pc[0], completion=pc[1], fmt=fmt)
             if pc is not None else None), fmt
@@ -398,10 +527,13 @@ def _parse(out: Reading, records, file: str, *, columns: dict | None, strict: bo
         def add(path: str, msg: str, _n=number) -> None:
             out.problems.append(Problem(file, _n, path, msg, unit))
 
+        def warn(path: str, msg: str, _n=number) -> None:
+            out.warnings.append(Problem(file, _n, path, msg, unit))
+
         if isinstance(obj, ValueError):
             add("(json)", str(obj))
             continue
-        ex, fmt = parse_record(obj, add, columns=columns, strict=strict, ignored=out.ignored)
+        ex, fmt = parse_record(obj, add, columns=columns, strict=strict, ignored=out.ignored, warn=warn)
         if fmt is None:
             continue
         out.formats[fmt] += 1

@@ -7,6 +7,9 @@ conversation: the characters between ``render(messages[:i], add_generation_promp
 ``render(messages[:i+1])`` are assistant turn i. This works for any template that is prefix-preserving (ChatML,
 Phi-3, Llama-3 ...), needs no ``{% generation %}`` markers, and is checked: a template that is not
 prefix-preserving is refused with a clear error instead of training on a silently wrong mask.
+
+Conversations with tools go through :func:`slmtune.data.tools.render` (the model's own tool-aware template, or the
+documented fallback), the same as at serving time; tool results are context, the assistant's calls are trained.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slmtune.data import tools as tool_data
 from slmtune.data.formats import Example
 
 IGNORE_INDEX = -100
@@ -40,20 +44,25 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _conversation(tokenizer, messages: list[dict], tools: list[dict] | None):
+    """(the messages whose prefixes are rendered, how to render a prefix): a tool-aware template renders the
+    messages as they are; otherwise the fallback's plain messages (tool results merged into user turns) are."""
+    if tool_data.has_tools(messages, tools) and tool_data.native_tools(tokenizer):
+        return messages, lambda ms, gen: tool_data.render(tokenizer, ms, tools, add_generation_prompt=gen)
+    plain = tool_data.plain_messages(messages, tools)
+    return plain, lambda ms, gen: tool_data.render(tokenizer, ms, None, add_generation_prompt=gen)
 
 
-def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def chat_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation; return the text and the character spans that carry loss."""
-    full = _render(tokenizer, messages, add_generation_prompt=False)
+    messages, _render = _conversation(tokenizer, messages, tools)
+    full = _render(messages, False)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = _render(messages[:i], True) if i else ""
+        through = _render(messages[: i + 1], False)
         if not (full.startswith(through) and through.startswith(before)):
             raise TemplateError(
                 "the chat template is not prefix-preserving (rendering the first turns of a conversation is not "
@@ -63,8 +72,8 @@ def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, in
     return full, spans
 
 
-def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    text, spans = chat_spans(tokenizer, messages)
+def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
+    text, spans = chat_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
@@ -87,9 +96,9 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int
 
 def encode_example(tokenizer, ex: Example, max_seq_length: int | None = None) -> Encoded:
     if ex.kind == "chat":
-        ids, labels = encode_chat(tokenizer, ex.messages)
+        ids, labels = encode_chat(tokenizer, ex.messages, ex.tools)
     elif ex.kind == "preference":  # length and SFT-style loss of the preferred reply
-        ids, labels = encode_chat(tokenizer, [*ex.messages, {"role": "assistant", "content": ex.chosen}])
+        ids, labels = encode_chat(tokenizer, [*ex.messages, {"role": "assistant", "content": ex.chosen}], ex.tools)
     else:
         ids, labels = encode_completion(tokenizer, ex.prompt, ex.completion)
     truncated = False

@@ -36,9 +36,8 @@ class OnnxChatModel:
             raise ValueError(f"{self.path}: ONNX Runtime could not load the model: {e}") from None
         self.tokenizer = load_tokenizer(self.path)
 
-    def _ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return ModelServer.prompt_ids(self.tokenizer, messages, tools=tools)
 
     def _tokens(self, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float,
                 seed: int | None, ids: list[int] | None = None) -> Iterator[int]:
@@ -251,12 +250,26 @@ class OnnxServer:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare_sync, name)
 
-    def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit, project: str | None = None):
+    def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit, project: str | None = None,
+               tools: list[dict] | None = None):
         """As :meth:`ModelServer.submit`; ``project`` is accepted for the same call and unused: one ONNX Runtime
         engine per model runs its requests in its own (FIFO) order."""
         engine = prepared.engine
-        return engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages, engine.max_length or None), params,
-                             n=n, emit=emit)
+        return engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages, engine.max_length or None, tools),
+                             params, n=n, emit=emit)
+
+    @staticmethod
+    def grammar(prepared, tools: list[dict] | None, tool_choice="auto", parallel: bool = True,
+                response_format: dict | None = None) -> None:
+        """onnxruntime-genai's engine takes no per-token mask: tools with ``auto`` work (calls are read from the
+        text, not forced); what needs constrained decoding is refused with a ValueError."""
+        if tools and (tool_choice == "required" or isinstance(tool_choice, dict)):
+            raise ValueError("tool_choice 'required' or a named function needs constrained decoding, which ONNX "
+                             "Runtime models do not have (serve the tuned model itself for it)")
+        if response_format and response_format.get("type") != "text":
+            raise ValueError("response_format needs constrained decoding, which ONNX Runtime models do not have "
+                             "(serve the tuned model itself for it)")
+        return None
 
     def shutdown(self) -> None:
         for p in self.engines.values():

@@ -92,6 +92,7 @@ class SequenceState:
         self.sent = 0  # characters of text emitted
         self.held: list[dict] = []  # logprob entries whose text is not emitted yet
         self.last_time: float | None = None
+        self.constraint = None  # constraints.RowConstraint, when the request has a grammar
 
     @property
     def prompt(self) -> list[int]:

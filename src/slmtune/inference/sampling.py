@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from slmtune.inference.constraints import Grammar
 
 MAX_TOP_LOGPROBS = 20
 
@@ -23,6 +27,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token (0..20), only with logprobs
+    grammar: Grammar | None = None  # what every choice is held to (tools, response_format): ``constraints``
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from slmtune.data.tools import dumps, render
 from slmtune.inference.batching import BatchEngine
+from slmtune.inference.constraints import Grammar, build
 from slmtune.inference.lora_batch import unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.request import Delta, Failed, Finished, GenerationRequest, Overloaded, PromptTooLong
@@ -207,32 +209,44 @@ class ModelServer:
 
     # --- requests ----------------------------------------------------------------------------------------------
     @staticmethod
-    def prompt_ids(tokenizer, messages: list[dict], max_length: int | None = None) -> list[int]:
-        """The prompt's tokens through the model's chat template. With ``max_length``, messages that cannot fit in
-        it whatever the tokenizer does are refused before any templating (:func:`refuse_far_too_long`)."""
+    def prompt_ids(tokenizer, messages: list[dict], max_length: int | None = None,
+                   tools: list[dict] | None = None) -> list[int]:
+        """The prompt's tokens through the model's chat template (with ``tools``: ``data.tools.render``). With
+        ``max_length``, messages that cannot fit in it whatever the tokenizer does are refused before any
+        templating (:func:`refuse_far_too_long`)."""
         if max_length:
-            refuse_far_too_long(tokenizer, messages, max_length)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            refuse_far_too_long(tokenizer, messages, max_length, tools)
+        text = render(tokenizer, messages, tools, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @staticmethod
+    def grammar(prepared: Prepared, tools: list[dict] | None, tool_choice="auto", parallel: bool = True,
+                response_format: dict | None = None) -> Grammar | None:
+        """The grammar a request is held to (``constraints.build``) on this engine's tokenizer; raises
+        ``UnsupportedSchema`` for a strict schema the grammar engine cannot enforce."""
+        if not tools and not (response_format and response_format.get("type") != "text"):
+            return None
+        return build(tools, tool_choice, parallel, response_format, prepared.engine.matchers.check)
+
     def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
-               emit, project: str | None = None) -> GenerationRequest:
+               emit, project: str | None = None, tools: list[dict] | None = None) -> GenerationRequest:
         engine = prepared.engine
         if prepared.adapter is not None and prepared.adapter[0] in engine.adapters.loaded:
             self.metrics.adapter_hits.labels(engine.name).inc()
         try:
-            return engine.submit(self.prompt_ids(prepared.tokenizer, messages, engine.max_length), params, n=n,
-                                 adapter=prepared.adapter, emit=emit, project=project)
+            return engine.submit(self.prompt_ids(prepared.tokenizer, messages, engine.max_length, tools), params,
+                                 n=n, adapter=prepared.adapter, emit=emit, project=project)
         except Overloaded:
             self.metrics.rejected.labels(engine.name).inc()
             raise
 
     def generate(self, base_id: str, adapter: tuple[str, Path] | None, messages: list[dict],
-                 params: SamplingParams | None = None, *, n: int = 1, timeout: float | None = None) -> Completion:
+                 params: SamplingParams | None = None, *, n: int = 1, timeout: float | None = None,
+                 tools: list[dict] | None = None) -> Completion:
         """Blocking convenience (tests, scripts): submit and wait for every choice."""
         params = params or SamplingParams()
         events: queue.SimpleQueue = queue.SimpleQueue()
-        req = self.submit(self.prepare_sync(base_id, adapter), messages, params, n=n, emit=events.put)
+        req = self.submit(self.prepare_sync(base_id, adapter), messages, params, n=n, emit=events.put, tools=tools)
         return collect(req, events.get, timeout)
 
     def shutdown(self) -> None:
@@ -263,11 +277,12 @@ def longest_token_bytes(tokenizer) -> int:
     return cached
 
 
-def refuse_far_too_long(tokenizer, messages: list[dict], max_length: int) -> None:
+def refuse_far_too_long(tokenizer, messages: list[dict], max_length: int, tools: list[dict] | None = None) -> None:
     """PromptTooLong when the messages' text cannot fit in ``max_length`` tokens however it is tokenized: every
     token stands for at most :func:`longest_token_bytes` bytes, so ``bytes / longest`` tokens at the least. Exact,
     never a guess: a prompt this refuses would be refused after tokenizing too, only seconds later."""
     size = sum(len(str(m.get("content") or "").encode("utf-8")) for m in messages)
+    size += sum(len(dumps(t).encode("utf-8")) for t in tools or [])
     least = size // longest_token_bytes(tokenizer)
     if least > max_length:
         raise PromptTooLong(f"This model's maximum context length is {max_length} tokens. However, your messages "

@@ -18,6 +18,7 @@ MAX_CHOICES = 8  # n per chat request
 MAX_MESSAGES = 2048  # messages per chat request
 MAX_STOP_CHARS = 256  # characters per stop sequence (each is matched against the text at every token)
 MAX_CHAT_CHARS = 1_000_000  # characters of message content per chat request (far past any context window here)
+MAX_TOOLS = 128  # tools per chat request (OpenAI's limit); their JSON counts toward MAX_CHAT_CHARS
 
 
 class _In(BaseModel):
@@ -287,11 +288,72 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls, in a request's history
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None  # JSON Schema of the arguments object
+    strict: bool | None = None  # arguments always validate against parameters (constrained decoding)
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    name: str = Field("response", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object`` (any JSON object) or ``json_schema`` (JSON valid under ``json_schema.schema``)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        return self
+
+    def wire(self) -> dict:
+        out: dict = {"type": self.type}
+        if self.json_schema is not None:
+            out["json_schema"] = {"name": self.json_schema.name, "schema": self.json_schema.schema_,
+                                  "strict": self.json_schema.strict}
+        return out
 
 
 class StreamOptions(BaseModel):
@@ -303,8 +365,10 @@ class ChatCompletionRequest(BaseModel):
 
     Implemented: ``max_completion_tokens`` (``max_tokens``), ``n`` (up to 8), ``logprobs``/``top_logprobs``, ``seed``
     (a sampled request is reproducible whatever shares its batch), ``stop`` (up to 4), ``stream``,
-    ``stream_options.include_usage``, ``temperature``, ``top_p``. Fields the engine does not implement (penalties,
-    logit_bias, tools, response_format ...) are accepted and ignored so that SDK defaults never fail a call.
+    ``stream_options.include_usage``, ``temperature``, ``top_p``, ``tools`` (up to 128) with ``tool_choice`` and
+    ``parallel_tool_calls``, ``response_format`` (``json_object``, ``json_schema``), the last two by constrained
+    decoding (docs/tools.md). Fields the engine does not implement (penalties, logit_bias ...) are accepted and
+    ignored so that SDK defaults never fail a call.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -317,8 +381,9 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     metadata: dict | None = None
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    parallel_tool_calls: bool | None = None
     presence_penalty: float | None = None
-    response_format: dict | None = None
+    response_format: ResponseFormat | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool | None = False
@@ -326,8 +391,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float | None = Field(None, gt=0, le=1)
-    tools: list[dict] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -345,9 +410,22 @@ class ChatCompletionRequest(BaseModel):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("logprobs must be true when top_logprobs is set")
         size = sum(len(m["content"]) for m in self.text_messages())
+        size += sum(len(t.model_dump_json()) for t in self.tools or [])
         if size > MAX_CHAT_CHARS:
-            raise ValueError(f"the messages hold {size} characters; at most {MAX_CHAT_CHARS} are accepted")
+            raise ValueError(f"the messages and tools hold {size} characters; at most {MAX_CHAT_CHARS} are accepted")
         return self
+
+    def tool_list(self) -> list[dict] | None:
+        """The tools as plain dicts (``data.tools``' form), None when there are none."""
+        if not self.tools:
+            return None
+        return [{"type": "function", "function": t.function.model_dump(exclude_none=True)} for t in self.tools]
+
+    def choice_of_tool(self) -> str | dict:
+        """``tool_choice`` as data: "none", "auto", "required" or the named-function dict (default: auto)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.model_dump()
+        return self.tool_choice or "auto"
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -359,7 +437,12 @@ class ChatCompletionRequest(BaseModel):
             if isinstance(content, list):
                 content = "".join(p.text or "" for p in content if p.type == "text")
             role = "system" if m.role == "developer" else m.role
-            out.append({"role": role, "content": content or ""})
+            item = {"role": role, "content": content or ""}
+            if m.tool_calls:
+                item["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                item["tool_call_id"] = m.tool_call_id
+            out.append(item)
         return out
 
 
@@ -373,6 +456,7 @@ class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChoiceLogprobs(BaseModel):
@@ -383,7 +467,7 @@ class ChoiceLogprobs(BaseModel):
 class Choice(BaseModel):
     index: int
     message: ChoiceMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChoiceLogprobs | None = None
 
 

@@ -7,6 +7,7 @@ second copy of the weights. Data: preference records (``input.messages`` + prefe
 from __future__ import annotations
 
 from slmtune.data.formats import Example
+from slmtune.data.tools import plain_messages
 from slmtune.training.trainer import TrainerMetricsMixin
 
 
@@ -15,7 +16,9 @@ def preference_dataset(examples: list[Example]):
 
     rows = {"prompt": [], "chosen": [], "rejected": []}
     for e in examples:
-        rows["prompt"].append([{"role": m["role"], "content": m["content"]} for m in e.messages])
+        # tools (input.tools) in the fallback's plain form (data.tools): TRL renders the prompt with the template
+        rows["prompt"].append([{"role": m["role"], "content": m["content"]}
+                               for m in plain_messages(e.messages, e.tools)])
         rows["chosen"].append([{"role": "assistant", "content": e.chosen}])
         rows["rejected"].append([{"role": "assistant", "content": e.rejected}])
     return Dataset.from_dict(rows)

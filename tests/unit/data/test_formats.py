@@ -38,7 +38,7 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
     assert probs == [
         "F:2: (json): invalid JSON: Expecting value (column 15)",
         "F:3: messages: missing assistant turn: at least one assistant message is needed",
-        "F:4: messages[0].role: unknown role 'bot'; expected one of system, user, assistant",
+        "F:4: messages[0].role: unknown role 'bot'; expected one of system, user, assistant, tool",
         "F:5: messages[0].content: empty",
         "F:6: messages[0].content: expected a string, got int",
         "F:6: messages[1].weight: must be 0 or 1, got 2",

@@ -11,6 +11,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from slmtune.data.tools import CALL_OPEN, ReplyReader, check_tools, parse_reply, schema_problem
+from slmtune.inference.constraints import UnsupportedSchema
 from slmtune.inference.request import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
 from slmtune.inference.serving import Collector, submit_async
@@ -33,9 +35,35 @@ DISCONNECT_POLL_S = 0.2
 
 
 def _params(req: ChatCompletionRequest) -> SamplingParams:
+    stop = req.stops()
+    if req.tools and req.choice_of_tool() == "none":
+        stop.append(CALL_OPEN)  # the tools are shown to the model, but a call cannot begin
     return SamplingParams(max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
                           temperature=req.temperature or 0.0, top_p=req.top_p or 1.0, seed=req.seed,
-                          stop=req.stops(), logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0)
+                          stop=stop, logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0)
+
+
+def _tools(req: ChatCompletionRequest) -> list[dict] | None:
+    """The request's tools, checked (each parameters object a valid JSON Schema; a named choice among them)."""
+    choice = req.choice_of_tool()
+    if req.tool_choice is not None and not req.tools:
+        raise BadRequest("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
+    tools = req.tool_list()
+    if tools:
+        problems: list[tuple[str, str]] = []
+        check_tools(tools, lambda path, msg: problems.append((path, msg)))
+        if problems:
+            path, msg = problems[0]
+            raise BadRequest(f"Invalid value for '{path}': {msg}", param=path)
+        if isinstance(choice, dict) and choice["function"]["name"] not in {t["function"]["name"] for t in tools}:
+            raise BadRequest(f"tool_choice names function {choice['function']['name']!r}, which is not among the "
+                             "tools", param="tool_choice")
+    rf = req.response_format
+    if rf is not None and rf.json_schema is not None and rf.json_schema.schema_ is not None:
+        if (problem := schema_problem(rf.json_schema.schema_)) is not None:
+            raise BadRequest(f"Invalid value for 'response_format.json_schema.schema': {problem}",
+                             param="response_format.json_schema.schema")
+    return tools
 
 
 async def _watch_disconnect(request: Request, handle) -> None:
@@ -56,6 +84,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
     """Chat with a base model, a fine-tuned model or a checkpoint; `stream: true` answers with server-sent events."""
     n = req.n or 1
     params = _params(req)
+    tools = _tools(req)
     if req.model in settings.onnx_models:  # an exported model served by ONNX Runtime
         server = request.app.state.onnx
         load = server.prepare(req.model)
@@ -76,13 +105,19 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
         loop.call_soon_threadsafe(events.put_nowait, ev)
 
     try:
-        handle = await submit_async(server, prepared, req.text_messages(), params, n=n, emit=emit, project=project)
+        params.grammar = server.grammar(prepared, tools, req.choice_of_tool(), req.parallel_tool_calls is not False,
+                                        req.response_format.wire() if req.response_format else None)
+        handle = await submit_async(server, prepared, req.text_messages(), params, n=n, emit=emit, project=project,
+                                    tools=tools)
+    except UnsupportedSchema as e:
+        raise BadRequest(str(e), param=e.param) from None
     except PromptTooLong as e:
         raise BadRequest(str(e), param="messages", code="context_length_exceeded") from None
     except Overloaded as e:
         raise RateLimited(str(e), retry_after=e.retry_after) from None
-    except ValueError as e:  # an option this model cannot honour (logprobs on ONNX Runtime)
-        raise BadRequest(str(e), param="logprobs" if "logprobs" in str(e) else None) from None
+    except ValueError as e:  # an option this model cannot honour (logprobs, constraints on ONNX Runtime)
+        param = next((p for p in ("logprobs", "tool_choice", "response_format") if p in str(e)), None)
+        raise BadRequest(str(e), param=param) from None
     cid, created = new_id("chatcmpl-"), int(time.time())
     if not req.stream:
         # The engine emits nothing more for a cancelled request, so waiting for the completion would never end
@@ -102,6 +137,11 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
     return StreamingResponse(_stream(req, handle, events, cid, created, n), media_type="text/event-stream")
 
 
+def _calling(req: ChatCompletionRequest) -> bool:
+    """Whether replies are read for tool calls (tools given, and calls not ruled out)."""
+    return bool(req.tools) and req.choice_of_tool() != "none"
+
+
 def _logprobs(entries: list[dict] | None) -> dict | None:
     return {"content": entries or [], "refusal": None} if entries is not None else None
 
@@ -113,10 +153,13 @@ async def _complete(req, handle, events: asyncio.Queue, cid: str, created: int, 
             pass
     except Exception as e:  # noqa: BLE001 - what the engine reported for this request
         raise ServerError(f"The model failed while generating: {e}") from None
-    done, want = collector.completion, bool(req.logprobs)
-    choices = [Choice(index=i, message=ChoiceMessage(content=c.text.strip()), finish_reason=c.finish_reason,
-                      logprobs=ChoiceLogprobs(content=c.logprobs) if want else None)
-               for i, c in enumerate(done.choices)]
+    done, want, calling = collector.completion, bool(req.logprobs), _calling(req)
+    choices = []
+    for i, c in enumerate(done.choices):
+        content, calls = parse_reply(c.text) if calling else (c.text.strip(), [])
+        finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
+        choices.append(Choice(index=i, message=ChoiceMessage(content=content, tool_calls=calls or None),
+                              finish_reason=finish, logprobs=ChoiceLogprobs(content=c.logprobs) if want else None))
     p, c = done.prompt_tokens, done.completion_tokens
     return ChatCompletion(id=cid, created=created, model=req.model, choices=choices,
                           usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
@@ -136,6 +179,16 @@ async def _stream(req, handle, events: asyncio.Queue, cid: str, created: int, n:
     def choice(i: int, delta: dict, finish=None, logprobs=None) -> dict:
         return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": _logprobs(logprobs) if want else None}
 
+    readers = [ReplyReader() for _ in range(n)] if _calling(req) else None
+    called = [0] * n
+
+    def deltas(i: int, content: str, calls: list[dict]) -> list[dict]:
+        out = [{"content": content}] if content else []
+        for c in calls:
+            out.append({"tool_calls": [{"index": called[i], **c}]})
+            called[i] += 1
+        return out
+
     try:
         for i in range(n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
@@ -147,11 +200,21 @@ async def _stream(req, handle, events: asyncio.Queue, cid: str, created: int, n:
                 yield f"data: {json.dumps(err)}\n\n"
                 return
             if isinstance(ev, Delta):
-                yield chunk([choice(ev.choice, {"content": ev.text}, logprobs=ev.logprobs)])
+                if readers is None:
+                    yield chunk([choice(ev.choice, {"content": ev.text}, logprobs=ev.logprobs)])
+                    continue
+                parts = deltas(ev.choice, *readers[ev.choice].feed(ev.text))
+                for k, d in enumerate(parts):  # logprobs ride on the first part of their text
+                    yield chunk([choice(ev.choice, d, logprobs=ev.logprobs if k == 0 else None)])
             elif isinstance(ev, Finished):
                 left -= 1
                 completion += ev.completion_tokens
-                yield chunk([choice(ev.choice, {}, finish=ev.finish_reason, logprobs=ev.logprobs)])
+                finish = ev.finish_reason
+                if readers is not None:
+                    for d in deltas(ev.choice, *readers[ev.choice].finish()):
+                        yield chunk([choice(ev.choice, d)])
+                    finish = "tool_calls" if called[ev.choice] and finish == "stop" else finish
+                yield chunk([choice(ev.choice, {}, finish=finish, logprobs=ev.logprobs)])
         if include_usage:
             p = handle.prompt_tokens
             yield chunk([], usage={"prompt_tokens": p, "completion_tokens": completion,
