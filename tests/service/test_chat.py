@@ -162,3 +162,98 @@ def test_metrics_in_prometheus_text(srv):
                  "slmtune_adapter_cache_hits_total", "slmtune_adapter_loads_total"):
         assert name in text or name.replace("_total", "") in text, name
     assert metric(srv, "slmtune_time_to_first_token_seconds_count") >= 1
+
+
+# --- tools and response_format: the tiny model is random, so every valid call below is the grammar's doing ---------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city", "strict": True,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                                    "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                   "required": ["city", "days"], "additionalProperties": False}}}
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                                     "b": {"type": "integer", "minimum": 0, "maximum": 99}},
+    "required": ["a", "b"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "weather in Paris for two days?"}]
+
+
+def _valid(call) -> bool:
+    import json
+
+    import jsonschema
+
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, ADD)}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+    return True
+
+
+def test_required_and_named_tool_choice_always_give_calls_that_validate(srv):
+    client = srv.client()
+    r = client.chat.completions.create(model="tiny-llama", messages=ASK, tools=[WEATHER, ADD], tool_choice="required",
+                                       parallel_tool_calls=False, n=4, temperature=1.0, seed=3, max_tokens=256)
+    for c in r.choices:
+        assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1
+        call = c.message.tool_calls[0]
+        assert call.id.startswith("call_") and call.type == "function" and _valid(call)
+    named = client.chat.completions.create(model="tiny-llama", messages=ASK, tools=[WEATHER, ADD], max_tokens=256,
+                                           tool_choice={"type": "function", "function": {"name": "add"}},
+                                           parallel_tool_calls=False, n=2, temperature=1.0, seed=4)
+    assert all(c.message.tool_calls[0].function.name == "add" and _valid(c.message.tool_calls[0])
+               for c in named.choices)
+    # a free row and two constrained ones in one batch: the free one is untouched by the others' grammars
+    free = client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=8)
+    assert free.choices[0].message.tool_calls is None
+
+    # streamed: the call arrives as tool-call deltas the SDK's stream helper reassembles
+    with client.chat.completions.stream(model="tiny-llama", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                        parallel_tool_calls=False, max_tokens=256) as stream:
+        final = stream.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    assert final.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather" and _valid(call)
+    assert call.function.parsed_arguments["days"] in range(1, 8)  # strict tool: the SDK parses the arguments
+
+
+def test_response_format_json_schema_through_parse_and_json_object(srv):
+    from pydantic import BaseModel, Field
+
+    class Answer(BaseModel):
+        city: str = Field(max_length=10)
+        score: int = Field(ge=0, le=9)
+
+    client = srv.client()
+    r = client.chat.completions.parse(model="tiny-llama", messages=ASK, response_format=Answer, max_tokens=256,
+                                      temperature=1.0, seed=5)
+    assert isinstance(r.choices[0].message.parsed, Answer)
+    obj = client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=48,
+                                         response_format={"type": "json_object"}, temperature=0.7, seed=6)
+    if obj.choices[0].finish_reason == "stop":
+        import json
+
+        assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
+def test_tool_history_tool_choice_none_and_bad_tool_requests(srv):
+    client = srv.client()
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                          "arguments": '{"city": "Paris", "days": 2}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    r = client.chat.completions.create(model="tiny-llama", messages=history, tools=[WEATHER], tool_choice="none",
+                                       max_tokens=16)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+    bad = [({"tool_choice": "required"}, "tool_choice"),
+           ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+           ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]},
+            "tools[0].function.parameters"),
+           ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+               "type": "object", "properties": {"d": {"type": "string", "format": "no-such-format"}}}}}],
+             "tool_choice": "required"}, "tools")]
+    for extra, param in bad:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=4, **extra)
+        assert e.value.body["param"] == param, e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {
+                "type": "object", "properties": {"d": {"type": "string", "format": "no-such-format"}}}}})
+    assert e.value.body["param"] == "response_format" and "no-such-format" in e.value.body["message"]

@@ -371,7 +371,8 @@ class ReplyReader:
 
     def finish(self) -> tuple[str, list[dict]]:
         """The reply has ended: the rest as (content, calls) — an unclosed last block that holds a whole call counts
-        as one (a model may end without the closing tag), anything else is text."""
+        as one (a model may end without the closing tag), a partial call after whole ones is dropped, anything else
+        is text."""
         rest = self.text[self.sent:]
         self.sent = len(self.text)
         if not self.in_calls:
@@ -384,4 +385,33 @@ class ReplyReader:
             done = [{"id": new_call_id(), "type": "function", "function": call}]
             self.calls += done
             return "", done
+        if self.calls and body.startswith(CALL_OPEN):
+            return "", []  # a further call cut off by the token limit (finish_reason "length" says so)
         return rest, []
+
+
+class Reply(str):
+    """What ``slmtune.load(...).chat`` answers: the reply's text (a ``str``, as without tools) with the calls it
+    made in ``tool_calls`` (OpenAI's ``[{"id", "type": "function", "function": {"name", "arguments"}}]``)."""
+
+    tool_calls: list[dict]
+
+    def __new__(cls, text: str | None, tool_calls: list[dict] | None = None):
+        obj = super().__new__(cls, text or "")
+        obj.tool_calls = tool_calls or []
+        return obj
+
+    @classmethod
+    def read(cls, text: str, calling: bool) -> Reply:
+        """A generated text as a Reply: its calls read out when ``calling`` (tools given and not ruled out)."""
+        if not calling:
+            return cls(text.strip())
+        content, calls = parse_reply(text)
+        return cls(content, calls)
+
+    def message(self) -> dict:
+        """The assistant message to append to the history (with its calls)."""
+        out: dict = {"role": "assistant", "content": str(self) or None}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        return out

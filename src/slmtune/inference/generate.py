@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from slmtune.artifacts import Source, is_onnx_dir, locate  # also inference's own names (re-exported)
+from slmtune.data.tools import CALL_OPEN, Reply, render
+from slmtune.inference.constraints import Matchers, RowConstraint, apply_masks, build
 from slmtune.inference.onnx_runtime import OnnxChatModel
 from slmtune.models.loading import default_device, load_base_model, load_tokenizer
 
@@ -43,36 +45,56 @@ class ChatModel:
             model = PeftModel.from_pretrained(model, str(source.adapter_dir))
         model.eval()
         self.model = model
+        self._matchers: Matchers | None = None  # the grammar engine, made on the first call with tools
 
     # --- generation -----------------------------------------------------------------------------------------
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
         return generation_kwargs(self.tokenizer, max_new_tokens, temperature, top_p, seed)
 
-    def _prompt_ids(self, messages: list[dict]) -> torch.Tensor:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def _prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> torch.Tensor:
+        text = render(self.tokenizer, messages, tools, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
 
     @torch.inference_mode()
     def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> str:
-        """Answer a conversation (OpenAI-style message dicts); greedy unless ``temperature > 0``."""
-        return self.chat_batch([messages], max_new_tokens, temperature, top_p, seed)[0]
+             seed: int | None = None, *, tools: list[dict] | None = None, tool_choice="auto",
+             parallel_tool_calls: bool = True, response_format: dict | None = None) -> Reply:
+        """Answer a conversation (OpenAI-style message dicts); greedy unless ``temperature > 0``. With ``tools``
+        (OpenAI's tool list) the model may call them — ``reply.tool_calls`` — as ``tool_choice`` allows;
+        ``response_format`` holds the reply to JSON (docs/tools.md)."""
+        return self.chat_batch([messages], max_new_tokens, temperature, top_p, seed, tools=tools,
+                               tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                               response_format=response_format)[0]
 
     @torch.inference_mode()
     def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
-                   top_p: float = 1.0, seed: int | None = None) -> list[str]:
-        """Answer several conversations in one left-padded batch."""
+                   top_p: float = 1.0, seed: int | None = None, *, tools: list[dict] | None = None,
+                   tool_choice="auto", parallel_tool_calls: bool = True,
+                   response_format: dict | None = None) -> list[Reply]:
+        """Answer several conversations in one left-padded batch (the same tools for each)."""
         tok = self.tokenizer
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        texts = [render(tok, m, tools, add_generation_prompt=True) for m in conversations]
         old_side = tok.padding_side
         tok.padding_side = "left"
         try:
             enc = tok(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
         finally:
             tok.padding_side = old_side
-        out = self.model.generate(**enc, **self._gen_kwargs(max_new_tokens, temperature, top_p, seed))
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        grammar = None
+        if tools or (response_format and response_format.get("type") != "text"):
+            if self._matchers is None:
+                self._matchers = Matchers(tok, max(len(tok), int(getattr(self.model.config, "vocab_size", 0) or 0)))
+            grammar = build(tools, tool_choice, parallel_tool_calls, response_format, self._matchers.check)
+        if tools and tool_choice == "none":
+            kw.update(stop_strings=[CALL_OPEN], tokenizer=tok)
+        if grammar is not None:
+            kw["logits_processor"] = [GrammarProcessor(grammar, self._matchers, len(conversations), tok,
+                                                       enc["input_ids"].shape[1])]
+        out = self.model.generate(**enc, **kw)
         new = out[:, enc["input_ids"].shape[1]:]
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+        calling = bool(tools) and tool_choice != "none"
+        return [Reply.read(tok.decode(row, skip_special_tokens=True), calling) for row in new]
 
     def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
@@ -98,6 +120,23 @@ class ChatModel:
         th.join()
         if errors:
             raise errors[0]
+
+
+class GrammarProcessor:
+    """transformers' logits-processor hook over the batch engine's per-row constraints (``constraints``): each row
+    of ``generate()`` is fed its last token, then masked to what its grammar allows next."""
+
+    def __init__(self, grammar, matchers: Matchers, rows: int, tokenizer, prompt_len: int):
+        self.rows = [RowConstraint(grammar, matchers) for _ in range(rows)]
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.prompt_len:
+            for row, ids in zip(self.rows, input_ids):
+                new = ids[self.prompt_len:].tolist()
+                row.after(new[-1], self.tokenizer.decode(new, skip_special_tokens=True))
+        apply_masks(scores, self.rows)
+        return scores
 
 
 def load(path_or_id: str | Path, precision: str = "fp32", device: str | None = None):

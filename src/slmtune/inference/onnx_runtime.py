@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmtune.artifacts import is_onnx_dir
+from slmtune.data.tools import CALL_OPEN, Reply
 from slmtune.inference.detokenizer import Detokenizer
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.request import Failed, GenerationRequest, Overloaded, PromptTooLong
@@ -40,10 +41,10 @@ class OnnxChatModel:
         return ModelServer.prompt_ids(self.tokenizer, messages, tools=tools)
 
     def _tokens(self, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float,
-                seed: int | None, ids: list[int] | None = None) -> Iterator[int]:
+                seed: int | None, ids: list[int] | None = None, tools: list[dict] | None = None) -> Iterator[int]:
         import onnxruntime_genai as og
 
-        ids = ids if ids is not None else self._ids(messages)
+        ids = ids if ids is not None else self._ids(messages, tools)
         params = og.GeneratorParams(self.model)
         opts = {"max_length": len(ids) + max_new_tokens, "do_sample": bool(temperature and temperature > 0)}
         if opts["do_sample"]:
@@ -62,12 +63,19 @@ class OnnxChatModel:
             yield tok
 
     def chat(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> str:
-        toks = list(self._tokens(messages, max_new_tokens, temperature, top_p, seed))
-        return self.tokenizer.decode(toks, skip_special_tokens=True).strip()
+             seed: int | None = None, *, tools: list[dict] | None = None, tool_choice="auto",
+             parallel_tool_calls: bool = True, response_format: dict | None = None) -> Reply:
+        """As ``ChatModel.chat``; calls are read from the text, not forced: ``tool_choice`` "required" or a named
+        function and ``response_format`` need constrained decoding, which this runtime lacks (a ValueError)."""
+        OnnxServer.grammar(None, tools, tool_choice, parallel_tool_calls, response_format)
+        toks = list(self._tokens(messages, max_new_tokens, temperature, top_p, seed, tools=tools))
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        if tools and tool_choice == "none":
+            text = text.split(CALL_OPEN)[0]
+        return Reply.read(text, bool(tools) and tool_choice != "none")
 
     def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
-                   top_p: float = 1.0, seed: int | None = None) -> list[str]:
+                   top_p: float = 1.0, seed: int | None = None) -> list[Reply]:
         return [self.chat(c, max_new_tokens, temperature, top_p, seed) for c in conversations]
 
     def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
