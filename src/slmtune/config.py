@@ -214,7 +214,7 @@ class DistributedSection(_Section):
 
 # The scenarios' names, here because the config (the bottom layer) checks them; each one's record format, prompts and
 # metrics live in slmtune.scenarios (catalog.SCENARIOS, which is built over exactly these names).
-ScenarioName = Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative"]
+ScenarioName = Literal["domain", "classification", "ner", "translation", "qa", "chat", "creative", "tools"]
 SCENARIO_NAMES: tuple[str, ...] = get_args(ScenarioName)
 
 

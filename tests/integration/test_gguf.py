@@ -27,6 +27,8 @@ def test_f16_export_reads_back_identical_and_has_a_modelfile(tuned, tmp_path):
     modelfile = (tmp_path / "out" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./tuned.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "<|im_start|>{{ .Role }}" in modelfile
+    # tools in the fallback's form (data.tools), so Ollama's tools= asks for calls the way training taught
+    assert "{{- if .Tools }}" in modelfile and "<tool_call>" in modelfile and "{{ json $t }}" in modelfile
     # the tuned weights are in it, not the base's: it answers differently from the base's own export
     base = export_gguf("tiny-llama", tmp_path / "base" / "base.gguf", type="f16")
     assert (tmp_path / "out" / "tuned.gguf").read_bytes() != (tmp_path / "base" / "base.gguf").read_bytes()

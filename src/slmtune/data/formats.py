@@ -59,6 +59,23 @@ class Example:
     fmt: str = ""  # the format it was written in: chat, completion, preference, alpaca, sharegpt
     tools: list[dict] | None = None  # function definitions the conversation may call (data.tools)
 
+    def as_record(self) -> dict:
+        """The example as a training-data line (chat or prompt/completion), read back as the same example."""
+        if self.kind == "completion":
+            return {"prompt": self.prompt, "completion": self.completion}
+        msgs = []
+        for m in self.messages:
+            item = {"role": m["role"], "content": m["content"]}
+            if m.get("tool_calls"):
+                item["tool_calls"] = m["tool_calls"]
+                item["content"] = m["content"] or None
+            if m["role"] == "tool":
+                item["tool_call_id"] = m["tool_call_id"]
+            if m["role"] == "assistant" and "weight" in m:
+                item["weight"] = m["weight"]
+            msgs.append(item)
+        return {"messages": msgs, **({"tools": self.tools} if self.tools else {})}
+
 
 OBJECTIVE_KINDS = {"sft": ("chat", "completion"), "dpo": ("preference",)}  # the records each objective trains on
 

@@ -395,19 +395,21 @@ class Reply(str):
     made in ``tool_calls`` (OpenAI's ``[{"id", "type": "function", "function": {"name", "arguments"}}]``)."""
 
     tool_calls: list[dict]
+    raw: str  # the generated text as it was (calls in their <tool_call> blocks)
 
-    def __new__(cls, text: str | None, tool_calls: list[dict] | None = None):
+    def __new__(cls, text: str | None, tool_calls: list[dict] | None = None, raw: str | None = None):
         obj = super().__new__(cls, text or "")
         obj.tool_calls = tool_calls or []
+        obj.raw = raw if raw is not None else (text or "")
         return obj
 
     @classmethod
     def read(cls, text: str, calling: bool) -> Reply:
         """A generated text as a Reply: its calls read out when ``calling`` (tools given and not ruled out)."""
         if not calling:
-            return cls(text.strip())
+            return cls(text.strip(), raw=text)
         content, calls = parse_reply(text)
-        return cls(content, calls)
+        return cls(content, calls, raw=text)
 
     def message(self) -> dict:
         """The assistant message to append to the history (with its calls)."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from slmtune.artifacts import locate
+from slmtune.data.tools import CALL_CLOSE, CALL_OPEN, FALLBACK_PROMPT, RESULT_CLOSE, RESULT_OPEN
 from slmtune.export.merge import merge
 from slmtune.export.onnx import ExportError
 from slmtune.models.loading import load_tokenizer
@@ -173,11 +174,7 @@ def write_modelfile(gguf_file: Path, tokenizer) -> Path:
     chatml = "<|im_start|>" in tokenizer.get_vocab() and "<|im_end|>" in tokenizer.get_vocab()
     lines = [f"FROM ./{gguf_file.name}", ""]
     if chatml:
-        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system',
-                  "{{ .System }}<|im_end|>",
-                  "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}",
-                  "{{ .Content }}<|im_end|>",
-                  '{{ end }}<|im_start|>assistant', '"""', ""]
+        lines += ['TEMPLATE """' + chatml_tools_template() + '"""', ""]
     else:
         lines += ["# this model's chat template is not ChatML: add a TEMPLATE matching tokenizer_config.json's", ""]
     lines += [f'PARAMETER stop "{s}"' for s in stops]
@@ -185,6 +182,34 @@ def write_modelfile(gguf_file: Path, tokenizer) -> Path:
     path = gguf_file.parent / "Modelfile"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def chatml_tools_template() -> str:
+    """ChatML as an Ollama Go template, with tools in the fallback's form (``data.tools``: definitions at the end
+    of the system turn, calls as ``<tool_call>`` blocks, consecutive results merged in one user turn of
+    ``<tool_response>`` blocks), so Ollama's ``tools=`` asks in the form training taught. Ollama writes the JSON
+    inside (definitions, arguments) compactly and in its own key order; the prose and layout are the same."""
+    head, tail = FALLBACK_PROMPT.split("{tools}")
+    return (
+        "{{- $system := \"\" }}{{- range .Messages }}{{- if eq .Role \"system\" }}{{ $system = .Content }}{{ end }}"
+        "{{- end }}{{- if not $system }}{{ $system = .System }}{{ end }}\n"
+        "{{- if or $system .Tools }}<|im_start|>system\n"
+        "{{- if $system }}\n{{ $system }}{{ if .Tools }}\n\n{{ end }}{{ else }}\n{{ end }}"
+        "{{- if .Tools }}" + head + "{{ range $i, $t := .Tools }}{{ if $i }}\n{{ end }}{{ json $t }}{{ end }}"
+        + tail + "{{ end }}<|im_end|>\n{{ end }}"
+        "{{- $prev := \"\" }}{{- range .Messages }}"
+        "{{- if eq .Role \"tool\" }}"
+        "{{- if eq $prev \"tool\" }}\n{{ else }}<|im_start|>user\n{{ end }}"
+        f"{RESULT_OPEN}\n{{{{ .Content }}}}\n{RESULT_CLOSE}"
+        "{{- else if ne .Role \"system\" }}"
+        "{{- if eq $prev \"tool\" }}<|im_end|>\n{{ end }}<|im_start|>{{ .Role }}\n"
+        "{{ if .Content }}{{ .Content }}{{ if .ToolCalls }}\n{{ end }}{{ end }}"
+        "{{- range $i, $c := .ToolCalls }}{{ if $i }}\n{{ end }}"
+        f"{CALL_OPEN}\n{{\"name\": \"{{{{ $c.Function.Name }}}}\", \"arguments\": "
+        f"{{{{ json $c.Function.Arguments }}}}}}\n{CALL_CLOSE}{{{{ end }}}}<|im_end|>\n"
+        "{{ end }}{{- $prev = .Role }}{{- end }}"
+        "{{- if eq $prev \"tool\" }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    )
 
 
 def parity(gguf_file: Path, model, tokenizer, max_new_tokens: int, type: str = "f16") -> dict:

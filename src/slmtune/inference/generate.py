@@ -69,11 +69,13 @@ class ChatModel:
     @torch.inference_mode()
     def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int | None = None, *, tools: list[dict] | None = None,
-                   tool_choice="auto", parallel_tool_calls: bool = True,
-                   response_format: dict | None = None) -> list[Reply]:
-        """Answer several conversations in one left-padded batch (the same tools for each)."""
+                   tool_choice="auto", parallel_tool_calls: bool = True, response_format: dict | None = None,
+                   tools_each: list[list[dict] | None] | None = None) -> list[Reply]:
+        """Answer several conversations in one left-padded batch (the same ``tools`` for each, or with
+        ``tools_each`` each conversation's own)."""
         tok = self.tokenizer
-        texts = [render(tok, m, tools, add_generation_prompt=True) for m in conversations]
+        each = tools_each if tools_each is not None else [tools] * len(conversations)
+        texts = [render(tok, m, t, add_generation_prompt=True) for m, t in zip(conversations, each)]
         old_side = tok.padding_side
         tok.padding_side = "left"
         try:
@@ -81,20 +83,20 @@ class ChatModel:
         finally:
             tok.padding_side = old_side
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
-        grammar = None
-        if tools or (response_format and response_format.get("type") != "text"):
+        grammars = [None] * len(conversations)
+        if any(each) or (response_format and response_format.get("type") != "text"):
             if self._matchers is None:
                 self._matchers = Matchers(tok, max(len(tok), int(getattr(self.model.config, "vocab_size", 0) or 0)))
-            grammar = build(tools, tool_choice, parallel_tool_calls, response_format, self._matchers.check)
-        if tools and tool_choice == "none":
+            grammars = [build(t, tool_choice, parallel_tool_calls, response_format, self._matchers.check)
+                        for t in each]
+        if any(each) and tool_choice == "none":
             kw.update(stop_strings=[CALL_OPEN], tokenizer=tok)
-        if grammar is not None:
-            kw["logits_processor"] = [GrammarProcessor(grammar, self._matchers, len(conversations), tok,
-                                                       enc["input_ids"].shape[1])]
+        if any(g is not None for g in grammars):
+            kw["logits_processor"] = [GrammarProcessor(grammars, self._matchers, tok, enc["input_ids"].shape[1])]
         out = self.model.generate(**enc, **kw)
         new = out[:, enc["input_ids"].shape[1]:]
-        calling = bool(tools) and tool_choice != "none"
-        return [Reply.read(tok.decode(row, skip_special_tokens=True), calling) for row in new]
+        return [Reply.read(tok.decode(row, skip_special_tokens=True), bool(t) and tool_choice != "none")
+                for row, t in zip(new, each)]
 
     def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
@@ -126,15 +128,16 @@ class GrammarProcessor:
     """transformers' logits-processor hook over the batch engine's per-row constraints (``constraints``): each row
     of ``generate()`` is fed its last token, then masked to what its grammar allows next."""
 
-    def __init__(self, grammar, matchers: Matchers, rows: int, tokenizer, prompt_len: int):
-        self.rows = [RowConstraint(grammar, matchers) for _ in range(rows)]
+    def __init__(self, grammars: list, matchers: Matchers, tokenizer, prompt_len: int):
+        self.rows = [RowConstraint(g, matchers) if g is not None else None for g in grammars]
         self.tokenizer, self.prompt_len = tokenizer, prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[1] > self.prompt_len:
             for row, ids in zip(self.rows, input_ids):
-                new = ids[self.prompt_len:].tolist()
-                row.after(new[-1], self.tokenizer.decode(new, skip_special_tokens=True))
+                if row is not None:
+                    new = ids[self.prompt_len:].tolist()
+                    row.after(new[-1], self.tokenizer.decode(new, skip_special_tokens=True))
         apply_masks(scores, self.rows)
         return scores
 

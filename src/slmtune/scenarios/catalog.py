@@ -1,4 +1,4 @@
-"""The seven scenarios: how a record becomes a training example, and what is measured on held-out records.
+"""The eight scenarios: how a record becomes a training example, and what is measured on held-out records.
 
 A scenario's *meta* (the label set for classification, the entity types for NER) comes from the training records
 and is saved with the run (``scenario.json``), so evaluation prompts the tuned and the base model with exactly the
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from slmtune.config import SCENARIO_NAMES
 from slmtune.data.formats import Example
+from slmtune.data.tools import call_text
 from slmtune.scenarios.records import Record
 
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
@@ -48,6 +49,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("creative", "prompt → text (poems, songs, jokes)", '{"prompt", "text"} or {"text"}',
              ("perplexity", "distinct_1", "distinct_2", "length_ratio_median", "line_format_match"), "perplexity",
              "lower", max_new_tokens=160, scored_by_loss=True),
+    Scenario("tools", "request + function definitions → the right call (or a reply when none fits)",
+             '{"tools", "messages"} (OpenAI tool-calling chat; the last message is the reference turn)',
+             ("name_accuracy", "exact_arguments", "call_accuracy", "valid_json", "schema_valid"), "name_accuracy",
+             "higher", max_new_tokens=128),
 ]}
 if tuple(SCENARIOS) != SCENARIO_NAMES:
     raise RuntimeError("config.ScenarioName and scenarios.catalog must name the same scenarios, in the same order")
@@ -87,7 +92,7 @@ def _system(name: str, meta: dict, rec: dict) -> str | None:
 
 def prompt_messages(name: str, meta: dict, rec: dict) -> list[dict] | None:
     """The conversation up to the model's turn (None for raw-text records, which are continued, not answered)."""
-    if name == "chat":
+    if name in ("chat", "tools"):
         return rec["messages"][:-1]
     if name == "domain" or (name == "creative" and "prompt" not in rec):
         return None
@@ -110,6 +115,9 @@ def reference(name: str, rec: dict) -> str:
         return rec["answer"]
     if name == "chat":
         return rec["messages"][-1]["content"]
+    if name == "tools":  # the reference turn: its calls, or its text
+        last = rec["messages"][-1]
+        return call_text(last["tool_calls"]) if last.get("tool_calls") else last["content"]
     return rec["text"]
 
 
@@ -119,6 +127,6 @@ def to_example(name: str, meta: dict, record: Record) -> Example:
     msgs = prompt_messages(name, meta, rec)
     if msgs is None:
         return Example(record.line, "completion", prompt="", completion=rec["text"])
-    if name == "chat":
-        return Example(record.line, "chat", messages=rec["messages"])
+    if name in ("chat", "tools"):
+        return Example(record.line, "chat", messages=rec["messages"], tools=rec.get("tools"))
     return Example(record.line, "chat", messages=[*msgs, {"role": "assistant", "content": reference(name, rec)}])

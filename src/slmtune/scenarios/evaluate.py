@@ -44,11 +44,16 @@ def _generate(chat_model, name: str, meta: dict, records: list[Record], batch_si
             rows.append({"line": rec.line, "prefix": prefix, "reference": " ".join(words[CREATIVE_PREFIX_WORDS:])})
         else:
             rows.append({"line": rec.line, "messages": msgs, "reference": reference(name, rec.data)})
+            if name == "tools":
+                rows[-1]["tools"] = rec.data["tools"]
     order = sorted(range(len(rows)), key=lambda i: len(json.dumps(rows[i].get("messages") or rows[i]["prefix"])))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in progress(batches, f"generating ({name})"):
         items = [rows[i] for i in batch]
-        if "messages" in items[0]:
+        if name == "tools":  # each record has tools of its own; its calls are read by the metric, from the text
+            outs = [o.raw for o in chat_model.chat_batch([r["messages"] for r in items], max_new_tokens=max_new_tokens,
+                                                         tools_each=[r["tools"] for r in items])]
+        elif "messages" in items[0]:
             outs = chat_model.chat_batch([r["messages"] for r in items], max_new_tokens=max_new_tokens)
         else:
             outs = _continue_batch(chat_model, [r["prefix"] for r in items], max_new_tokens)
@@ -108,6 +113,13 @@ def evaluate_scenario(chat_model, name: str, meta: dict, records: list[Record], 
             for r in rows:
                 r["token_f1"] = M.token_f1(r["output"], r["reference"])
             scores["reply_f1"] = sum(r["token_f1"] for r in rows) / len(rows) if rows else 0.0
+        elif name == "tools":
+            refs_turns = [rec.data["messages"][-1] for rec in records]  # rows are in record order
+            scores_t, detail = M.tool_scores(preds, refs_turns, [r["tools"] for r in rows])
+            for r, d in zip(rows, detail):
+                r.update(d)
+                r.pop("tools")
+            scores |= scores_t
         elif name == "creative":
             scores["distinct_1"] = M.distinct_n(preds, 1)
             scores["distinct_2"] = M.distinct_n(preds, 2)

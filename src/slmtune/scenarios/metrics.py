@@ -155,3 +155,78 @@ def form_scores(preds: list[str], refs: list[str]) -> dict:
                 for p, r in zip(preds, refs)]
     return {"length_ratio_median": ratios[len(ratios) // 2] if ratios else 0.0,
             "line_format_match": sum(lines_ok) / len(lines_ok) if lines_ok else 0.0}
+
+
+# --- tools --------------------------------------------------------------------------------------------------------
+def _normal(value):
+    """JSON normalisation for comparing arguments: numbers by value (1 == 1.0), objects by their keys."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in sorted(value.items())}
+    return value
+
+
+def _call_key(call: dict) -> str:
+    import json
+
+    try:
+        args = json.loads(call["function"]["arguments"])
+    except (json.JSONDecodeError, TypeError):
+        args = call["function"]["arguments"]
+    return json.dumps([call["function"]["name"], _normal(args)], sort_keys=True)
+
+
+def tool_scores(outputs: list[str], references: list[dict], tools: list[list[dict]]) -> tuple[dict, list[dict]]:
+    """Function-calling scores of generated replies against reference turns (each ``{"content"?, "tool_calls"?}``):
+
+    * call_accuracy — a call made exactly when the reference makes one;
+    * name_accuracy — of the references that call: the same function names (as a multiset);
+    * exact_arguments — of those: the same calls, arguments compared after JSON normalisation (key order and
+      1 vs 1.0 ignored; every other difference, an optional argument added or left out, counts);
+    * valid_json — of the replies that open a ``<tool_call>`` block: every block read as a call;
+    * schema_valid — of the calls made: arguments valid under the function's parameter schema.
+
+    Returns the scores and one row of detail per output."""
+    from slmtune.data.tools import CALL_OPEN, argument_problems, parse_reply
+
+    rows, n_ref_calls = [], 0
+    hits = {"call": 0, "name": 0, "exact": 0, "attempted": 0, "parsed": 0, "calls": 0, "valid": 0}
+    for out, ref, fns in zip(outputs, references, tools):
+        _, calls = parse_reply(out)
+        want = ref.get("tool_calls") or []
+        by_name = {t["function"]["name"]: t["function"].get("parameters", {}) for t in fns}
+        row = {"calls": [[c["function"]["name"], c["function"]["arguments"]] for c in calls]}
+        hits["call"] += bool(calls) == bool(want)
+        if CALL_OPEN in out:
+            hits["attempted"] += 1
+            hits["parsed"] += bool(calls) and out.count(CALL_OPEN) == len(calls)
+        for c in calls:
+            hits["calls"] += 1
+            import json
+
+            try:
+                ok = c["function"]["name"] in by_name and not argument_problems(
+                    json.loads(c["function"]["arguments"]), by_name[c["function"]["name"]])
+            except json.JSONDecodeError:
+                ok = False
+            hits["valid"] += ok
+        if want:
+            n_ref_calls += 1
+            row["name_ok"] = sorted(c["function"]["name"] for c in calls) == sorted(
+                c["function"]["name"] for c in want)
+            row["exact"] = sorted(map(_call_key, calls)) == sorted(map(_call_key, want))
+            hits["name"] += row["name_ok"]
+            hits["exact"] += row["exact"]
+        rows.append(row)
+    n = len(outputs)
+    return {"call_accuracy": hits["call"] / n if n else 0.0,
+            "name_accuracy": hits["name"] / n_ref_calls if n_ref_calls else 0.0,
+            "exact_arguments": hits["exact"] / n_ref_calls if n_ref_calls else 0.0,
+            "valid_json": hits["parsed"] / hits["attempted"] if hits["attempted"] else 0.0,
+            "schema_valid": hits["valid"] / hits["calls"] if hits["calls"] else 0.0,
+            "calls_made": hits["calls"], "references_with_calls": n_ref_calls}, rows

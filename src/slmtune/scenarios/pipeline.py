@@ -25,19 +25,11 @@ from slmtune.training.run import holdout_split
 SCENARIO_FILE = "scenario.json"
 
 
-def _example_json(ex) -> dict:
-    if ex.kind == "completion":
-        return {"prompt": ex.prompt, "completion": ex.completion}
-    return {"messages": [{"role": m["role"], "content": m["content"],
-                          **({"weight": m["weight"]} if m["role"] == "assistant" and "weight" in m else {})}
-                         for m in ex.messages]}
-
-
 def _write_examples(path: Path, name: str, meta: dict, records: list[Record]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         for r in records:
-            fh.write(json.dumps(_example_json(to_example(name, meta, r)), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(to_example(name, meta, r).as_record(), ensure_ascii=False) + "\n")
 
 
 def records_as_examples(src: str | Path, name: str, out: Path, ignored: Counter | None = None):

@@ -10,6 +10,7 @@ Each scenario has a simple record format (docs/scenarios.md):
     qa              {"context", "question", "answer"}
     chat            OpenAI chat messages ({"messages": [...]})
     creative        {"prompt", "text"} or {"text"}
+    tools           OpenAI tool-calling chat ({"tools": [...], "messages": [...]}, the last message the reference)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmtune.config import SCENARIO_NAMES
-from slmtune.data.formats import DataError, Problem, _check_chat, jsonl_lines, jsonl_records
+from slmtune.data.formats import DataError, Problem, _check_chat, _check_tools, jsonl_lines, jsonl_records
 from slmtune.scenarios.metrics import bio_spans
 
 _STR_FIELDS = {
@@ -105,6 +106,8 @@ def record_keys(scenario: str, obj: dict) -> tuple[str, ...]:
         return ("tokens", "tags") if "tokens" in obj or "tags" in obj else ("text", "entities")
     if scenario == "chat":
         return ("messages",)
+    if scenario == "tools":
+        return ("tools", "messages")
     required, optional = _STR_FIELDS[scenario]
     return required + optional
 
@@ -128,14 +131,24 @@ def check_record(scenario: str, obj, add, *, strict: bool = False, ignored: Coun
         obj = {k: v for k, v in obj.items() if k in keys}
     if scenario == "ner":
         return _check_ner(obj, add)
-    if scenario == "chat":
-        msgs = _check_chat(obj, add)
+    if scenario in ("chat", "tools"):
+        tools = None
+        if scenario == "tools":
+            if not obj.get("tools"):
+                add("tools", "missing (a tools record lists the functions the request may call)")
+                return None
+            ok, tools = _check_tools(obj, add)
+            if "messages" not in obj:
+                add("messages", "missing")
+            if not ok or "messages" not in obj:
+                return None
+        msgs = _check_chat(obj, add, tools=tools, strict=strict)
         if msgs is None:
             return None
         if msgs[-1]["role"] != "assistant":
             add("messages", "the last message must be the assistant's reply (the reference)")
             return None
-        return {"messages": msgs}
+        return {"messages": msgs, "tools": tools} if scenario == "tools" else {"messages": msgs}
     required, optional = _STR_FIELDS[scenario]
     return dict(obj) if _check_strings(obj, required, optional, add) else None
 

@@ -13,6 +13,8 @@ import re
 import tarfile
 from pathlib import Path
 
+from slmtune.data.tools import argument_problems
+
 
 def _one(root: Path, pattern: str) -> Path:
     hits = sorted(root.rglob(pattern))
@@ -230,4 +232,81 @@ def ner_synthetic(seed: int = 0, n: int = 1200) -> list[dict]:
             pos = m.end()
         text += template[pos:]
         out.append({"text": text, "entities": ents})
+    return out
+
+
+# --- tools: the Berkeley Function Calling Leaderboard's questions (bfcl-eval wheel) -------------------------------
+BFCL_FILES = ("simple_python", "multiple", "live_simple", "irrelevance")
+NO_TOOL_REPLY = "None of the available functions fits this request."  # our text for BFCL's no-call records
+_BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": None, "list": "array"}
+
+
+def _bfcl_schema(schema):
+    """BFCL's parameter schemas use Python type names (dict, float, tuple, any): as JSON Schema."""
+    if isinstance(schema, list):
+        return [_bfcl_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k == "type" and isinstance(v, str):
+            mapped = _BFCL_TYPES.get(v, v)
+            if mapped is not None:
+                out[k] = mapped
+        elif k in ("properties", "$defs"):
+            out[k] = {name: _bfcl_schema(s) for name, s in v.items()}
+        elif k == "optional":  # not JSON Schema
+            continue
+        else:
+            out[k] = _bfcl_schema(v)
+    return out
+
+
+def _bfcl_value(accepted):
+    """The reference value of one argument: the first accepted (nested objects resolved the same way); None when
+    '' (left out) is accepted first."""
+    first = accepted[0] if isinstance(accepted, list) and accepted else accepted
+    if first == "" or first == []:
+        return None
+    if isinstance(first, dict):
+        return {k: x for k, v in first.items() if (x := _bfcl_value(v)) is not None}
+    if isinstance(first, list) and first and all(isinstance(d, dict) for d in first):
+        return [_bfcl_value([d]) for d in first]
+    return first
+
+
+def bfcl(root: Path) -> list[dict]:
+    """Single-turn requests with their functions and the expected call (simple, multiple-choice and live user
+    questions), and requests no function fits (irrelevance: the reference is a short refusal, our text). Each
+    record is an OpenAI tool-calling chat record whose last message is the reference turn."""
+    data = next(root.rglob("bfcl_eval/data"))
+    out = []
+    for part in BFCL_FILES:
+        questions = [json.loads(x) for x in (data / f"BFCL_v4_{part}.json").read_text().splitlines() if x.strip()]
+        answers = {}
+        answer_file = data / "possible_answer" / f"BFCL_v4_{part}.json"
+        if answer_file.exists():
+            answers = {a["id"]: a["ground_truth"] for a in map(json.loads, answer_file.read_text().splitlines())}
+        for q in questions:
+            turns = q["question"][0] if q["question"] and isinstance(q["question"][0], list) else q["question"]
+            if len(turns) != 1 or turns[0].get("role") != "user":
+                continue
+            tools = [{"type": "function", "function": {"name": f["name"], "description": f.get("description", ""),
+                                                       "parameters": _bfcl_schema(f["parameters"])}}
+                     for f in q["function"]]
+            truth = answers.get(q["id"])
+            if part == "irrelevance":
+                reply = {"role": "assistant", "content": NO_TOOL_REPLY}
+            elif not truth or len(truth) != 1:
+                continue
+            else:
+                (name, args), = truth[0].items()
+                values = {k: _bfcl_value(v) for k, v in args.items()}
+                schema = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == name)
+                if argument_problems({k: v for k, v in values.items() if v is not None}, schema):
+                    continue  # a reference we cannot express as one valid call: left out
+                reply = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_0", "type": "function", "function": {
+                        "name": name, "arguments": json.dumps({k: v for k, v in values.items() if v is not None})}}]}
+            out.append({"tools": tools, "messages": [{"role": "user", "content": turns[0]["content"]}, reply]})
     return out
