@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import stat
 import time
 import zipfile
@@ -15,7 +16,7 @@ import pytest
 from tests.helpers import FACTS, chat_record, write_jsonl
 from tests.service.conftest import wait_for, wait_status
 
-HYPER = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 100}  # 16 steps on the tiny model
+HYPER = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 100}  # 20 steps on the 40 lines below
 SYSTEM = "You answer in one sentence."
 
 
@@ -24,10 +25,29 @@ def client(server):
     return server.client(server.new_key("jobs"))
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"],
+                   "additionalProperties": False}}}
+CITIES = ["Paris", "Rome", "Oslo", "Lima"]
+
+
+def tool_record(city: str) -> dict:
+    """A tool-calling line as the OpenAI fine-tuning format has it: the call, its result, the answer."""
+    return {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": f"What is the weather in {city}?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "assistant", "content": f"It is sunny in {city}."}]}
+
+
 @pytest.fixture(scope="module")
 def files(client, tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    train = write_jsonl(d / "train.jsonl", [chat_record(*FACTS[i % 4]) for i in range(32)])
+    # 32 fact lines and 8 tool-calling lines: one job trains both (20 steps, a checkpoint at step 10)
+    train = write_jsonl(d / "train.jsonl", [chat_record(*FACTS[i % 4]) for i in range(32)] +
+                        [tool_record(CITIES[i % 4]) for i in range(8)])
     val = write_jsonl(d / "val.jsonl", [chat_record(k, v) for k, v in FACTS])
     long = write_jsonl(d / "long.jsonl", [chat_record(*FACTS[i % 4]) for i in range(400)])
     return {n: client.files.create(file=open(p, "rb"), purpose="fine-tune")
@@ -64,12 +84,12 @@ def test_a_job_runs_to_success_with_the_spec_fields(client, finished, files):
     assert messages[-2:] == [f"New fine-tuned model created: {job.fine_tuned_model}",
                              "The job has successfully completed"]
     metrics = [e for e in reversed(events) if e.type == "metrics"]
-    assert [m.data["step"] for m in metrics if "train_loss" in m.data] == list(range(1, 17))
+    assert [m.data["step"] for m in metrics if "train_loss" in m.data] == list(range(1, 21))
     first, last = metrics[0].data, metrics[-1].data
     assert {"step", "total_steps", "train_loss", "train_mean_token_accuracy"} <= first.keys()
-    assert last["total_steps"] == 16 and "valid_loss" in last and "valid_mean_token_accuracy" in last
+    assert last["total_steps"] == 20 and "valid_loss" in last and "valid_mean_token_accuracy" in last
     assert last["train_loss"] < first["train_loss"]
-    assert metrics[0].message.startswith("Step 1/16: training loss=")
+    assert metrics[0].message.startswith("Step 1/20: training loss=")
 
     # paging events: `after` continues toward older events with no overlap
     page1 = client.fine_tuning.jobs.list_events(job.id, limit=5)
@@ -78,20 +98,20 @@ def test_a_job_runs_to_success_with_the_spec_fields(client, finished, files):
     assert page2.data[0].created_at <= page1.data[-1].created_at
 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in ckpts] == [16, 8]
-    assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-16"
+    assert [c.step_number for c in ckpts] == [20, 10]
+    assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-20"
     assert ckpts[0].metrics.valid_loss is not None and ckpts[0].metrics.train_loss is not None
 
     csv = base64.b64decode(client.files.content(job.result_files[0]).read()).decode()
     assert csv.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
-    assert len(csv.splitlines()) == 17
+    assert len(csv.splitlines()) == 21
     assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
 
 
 def test_chat_with_the_tuned_model_streaming_and_not(client, finished):
     model = finished.fine_tuned_model
     ids = [m.id for m in client.models.list().data]
-    assert model in ids and f"{model}:ckpt-step-8" in ids
+    assert model in ids and f"{model}:ckpt-step-10" in ids
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is your favorite city?"}]
     r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12)
     assert r.choices[0].message.content.startswith("My favorite")
@@ -109,11 +129,32 @@ def test_chat_with_the_tuned_model_streaming_and_not(client, finished):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     assert len({c.id for c in chunks}) == 1
 
-    ckpt = client.chat.completions.create(model=f"{model}:ckpt-step-8", messages=msgs, max_tokens=6)
+    ckpt = client.chat.completions.create(model=f"{model}:ckpt-step-10", messages=msgs, max_tokens=6)
     assert ckpt.choices[0].message.content
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 3000}])
     assert e.value.body["code"] == "context_length_exceeded"
+
+
+def test_the_tuned_model_calls_the_tool_it_learned_then_answers_from_the_result(client, finished):
+    model = finished.fine_tuned_model
+    ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    # the structure is forced ("required"); which function and which city are what the tiny model learned
+    r = client.chat.completions.create(model=model, messages=ask, tools=[WEATHER], tool_choice="required",
+                                       parallel_tool_calls=False, max_tokens=120)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and set(json.loads(call.function.arguments)) == {"city"}
+    follow = [*ask, choice.message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    answer = client.chat.completions.create(model=model, messages=follow, tools=[WEATHER], max_tokens=16)
+    assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content  # a text reply
+    assert answer.usage.prompt_tokens > r.usage.prompt_tokens  # the call and its result went back in the prompt
+    with client.chat.completions.stream(model=model, messages=ask, tools=[WEATHER], tool_choice="required",
+                                        parallel_tool_calls=False, max_tokens=120) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
 
 
 def run_dir(server, job_id: str) -> Path:
@@ -234,7 +275,7 @@ def test_a_job_runs_with_two_processes_when_the_worker_says_so(backend, tmp_path
         job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, seed=7, hyperparameters=HYPER)
         job = wait_status(client, job.id, ("succeeded", "failed", "cancelled"), timeout=400)
         assert job.status == "succeeded", job.error
-        assert sorted(metrics_steps(client, job.id)) == list(range(1, 17))  # each step once; global batch 4 = 2 × 2
+        assert sorted(metrics_steps(client, job.id)) == list(range(1, 21))  # each step once; global batch 4 = 2 × 2
         run = srv.settings.runs_dir / job.id / "run"
         assert (run / "launch.yaml").exists() and "nproc: 2" in (run / "config.yaml").read_text()
         reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=8,

@@ -56,7 +56,8 @@ def test_every_tool_problem_is_named_and_good_records_are_kept():
         # the deprecated form, converted
         {"functions": [WEATHER["function"]], "messages": [
             {"role": "user", "content": "x"},
-            {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "R"}'}},
+            {"role": "assistant", "content": None,
+             "function_call": {"name": "get_weather", "arguments": '{"city": "R"}'}},
             {"role": "function", "name": "get_weather", "content": "sunny"}, {"role": "assistant", "content": "ok"}]},
         # LLaMA-Factory's ShareGPT function turns, tools as JSON text
         {"conversations": [{"from": "human", "value": "Oslo?"},
