@@ -1,0 +1,96 @@
+"""The cost of constrained decoding: concurrent clients on one batching engine, free generation against tool calls
+forced by the grammar (``tool_choice: required``), the same engine, model and prompts in one run.
+
+    .venv/bin/python benchmarks/constrained.py [--model smollm2-135m-instruct] [--clients 8] [--tokens 64]
+
+Each mode runs ``--clients`` requests at once (greedy, ``--tokens`` at most); reported: generated tokens per second
+over the batch and the median time to first token. The constrained rows also pay the grammar's per-token mask
+(llguidance) and, on the first request, building the engine's token table. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TOOLS = [{"type": "function", "function": {
+    "name": f"tool_{i}", "description": f"Tool number {i}",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                                    "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+                   "required": ["city", "days"], "additionalProperties": False}}} for i in range(8)]
+
+
+def run(server, prepared, clients: int, tokens: int, constrained: bool) -> dict:
+    from slmtune.inference.request import Delta, Finished
+    from slmtune.inference.sampling import SamplingParams
+
+    grammar = server.grammar(prepared, TOOLS, "required", False) if constrained else None
+    msgs = [[{"role": "user", "content": f"What is the weather in city number {i} for {i % 7 + 1} days?"}]
+            for i in range(clients)]
+    results: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def one(m):
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        t0 = time.perf_counter()
+        server.submit(prepared, m, SamplingParams(max_new_tokens=tokens, grammar=grammar), emit=events.put,
+                      tools=TOOLS)
+        first, n = None, 0
+        while True:
+            ev = events.get()
+            if isinstance(ev, Delta) and first is None:
+                first = time.perf_counter() - t0
+            if isinstance(ev, Finished):
+                n = ev.completion_tokens
+                break
+        with lock:
+            results.append((first or 0.0, n))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(m,)) for m in msgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"tok_s": sum(n for _, n in results) / wall, "ttft": statistics.median(f for f, _ in results),
+            "tokens": sum(n for _, n in results)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from slmtune.inference.serving import ModelServer
+
+    server = ModelServer(precision="auto")
+    prepared = server.prepare_sync(args.model)
+    run(server, prepared, 2, 8, False)  # warm-up: first forwards
+    run(server, prepared, 2, 8, True)  # warm-up: the grammar engine's token table
+    rows = {"free": [], "tool_choice=required": []}
+    for _ in range(args.rounds):  # interleaved, so drift hits both alike
+        rows["free"].append(run(server, prepared, args.clients, args.tokens, False))
+        rows["tool_choice=required"].append(run(server, prepared, args.clients, args.tokens, True))
+    print(f"| mode ({args.clients} clients, ≤{args.tokens} tokens, {args.model}) | tokens/s | median TTFT (s) |")
+    print("|---|---|---|")
+    med = {}
+    for mode, rs in rows.items():
+        med[mode] = (statistics.median(r["tok_s"] for r in rs), statistics.median(r["ttft"] for r in rs))
+        print(f"| {mode} | {med[mode][0]:.1f} | {med[mode][1]:.3f} |")
+    free, con = med["free"], med["tool_choice=required"]
+    print(f"\nconstrained/free: tokens/s ×{con[0] / free[0]:.2f}, TTFT ×{con[1] / free[1]:.2f}")
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
