@@ -29,6 +29,12 @@ RECORDS = {
              for q, a in [("hi", "hello there"), ("bye", "see you"), ("thanks", "any time")] * 4],
     "creative": [{"text": "The sea is wide and the night is long\nand the stars are bright above the hill"}] * 12,
     "domain": [{"text": "Lists are mutable sequences; tuples are immutable sequences of objects."}] * 12,
+    "tools": [{"tools": [{"type": "function", "function": {"name": f, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+               "messages": [{"role": "user", "content": f"{f} in {c}?"}, {"role": "assistant", "content": None,
+                            "tool_calls": [{"id": "c", "type": "function", "function": {
+                                "name": f, "arguments": json.dumps({"city": c})}}]}]}
+              for f, c in [("weather", "Oslo"), ("time", "Lima"), ("news", "Rome")] * 4],
 }
 
 
@@ -60,6 +66,9 @@ def test_scenario_end_to_end_on_a_tiny_model(name, tmp_path):
     report = (run / "report.md").read_text()
     assert "Metrics on the held-out records" in report and (run / "plots" / "loss.png").stat().st_size > 1000
     assert (run / "plots" / "metrics.png").exists()
+    if name == "tools":  # the calls are trained and scored as calls
+        assert '"tool_calls"' in (run / "data" / "train.jsonl").read_text()
+        assert {"call_accuracy", "exact_arguments", "schema_valid"} <= scores.keys()
     if name == "classification":
         assert (run / "plots" / "confusion_tuned.png").exists()
         assert "Answer with exactly one of these labels" in (run / "data" / "train.jsonl").read_text()

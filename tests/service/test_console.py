@@ -179,6 +179,28 @@ def test_console_upload_train_chat_delete(browser, srv, tmp_path):
         assert page.locator("#pane-A .msg.assistant").inner_text().strip()
         assert page.evaluate("window.__updates") > 3  # the user turn, the empty reply, then text chunk by chunk
 
+        # tools: a forced call is shown with its arguments; its result goes back and the model answers
+        page.get_by_label("Model B", exact=True).select_option("")
+        page.get_by_text("Tools (function calling)").click()
+        page.get_by_label("Tools (JSON)").fill("[not json")
+        page.get_by_label("Message").fill("Weather in Oslo?")
+        page.get_by_label("Message").press("Control+Enter")
+        page.get_by_text("Tools: not valid JSON").wait_for()
+        page.get_by_label("Tools (JSON)").fill(json.dumps([{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {
+                "type": "string", "maxLength": 6}}, "required": ["city"], "additionalProperties": False}}}]))
+        page.get_by_label("Tool choice").select_option("required")
+        page.get_by_label("Max tokens").fill("120")
+        page.get_by_label("Message").fill("Weather in Oslo?")
+        page.get_by_label("Message").press("Control+Enter")
+        call = page.locator("#pane-A .toolcall[data-call=get_weather]")
+        call.wait_for(timeout=120_000)
+        assert call.locator("code").inner_text().startswith('get_weather({"city": ')
+        page.get_by_label("Tool choice").select_option("none")
+        call.get_by_label("Result of get_weather").fill("sunny")
+        call.get_by_role("button", name="Return result").click()
+        page.locator("#pane-A .msg.assistant[data-state=done]").nth(2).wait_for(timeout=120_000)
+
         # delete the tuned model from the models page
         t.nav("Models", "models")
         row = page.locator(f"#models tr[data-model='{job.fine_tuned_model}']")

@@ -57,8 +57,7 @@ def data_validate(
     else:
         for p in report.problems:
             print(p)
-        note = report.ignored_note()
-        if note:
+        for note in report.notes():
             err.print(f"[yellow]warning:[/] {esc(note)}")
         formats = ", ".join(f"{k} ({n})" for k, n in report.formats.items()) or "none recognised"
         out.print(

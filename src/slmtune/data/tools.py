@@ -100,6 +100,8 @@ def schema_problem(schema: dict) -> str | None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
         return f"not a valid JSON Schema: {e.message}"
+    except RecursionError:
+        return "not a valid JSON Schema: nested too deeply"
     return None
 
 
@@ -108,8 +110,11 @@ def argument_problems(arguments: Any, schema: dict) -> list[str]:
     import jsonschema
 
     v = jsonschema.Draft202012Validator(schema)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}"
-            for e in sorted(v.iter_errors(arguments), key=lambda e: list(map(str, e.absolute_path)))][:5]
+    try:
+        errors = sorted(v.iter_errors(arguments), key=lambda e: list(map(str, e.absolute_path)))
+    except Exception as e:  # noqa: BLE001 - a schema the validator cannot apply (a $ref to nowhere): reported, not raised
+        return [f"(arguments): the schema cannot be applied ({e})"]
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}" for e in errors][:5]
 
 
 def functions_to_tools(functions: Any) -> Any:

@@ -33,6 +33,7 @@ class Report:
     tokens_max: int = 0
     trained_total: int = 0
     encoded_formats: Counter = field(default_factory=Counter)  # format → valid (encoded) examples written in it
+    warnings: list[Problem] = field(default_factory=list)  # kept examples' doubtful parts (tool arguments off schema)
 
     @property
     def ok(self) -> bool:
@@ -61,12 +62,24 @@ class Report:
             "billed_tokens": int(total * epochs),
             "formats": dict(self.formats),
             "ignored_keys": dict(self.ignored),
+            "warnings": len(self.warnings),
             **({} if self.complete else {"complete": False}),
         }
 
     def ignored_note(self) -> str | None:
         """One line naming the keys read past (not part of the data format) and how many records had each."""
         return Reading(ignored=Counter(self.ignored)).ignored_note(self.file)
+
+    def notes(self) -> list[str]:
+        """Warnings for the user, one line each: keys read past, and tool calls whose arguments do not match their
+        function's schema (counted, the first few named; data.strict makes them problems)."""
+        out = [n] if (n := self.ignored_note()) else []
+        if self.warnings:
+            shown = "; ".join(str(w) for w in self.warnings[:3])
+            more = f" (and {len(self.warnings) - 3} more)" if len(self.warnings) > 3 else ""
+            out.append(f"{len(self.warnings)} tool call(s) with arguments off their function's schema: {shown}{more} "
+                       "(data.strict: true makes them errors)")
+        return out
 
 
 def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, truncate: bool = False, *,
@@ -113,6 +126,7 @@ def check_file(path: str | Path, tokenizer=None, max_seq_length: int = 1024, tru
             report.examples[ex.line] = ex
     report.problems = sorted(reading.problems + report.problems, key=lambda p: p.line)
     report.ignored, report.formats, report.kind = dict(reading.ignored), dict(reading.formats), reading.first_kind
+    report.warnings = list(reading.warnings)
     return report
 
 

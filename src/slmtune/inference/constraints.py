@@ -16,7 +16,8 @@ What each request gets (tools in the fallback's ``<tool_call>`` form, ``data.too
 * ``"none"`` — the tools are in the prompt but a call cannot start (``<tool_call>`` is a stop string);
 * ``response_format`` ``json_object`` / ``json_schema`` — the reply is JSON (of that schema) from the first token.
 
-A call's arguments follow its function's parameter schema. With ``strict: true`` (the function's, or the
+A call's arguments follow its function's parameter schema, closed to the arguments it declares (unless the schema
+sets ``additionalProperties`` itself). With ``strict: true`` (the function's, or the
 json_schema's) a schema feature the grammar cannot express is a 400 naming it; otherwise such a schema is relaxed to
 any JSON object.
 """
@@ -54,8 +55,16 @@ def _json(schema: dict) -> str:
 
 
 def _call_rule(fn: dict) -> dict:
-    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
+    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": _closed(fn["parameters"])},
             "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _closed(params: dict) -> dict:
+    """A function takes the arguments it declares: an object schema that does not say otherwise gets
+    ``additionalProperties: false`` at its top level, so a forced call cannot invent arguments."""
+    if params.get("type", "object") == "object" and "properties" in params and "additionalProperties" not in params:
+        return {**params, "additionalProperties": False}
+    return params
 
 
 def _calls_lark(functions: list[dict], parallel: bool, *, opened: bool) -> str:
@@ -134,9 +143,9 @@ class Matchers:
         """'' when the grammar is usable, else the engine's reason (the schema feature it cannot enforce)."""
         try:
             grammar = self._llg.LLMatcher.grammar_from_lark(lark)
-        except ValueError as e:
-            return str(e)
-        return self._llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+            return self._llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        except Exception as e:  # noqa: BLE001 - whatever the engine refuses is the client's schema: a 400, not a 500
+            return str(e) or type(e).__name__
 
     def matcher(self, grammar: Grammar):
         return self._llg.LLMatcher(self.tokenizer, self._llg.LLMatcher.grammar_from_lark(grammar.lark))

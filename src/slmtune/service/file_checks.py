@@ -61,9 +61,8 @@ def check_stored_file(*, session: Session, settings: Settings, project: str, fil
     problems = [CheckProblem(line=at(p.line), field=p.path, message=p.message) for p in report.problems]
     formats = dict(report.encoded_formats)
     warnings = []
-    note = Reading(ignored=ignored).ignored_note(filename) if scenario else report.ignored_note()
-    if note:
-        warnings.append(note.replace(str(row_path), filename))
+    notes = [Reading(ignored=ignored).ignored_note(filename)] if scenario else report.notes()
+    warnings += [n.replace(str(row_path), filename) for n in notes if n]
     if scenario:
         formats = {f"{scenario} records": report.n_examples}
     if not report.complete:

@@ -276,8 +276,7 @@ def setup_data(cfg: TrainConfig, tokenizer, bus: ev.EventBus) -> Data:
         raise DataError([Problem(sources[0][0], 1, "(file)", "no training examples")])
     train_examples, val_examples = _examples_for_objective(cfg, reports, train_set, val_set)
     for rep in reports:
-        note = rep.ignored_note()
-        if note:
+        for note in rep.notes():
             bus.emit(ev.message(note, level="warn"))
     truncated = sum(r.n_truncated for r in reports[:len(sources)])
     if truncated:

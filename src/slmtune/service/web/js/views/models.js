@@ -11,7 +11,12 @@ function snippets(id) {
   const py = `from openai import OpenAI\n\nclient = OpenAI(base_url="${base}", api_key=os.environ["SLMTUNE_API_KEY"])\n` +
     `reply = client.chat.completions.create(\n    model=${JSON.stringify(id)},\n` +
     `    messages=[{"role": "user", "content": "Hello!"}],\n)\nprint(reply.choices[0].message.content)`;
-  return { curl, py: `import os\n${py}` };
+  const tools = `tools = [{"type": "function", "function": {\n    "name": "get_weather", "description": "Current weather in a city",\n` +
+    `    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]\n` +
+    `reply = client.chat.completions.create(\n    model=${JSON.stringify(id)},\n` +
+    `    messages=[{"role": "user", "content": "What is the weather in Oslo?"}],\n    tools=tools,  # "required" forces a valid call\n)\n` +
+    `for call in reply.choices[0].message.tool_calls or []:\n    print(call.function.name, call.function.arguments)`;
+  return { curl, py: `import os\n${py}`, tools };
 }
 export async function modelsView(token) {
   const tbody = h("tbody");
@@ -27,7 +32,8 @@ export async function modelsView(token) {
         h("td", {}, h("span", { class: "mono", text: m.id }),
           h("details", { class: "snippet" }, h("summary", { text: "Call it" }),
             h("p", { text: "curl" }), h("pre", {}, h("code", { text: s.curl })),
-            h("p", { text: "Python (openai SDK)" }), h("pre", {}, h("code", { text: s.py })))),
+            h("p", { text: "Python (openai SDK)" }), h("pre", {}, h("code", { text: s.py })),
+            h("p", { text: "With tools (function calling, docs/tools.md)" }), h("pre", {}, h("code", { class: "tools-snippet", text: s.tools })))),
         h("td", { text: own ? (tuned ? "fine-tuned" : "checkpoint") : "base" }),
         h("td", { text: m.owned_by }),
         h("td", { class: "actions" },
