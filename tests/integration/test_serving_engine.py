@@ -299,3 +299,38 @@ def test_the_engine_thread_survives_a_bad_adapter(server, tmp_path):
     ok = server.generate("tiny-llama", None, _msgs(0), SamplingParams(max_new_tokens=4), timeout=60)
     assert ok.choices[0].completion_tokens >= 1
     assert threading.active_count() > 1
+
+
+def test_a_grammar_row_a_json_schema_row_and_a_free_row_share_one_batch(server):
+    """Three requests decoded in the same steps: a forced tool call, a JSON-schema reply and free text. Each obeys
+    its own constraint (the model is random: what is valid is the grammar's doing), and the free row's text is the
+    same as when it is served alone (no mask leaks into its row)."""
+    import json
+
+    import jsonschema
+
+    from slmtune.data.tools import parse_reply
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"]}}}]
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    alone = server.generate("tiny-llama", None, _msgs(1), SamplingParams(max_new_tokens=24)).choices[0].text
+    prepared = server.prepare_sync("tiny-llama")
+    call_g = server.grammar(prepared, tools, "required", False)
+    json_g = server.grammar(prepared, None, response_format={"type": "json_schema", "json_schema": {
+        "schema": schema, "strict": True}})
+    engine = prepared.engine
+    steps = engine.steps
+    jobs = [(SamplingParams(max_new_tokens=200, grammar=call_g), {"tools": tools}),
+            (SamplingParams(max_new_tokens=200, grammar=json_g), {}), (SamplingParams(max_new_tokens=24), {})]
+    queues = [queue.SimpleQueue() for _ in jobs]
+    handles = [server.submit(prepared, _msgs(1), params, emit=q.put, **kw) for (params, kw), q in zip(jobs, queues)]
+    outs = [collect(h, q.get, timeout=120).choices[0] for h, q in zip(handles, queues)]
+    call, answer, free = outs
+    _, calls = parse_reply(call.text)
+    assert call.finish_reason == "stop" and calls and calls[0]["function"]["name"] == "lookup"
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), tools[0]["function"]["parameters"])
+    jsonschema.validate(json.loads(answer.text), schema)
+    assert free.text == alone
+    assert engine.steps - steps < sum(o.completion_tokens for o in outs)  # decoded together, not one by one
