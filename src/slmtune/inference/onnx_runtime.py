@@ -259,9 +259,11 @@ class OnnxServer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare_sync, name)
 
     def submit(self, prepared, messages: list[dict], params, *, n: int = 1, emit, project: str | None = None,
-               tools: list[dict] | None = None):
+               tools: list[dict] | None = None, tool_choice="auto", parallel_tool_calls: bool = True,
+               response_format: dict | None = None):
         """As :meth:`ModelServer.submit`; ``project`` is accepted for the same call and unused: one ONNX Runtime
         engine per model runs its requests in its own (FIFO) order."""
+        self.grammar(prepared, tools, tool_choice, parallel_tool_calls, response_format)  # refuses what needs one
         engine = prepared.engine
         return engine.submit(ModelServer.prompt_ids(prepared.tokenizer, messages, engine.max_length or None, tools),
                              params, n=n, emit=emit)

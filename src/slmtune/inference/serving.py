@@ -229,8 +229,13 @@ class ModelServer:
         return build(tools, tool_choice, parallel, response_format, prepared.engine.matchers.check)
 
     def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
-               emit, project: str | None = None, tools: list[dict] | None = None) -> GenerationRequest:
+               emit, project: str | None = None, tools: list[dict] | None = None, tool_choice="auto",
+               parallel_tool_calls: bool = True, response_format: dict | None = None) -> GenerationRequest:
+        """Render, tokenize and queue a request; with tools or a response format, its grammar is built here too
+        (unless ``params.grammar`` is given)."""
         engine = prepared.engine
+        if params.grammar is None:
+            params.grammar = self.grammar(prepared, tools, tool_choice, parallel_tool_calls, response_format)
         if prepared.adapter is not None and prepared.adapter[0] in engine.adapters.loaded:
             self.metrics.adapter_hits.labels(engine.name).inc()
         try:

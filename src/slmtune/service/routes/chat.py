@@ -105,10 +105,11 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
         loop.call_soon_threadsafe(events.put_nowait, ev)
 
     try:
-        params.grammar = server.grammar(prepared, tools, req.choice_of_tool(), req.parallel_tool_calls is not False,
-                                        req.response_format.wire() if req.response_format else None)
+        # the grammar is built with the prompt, on the render threads (the first one builds the token table)
         handle = await submit_async(server, prepared, req.text_messages(), params, n=n, emit=emit, project=project,
-                                    tools=tools)
+                                    tools=tools, tool_choice=req.choice_of_tool(),
+                                    parallel_tool_calls=req.parallel_tool_calls is not False,
+                                    response_format=req.response_format.wire() if req.response_format else None)
     except UnsupportedSchema as e:
         raise BadRequest(str(e), param=e.param) from None
     except PromptTooLong as e:
