@@ -79,6 +79,24 @@ def test_train_from_flags_then_chat_and_eval(tiny_data, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("assistant> ") == 2
 
+    # tools: a forced call printed as a JSON line; in a session its result is asked for and goes back
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 6}}, "required": ["city"]}}}]))
+    r = run_cli("chat", str(run), "--prompt", "Weather in Oslo?", "--tools", str(tools), "--tool-choice",
+                "get_weather", "--max-new-tokens", "120")
+    assert r.returncode == 0, r.stderr
+    call = json.loads(r.stdout.strip().splitlines()[-1])
+    assert call["name"] == "get_weather" and isinstance(call["arguments"]["city"], str)
+    p = run_cli("chat", str(run), "--tools", str(tools), "--tool-choice", "required", "--max-new-tokens", "120",
+                input="Weather in Oslo?\nsunny\n\n")
+    assert p.returncode == 0, p.stderr
+    assert '"name": "get_weather"' in p.stdout and "result of get_weather> " in p.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]')
+    r = run_cli("chat", str(run), "--prompt", "x", "--tools", str(bad))
+    assert r.returncode == 2 and "tools[0].function.parameters: not a valid JSON Schema" in r.stderr
+
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_data, tmp_path):
     run = tmp_path / "run"

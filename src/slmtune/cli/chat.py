@@ -26,7 +26,8 @@ def chat(
     """Chat with a tuned or base model. Interactive unless --prompt is given (empty line or Ctrl-D quits).
 
     With --tools, calls are printed as JSON lines ({"name", "arguments"}); in a session you are asked for each
-    call's result, which goes back to the model as the tool's answer."""
+    call's result, which goes back to the model as the tool's answer (--tool-choice holds for the reply to your
+    message; the model then goes on with auto, so a forced choice does not loop)."""
     from slmtune.artifacts import is_onnx_dir
     from slmtune.inference.generate import ChatModel, load, locate
 
@@ -57,17 +58,9 @@ def chat(
         if not line.strip():
             break
         history.append({"role": "user", "content": line})
-        while tool_list:  # whole replies: calls are read from them, each result asked for
-            reply = model.chat(history, max_new_tokens=max_new_tokens, temperature=temperature, **kw)
-            print(f"assistant> {reply}" if str(reply) else "assistant>", flush=True)
-            _print_calls(reply)
-            history.append(reply.message())
-            if not reply.tool_calls:
+        if tool_list:  # whole replies: calls are read from them, each result asked for
+            if not _tool_turns(model, history, kw, max_new_tokens, temperature):
                 break
-            for call in reply.tool_calls:
-                result = input(f"result of {call['function']['name']}> ")
-                history.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-        if tool_list:
             continue
         print("assistant> ", end="", flush=True)
         reply = ""
@@ -102,3 +95,24 @@ def _print_calls(reply) -> None:
     for call in getattr(reply, "tool_calls", []):
         print(json.dumps({"name": call["function"]["name"], "arguments": json.loads(call["function"]["arguments"])},
                          ensure_ascii=False))
+
+
+def _tool_turns(model, history: list[dict], kw: dict, max_new_tokens: int, temperature: float) -> bool:
+    """Replies to the user's message until one makes no call, asking for each call's result; False at end of
+    input. The first reply follows --tool-choice, the rest auto."""
+    choice = kw["tool_choice"]
+    while True:
+        reply = model.chat(history, max_new_tokens=max_new_tokens, temperature=temperature, tools=kw["tools"],
+                           tool_choice=choice)
+        print(f"assistant> {reply}" if str(reply) else "assistant>", flush=True)
+        _print_calls(reply)
+        history.append(reply.message())
+        if not reply.tool_calls:
+            return True
+        for call in reply.tool_calls:
+            try:
+                result = input(f"result of {call['function']['name']}> ")
+            except EOFError:
+                return False
+            history.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+        choice = "auto"
