@@ -10,7 +10,7 @@ Each loop of the scheduler thread:
    one project's flood delays another's request by a few steps, not by the flood's length. Short prompts are
    prefilled together in one forward, a long one in chunks of its own;
 3. runs one decode step for every running sequence, each row with its own LoRA adapter (``lora_batch``),
-   position, sampling parameters and random stream.
+   position, sampling parameters, random stream and grammar mask (tools, response_format: ``constraints``).
 
 Prefill of newcomers and decoding of the others thus alternate step by step. The KV cache is a slot per sequence
 (``kv_slots.SlotCache``); see there why it is not transformers' own continuous-batching cache.
@@ -118,8 +118,9 @@ class BatchEngine:
                                  f"'{self.name}' (its share is {self.max_queued_per_project}). Please retry after "
                                  "a short wait.", retry_after=1.0)
             req = GenerationRequest(self, prompt, params, n, name, emit, project)
-            for s in req.seqs if matchers is not None else ():
-                s.constraint = RowConstraint(params.grammar, matchers)
+            if matchers is not None:
+                for s in req.seqs:
+                    s.constraint = RowConstraint(params.grammar, matchers)
             self.queued += n
             self.queued_by[project] += n
             self._inbox.append(req)
