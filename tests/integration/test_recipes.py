@@ -33,7 +33,7 @@ def test_recipe_trains_with_its_model_swapped(path, tmp_path, monkeypatch):
     raw = yaml.safe_load(path.read_text())
     raw["model"] = {**raw["model"], "name": "tiny-phi3" if "Phi-3" in shipped.model.name else "tiny-llama",
                     "precision": "fp32"}
-    if shipped.scenario.name and not Path(shipped.data.train).exists():
+    if shipped.scenario.name:  # fetched data or not, the scenario's small records (not whatever this machine has)
         data = tmp_path / "records.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS[shipped.scenario.name]))
         raw["data"] = {**raw["data"], "train": str(data), "validation": str(data)}
