@@ -16,7 +16,7 @@ SmolLM2's among them) gets the *fallback*, plain messages any template renders:
 * each call as ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` after the assistant's text;
 * tool results as a user turn of ``<tool_response>\\n...\\n</tool_response>`` blocks (consecutive results merged).
 
-Training, serving (both engines), ``slmtune chat``, the GGUF/Ollama template and the ONNX export all use it, so a
+Training, serving (both engines), ``slmtune chat``, the ONNX runtime and the GGUF/Ollama template all use it, so a
 model is asked for calls in exactly the form it was taught. :func:`parse_reply` reads calls back from generated text;
 the grammar that forces a valid call (``inference.constraints``) produces this same form.
 """
