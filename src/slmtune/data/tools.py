@@ -245,23 +245,24 @@ def plain_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]
     """The fallback: a conversation with tools as plain role/content messages (``weight`` kept on assistant turns).
     A conversation without tools or calls comes back as it was (role, content, weight)."""
     out: list[dict] = []
+    after_result = False  # the last message added is a user turn of tool results (more results join it)
     for m in messages:
         role, content = m["role"], m.get("content") or ""
         if role == "assistant" and m.get("tool_calls"):
             content = (content.rstrip() + "\n" if content.strip() else "") + call_text(m["tool_calls"])
         if role == "tool":
             block = f"{RESULT_OPEN}\n{content}\n{RESULT_CLOSE}"
-            if out and out[-1].get("_results"):
+            if after_result:
                 out[-1]["content"] += "\n" + block
-                continue
-            out.append({"role": "user", "content": block, "_results": True})
+            else:
+                out.append({"role": "user", "content": block})
+            after_result = True
             continue
+        after_result = False
         item = {"role": role, "content": content}
         if "weight" in m:
             item["weight"] = m["weight"]
         out.append(item)
-    for item in out:
-        item.pop("_results", None)
     if tools:
         prompt = tools_prompt(tools)
         if out and out[0]["role"] == "system":
@@ -284,6 +285,11 @@ def native_messages(messages: list[dict]) -> list[dict]:
             item["tool_call_id"] = m["tool_call_id"]
         out.append(item)
     return out
+
+
+def reads_calls(tools, tool_choice) -> bool:
+    """Whether a reply is read for calls: tools were given and ``tool_choice`` does not rule calls out."""
+    return bool(tools) and tool_choice != "none"
 
 
 def has_tools(messages: list[dict], tools: list[dict] | None) -> bool:
@@ -323,6 +329,13 @@ def parse_call(body: str) -> dict | None:
     if set(obj) == {"name", "arguments"} and body.startswith(head) and body.endswith("}"):
         return {"name": obj["name"], "arguments": body[len(head):-1]}
     return {"name": obj["name"], "arguments": dumps(args)}
+
+
+def _block_call(body: str) -> dict | None:
+    """A ``<tool_call>`` block's text (open tag included, close tag not) as a call with a fresh id, or None."""
+    body = body.strip()
+    call = parse_call(body.removeprefix(CALL_OPEN).strip()) if body.startswith(CALL_OPEN) else None
+    return {"id": new_call_id(), "type": "function", "function": call} if call is not None else None
 
 
 def parse_reply(text: str) -> tuple[str | None, list[dict]]:
@@ -365,11 +378,10 @@ class ReplyReader:
             content, self.sent, self.in_calls = self.text[self.sent:at], at, True
         done = []
         while (end := self.text.find(CALL_CLOSE, self.sent)) >= 0:
-            body = self.text[self.sent:end].strip()
-            call = parse_call(body.removeprefix(CALL_OPEN).strip()) if body.startswith(CALL_OPEN) else None
+            call = _block_call(self.text[self.sent:end])
             if call is None:
                 break  # not a call after all: left for finish(), which sends it as text
-            done.append({"id": new_call_id(), "type": "function", "function": call})
+            done.append(call)
             self.sent = end + len(CALL_CLOSE)
         self.calls += done
         return content, done
@@ -385,11 +397,10 @@ class ReplyReader:
         body = rest.strip()
         if not body:
             return "", []
-        call = parse_call(body.removeprefix(CALL_OPEN).strip()) if body.startswith(CALL_OPEN) else None
+        call = _block_call(body)
         if call is not None:
-            done = [{"id": new_call_id(), "type": "function", "function": call}]
-            self.calls += done
-            return "", done
+            self.calls.append(call)
+            return "", [call]
         if self.calls and body.startswith(CALL_OPEN):
             return "", []  # a further call cut off by the token limit (finish_reason "length" says so)
         return rest, []
@@ -409,9 +420,9 @@ class Reply(str):
         return obj
 
     @classmethod
-    def read(cls, text: str, calling: bool) -> Reply:
-        """A generated text as a Reply: its calls read out when ``calling`` (tools given and not ruled out)."""
-        if not calling:
+    def read(cls, text: str, tools, tool_choice) -> Reply:
+        """A generated text as a Reply: its calls read out when the request allows them (:func:`reads_calls`)."""
+        if not reads_calls(tools, tool_choice):
             return cls(text.strip(), raw=text)
         content, calls = parse_reply(text)
         return cls(content, calls, raw=text)

@@ -133,8 +133,7 @@ class BatchEngine:
         """The grammar engine for this model's tokenizer (made on first use: ~0.2 s for a 49k vocabulary)."""
         with self._matchers_lock:
             if self._matchers is None:
-                vocab = max(len(self.detok.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
-                self._matchers = Matchers(self.detok.tokenizer, vocab)
+                self._matchers = Matchers.for_model(self.detok.tokenizer, self.model)
             return self._matchers
 
     def wake(self) -> None:

@@ -139,6 +139,11 @@ class Matchers:
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
         self.vocab_size = self.tokenizer.vocab_size
 
+    @classmethod
+    def for_model(cls, tokenizer, model) -> Matchers:
+        """Matchers as wide as the model's logits: its embedding may be padded beyond the tokenizer."""
+        return cls(tokenizer, max(len(tokenizer), int(getattr(model.config, "vocab_size", 0) or 0)))
+
     def check(self, lark: str) -> str:
         """'' when the grammar is usable, else the engine's reason (the schema feature it cannot enforce)."""
         try:

@@ -83,20 +83,22 @@ class ChatModel:
         finally:
             tok.padding_side = old_side
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
-        grammars = [None] * len(conversations)
-        if any(each) or (response_format and response_format.get("type") != "text"):
-            if self._matchers is None:
-                self._matchers = Matchers(tok, max(len(tok), int(getattr(self.model.config, "vocab_size", 0) or 0)))
-            grammars = [build(t, tool_choice, parallel_tool_calls, response_format, self._matchers.check)
-                        for t in each]
+        grammars = [build(t, tool_choice, parallel_tool_calls, response_format,
+                          lambda lark: self.matchers.check(lark)) for t in each]
         if any(each) and tool_choice == "none":
             kw.update(stop_strings=[CALL_OPEN], tokenizer=tok)
         if any(g is not None for g in grammars):
-            kw["logits_processor"] = [GrammarProcessor(grammars, self._matchers, tok, enc["input_ids"].shape[1])]
+            kw["logits_processor"] = [GrammarProcessor(grammars, self.matchers, tok, enc["input_ids"].shape[1])]
         out = self.model.generate(**enc, **kw)
         new = out[:, enc["input_ids"].shape[1]:]
-        return [Reply.read(tok.decode(row, skip_special_tokens=True), bool(t) and tool_choice != "none")
-                for row, t in zip(new, each)]
+        return [Reply.read(tok.decode(row, skip_special_tokens=True), t, tool_choice) for row, t in zip(new, each)]
+
+    @property
+    def matchers(self) -> Matchers:
+        """The grammar engine for this model's tokenizer, made on the first request that needs one."""
+        if self._matchers is None:
+            self._matchers = Matchers.for_model(self.tokenizer, self.model)
+        return self._matchers
 
     def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
@@ -135,9 +137,11 @@ class GrammarProcessor:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[1] > self.prompt_len:
             for row, ids in zip(self.rows, input_ids):
-                if row is not None:
-                    new = ids[self.prompt_len:].tolist()
-                    row.after(new[-1], self.tokenizer.decode(new, skip_special_tokens=True))
+                if row is None:
+                    continue
+                new = ids[self.prompt_len:].tolist()
+                # the text is only read while a trigger is awaited; a running matcher takes the token alone
+                row.after(new[-1], self.tokenizer.decode(new, skip_special_tokens=True) if row.matcher is None else "")
         apply_masks(scores, self.rows)
         return scores
 

@@ -72,7 +72,7 @@ class OnnxChatModel:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         if tools and tool_choice == "none":
             text = text.split(CALL_OPEN)[0]
-        return Reply.read(text, bool(tools) and tool_choice != "none")
+        return Reply.read(text, tools, tool_choice)
 
     def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int | None = None) -> list[Reply]:

@@ -224,9 +224,7 @@ class ModelServer:
                 response_format: dict | None = None) -> Grammar | None:
         """The grammar a request is held to (``constraints.build``) on this engine's tokenizer; raises
         ``UnsupportedSchema`` for a strict schema the grammar engine cannot enforce."""
-        if not tools and not (response_format and response_format.get("type") != "text"):
-            return None
-        return build(tools, tool_choice, parallel, response_format, prepared.engine.matchers.check)
+        return build(tools, tool_choice, parallel, response_format, lambda lark: prepared.engine.matchers.check(lark))
 
     def submit(self, prepared: Prepared, messages: list[dict], params: SamplingParams, *, n: int = 1,
                emit, project: str | None = None, tools: list[dict] | None = None, tool_choice="auto",

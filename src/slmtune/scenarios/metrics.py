@@ -7,6 +7,7 @@ label, empty prediction, overlapping spans) are explicit and tested (tests/unit/
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -172,8 +173,6 @@ def _normal(value):
 
 
 def _call_key(call: dict) -> str:
-    import json
-
     try:
         args = json.loads(call["function"]["arguments"])
     except (json.JSONDecodeError, TypeError):
@@ -207,8 +206,6 @@ def tool_scores(outputs: list[str], references: list[dict], tools: list[list[dic
             hits["parsed"] += bool(calls) and out.count(CALL_OPEN) == len(calls)
         for c in calls:
             hits["calls"] += 1
-            import json
-
             try:
                 ok = c["function"]["name"] in by_name and not argument_problems(
                     json.loads(c["function"]["arguments"]), by_name[c["function"]["name"]])

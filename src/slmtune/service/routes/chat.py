@@ -11,7 +11,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from slmtune.data.tools import CALL_OPEN, ReplyReader, check_tools, parse_reply, schema_problem
+from slmtune.data.tools import CALL_OPEN, ReplyReader, check_tools, parse_reply, reads_calls, schema_problem
 from slmtune.inference.constraints import UnsupportedSchema
 from slmtune.inference.request import Delta, Failed, Finished, Overloaded, PromptTooLong
 from slmtune.inference.sampling import SamplingParams
@@ -138,11 +138,6 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request, s
     return StreamingResponse(_stream(req, handle, events, cid, created, n), media_type="text/event-stream")
 
 
-def _calling(req: ChatCompletionRequest) -> bool:
-    """Whether replies are read for tool calls (tools given, and calls not ruled out)."""
-    return bool(req.tools) and req.choice_of_tool() != "none"
-
-
 def _logprobs(entries: list[dict] | None) -> dict | None:
     return {"content": entries or [], "refusal": None} if entries is not None else None
 
@@ -154,7 +149,7 @@ async def _complete(req, handle, events: asyncio.Queue, cid: str, created: int, 
             pass
     except Exception as e:  # noqa: BLE001 - what the engine reported for this request
         raise ServerError(f"The model failed while generating: {e}") from None
-    done, want, calling = collector.completion, bool(req.logprobs), _calling(req)
+    done, want, calling = collector.completion, bool(req.logprobs), reads_calls(req.tools, req.choice_of_tool())
     choices = []
     for i, c in enumerate(done.choices):
         content, calls = parse_reply(c.text) if calling else (c.text.strip(), [])
@@ -180,7 +175,7 @@ async def _stream(req, handle, events: asyncio.Queue, cid: str, created: int, n:
     def choice(i: int, delta: dict, finish=None, logprobs=None) -> dict:
         return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": _logprobs(logprobs) if want else None}
 
-    readers = [ReplyReader() for _ in range(n)] if _calling(req) else None
+    readers = [ReplyReader() for _ in range(n)] if reads_calls(req.tools, req.choice_of_tool()) else None
     called = [0] * n
 
     def deltas(i: int, content: str, calls: list[dict]) -> list[dict]:
