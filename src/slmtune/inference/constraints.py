@@ -4,8 +4,8 @@ token mask from it in the batch.
 The grammar engine is llguidance (PyPI, MIT; Rust, no dependencies): it builds a mask for any tokenizer from a Lark
 grammar with embedded JSON Schemas, needs no ahead-of-time compilation per schema (a request's tools are new with
 each request; building a matcher takes ~1 ms), and computes a 49k-token mask in microseconds on one CPU core
-(``benchmarks/grammar.py``). xgrammar needs a compile step per schema and pulls triton; outlines-core indexes the
-whole vocabulary per schema ahead of time.
+(docs/benchmarks.md, ``benchmarks/constrained.py``). xgrammar needs a compile step per schema and pulls triton;
+outlines-core indexes the whole vocabulary per schema ahead of time.
 
 What each request gets (tools in the fallback's ``<tool_call>`` form, ``data.tools``):
 
@@ -108,17 +108,19 @@ def build(tools: list[dict] | None, tool_choice, parallel: bool, response_format
             answer = {"type": "object"}
     if not tools or tool_choice == "none":
         return Grammar(f"start: {_json(answer)}") if answer is not None else None
-    functions = [dict(t["function"]) for t in tools]
-    if isinstance(tool_choice, dict):
-        name = tool_choice["function"]["name"]
-        functions = [f for f in functions if f["name"] == name]
-    for i, fn in enumerate(functions):
+    named = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
+    functions = []
+    for i, t in enumerate(tools):  # i: the tool's place in the request, as the 400 names it
+        fn = t["function"]
+        if named is not None and fn["name"] != named:
+            continue
         problem = check("start: " + _json(_call_rule(fn)))
         if problem:
             if fn.get("strict"):
                 raise UnsupportedSchema(f"tools[{i}].function.parameters ({fn['name']}) is not supported: {problem}",
                                         "tools")
-            functions[i] = {**fn, "parameters": {"type": "object"}}
+            fn = {**fn, "parameters": {"type": "object"}}
+        functions.append(fn)
     forced = tool_choice == "required" or isinstance(tool_choice, dict)
     if forced:
         return Grammar("start: calls\n" + _calls_lark(functions, parallel, opened=False))
