@@ -168,9 +168,10 @@ class TrainSection(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")
     group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
-    objective: Literal["sft", "dpo"] = Field(
+    objective: Literal["sft", "dpo", "grpo"] = Field(
         "sft", description="'sft': supervised on assistant turns; 'dpo': direct preference optimisation (TRL) on "
-        "preference data, with any adapter method."
+        "preference data, with any adapter method; 'grpo': reinforcement from a grader's rewards (TRL's GRPO) on "
+        "prompt records, the `rl` section says how (docs/rft.md)."
     )
     dpo_beta: float = Field(0.1, gt=0, le=2, description="dpo: strength of the pull toward the reference model.")
     fused_loss: bool = Field(
@@ -182,6 +183,33 @@ class TrainSection(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more time."
     )
+
+
+class RLSection(_Section):
+    """train.objective grpo: how completions are sampled and rewarded (docs/rft.md)."""
+
+    grader: dict[str, Any] | None = Field(
+        None, description="The reward: an OpenAI grader (string_check, text_similarity, python, score_model, "
+        "label_model, multi), as a job's method.reinforcement.grader holds it. Give this or rl.reward."
+    )
+    reward: str | None = Field(
+        None, description="The reward as Python: 'module:function' (TRL's reward-function signature: prompts, "
+        "completions and the records' fields as keyword lists → a list of floats). Runs in the training process: "
+        "your own code on your own machine; the service never accepts it."
+    )
+    group_size: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (GRPO's group); the "
+                            "advantage of each is its reward against its group's mean.")
+    max_completion_tokens: int = Field(128, ge=1, le=8192, description="Tokens a completion may run to.")
+    temperature: float = Field(1.0, gt=0, le=2, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the completions.")
+    kl_coef: float = Field(0.0, ge=0, description="Pull toward the starting model (KL penalty, GRPO's beta); 0 "
+                           "skips the reference pass (TRL's default).")
+    clip: float = Field(0.2, gt=0, lt=1, description="PPO-style clipping of the probability ratio (epsilon).")
+    loss: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="How token losses are averaged "
+                                                              "(TRL's loss_type).")
+    eval_samples: int = Field(0, ge=0, description="Validation prompts scored at each evaluation (0: all).")
+    max_error_share: float = Field(0.5, ge=0, le=1, description="Stop the run when more than this share of the "
+                                   "samples graded so far (at least 32) failed to grade (an exception, a timeout).")
 
 
 class RunSection(_Section):
@@ -237,6 +265,7 @@ class TrainConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    rl: RLSection = Field(default_factory=RLSection)
     run: RunSection = Field(default_factory=RunSection)
     scenario: ScenarioSection = Field(default_factory=ScenarioSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)

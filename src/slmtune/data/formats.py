@@ -113,7 +113,7 @@ def _content_text(content: Any) -> str | None:
 
 
 def _check_chat(obj: dict, add, *, tools: list[dict] | None = None, strict: bool = False,
-                warn=None) -> list[dict] | None:
+                warn=None, prompt: bool = False) -> list[dict] | None:
     """The messages of a chat record, normalised (role, content, weight; tool_calls on assistant turns and
     tool_call_id on tool turns), or None after reporting every problem through ``add(field, message)``. Calls are
     checked against ``tools``; arguments off their schema are problems with ``strict``, else go to ``warn``."""
@@ -122,7 +122,8 @@ def _check_chat(obj: dict, add, *, tools: list[dict] | None = None, strict: bool
         add("messages", f"expected a list of messages, got {type(msgs).__name__}")
         return None
     if not msgs:
-        add("messages", "empty list; at least one user and one assistant message are needed")
+        add("messages", "empty list; " + ("the conversation needs a user message" if prompt
+                                          else "at least one user and one assistant message are needed"))
         return None
     by_name = {t["function"]["name"]: t for t in tools} if tools else None
     warn = warn or (lambda path, msg: None)
@@ -206,6 +207,16 @@ def _check_chat(obj: dict, add, *, tools: list[dict] | None = None, strict: bool
             add(f"{where}.tool_call_id", "only tool messages answer a call")
             ok = False
         out.append(item)
+    if ok and prompt:  # a prompt for the model to answer (reinforcement records): it ends with the user's turn
+        roles = [m["role"] for m in out]
+        if roles[-1] != "user":
+            add(f"messages[{len(out) - 1}].role", f"the last message must be the user's (the model answers it), "
+                f"not {roles[-1]!r}")
+            ok = False
+        elif any(r == "system" for r in roles[1:]):
+            add(f"messages[{roles.index('system', 1)}].role", "a system or developer message may only come first")
+            ok = False
+        return out if ok and tool_data.check_exchange(out, add) else None
     if ok:
         roles = [m["role"] for m in out]
         if "assistant" not in roles:
@@ -241,6 +252,24 @@ def _check_tools(obj: dict, add) -> tuple[bool, list[dict] | None]:
         add("parallel_tool_calls", "expected true or false")
         ok = False
     return ok, tools
+
+
+def check_prompt_record(obj, add) -> tuple[list[dict], list[dict] | None] | None:
+    """A reinforcement record — ``{"messages": [... ending with a user turn], "tools"?, <any other fields>}`` — as
+    (messages, tools), or None after reporting every problem through ``add``. The other fields are the grader's
+    ``item``; a ``developer`` message is a system message."""
+    if not isinstance(obj, dict):
+        add("(root)", f"expected a JSON object, got {type(obj).__name__}")
+        return None
+    if "messages" not in obj:
+        add("messages", "missing (a reinforcement record holds the conversation the model answers)")
+        return None
+    msgs = obj["messages"]
+    if isinstance(msgs, list):
+        msgs = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in msgs]
+    tools_ok, tools = _check_tools(obj, add)
+    out = _check_chat({"messages": msgs}, add, tools=tools, prompt=True)
+    return (out, tools) if out is not None and tools_ok else None
 
 
 def _check_completion(obj: dict, add) -> tuple[str, str] | None:

@@ -30,6 +30,8 @@ class TrainResult:
     artifact: str | None
     last_checkpoint: str | None
     padding_fraction: float = 0.0  # share of the batches' token slots that were padding
+    train_reward_mean: float | None = None  # train.objective grpo: the last step's mean reward
+    valid_reward_mean: float | None = None  # and the last evaluation's
     history: list[dict] = field(default_factory=list, repr=False)
 
     def to_json(self) -> str:

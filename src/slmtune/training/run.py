@@ -23,9 +23,11 @@ from slmtune import events as ev
 from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem, objective_mismatch
+from slmtune.data.prompts import load_prompts
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
 from slmtune.display import ConsoleSink
+from slmtune.graders.grade import check_grader, check_item
 from slmtune.methods import BuildContext, get
 from slmtune.models.loading import (
     bitsandbytes_available,
@@ -35,7 +37,7 @@ from slmtune.models.loading import (
     resolve_precision,
 )
 from slmtune.models.registry import resolve
-from slmtune.training import distributed
+from slmtune.training import distributed, grpo
 from slmtune.training.dpo import build_dpo_trainer
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.result import RunStatus, TrainResult
@@ -74,14 +76,35 @@ def check_config(cfg: TrainConfig) -> None:
             problems.append(f"data.{key}: no such file: {p}")
     if cfg.data.packing and method.prompt_learning:
         problems.append(f"data.packing: not possible with {method.name} (virtual tokens are per sequence)")
-    if cfg.data.packing and cfg.train.objective == "dpo":
-        problems.append("data.packing: not supported with train.objective dpo")
+    if cfg.data.packing and cfg.train.objective != "sft":
+        problems.append(f"data.packing: not supported with train.objective {cfg.train.objective}")
+    if cfg.train.objective == "grpo":
+        problems += _check_rl(cfg)
+    elif cfg.rl.grader or cfg.rl.reward:
+        problems.append(f"rl: a grader or reward is for train.objective grpo, not {cfg.train.objective}")
     if cfg.data.validation and cfg.data.validation_split:
         problems.append("data.validation_split: give either data.validation or data.validation_split, not both")
 
     problems += distributed.check(cfg, method)
     if problems:
         raise ConfigError(problems)
+
+
+def _check_rl(cfg: TrainConfig) -> list[str]:
+    """train.objective grpo: one reward source, a grader that can run (its templates, formula, python source)."""
+    rl = cfg.rl
+    if bool(rl.grader) == bool(rl.reward):
+        return ["rl: give rl.grader (an OpenAI grader) or rl.reward ('module:function'), one of them"]
+    if cfg.method.name == "full":
+        return ["train.objective: grpo needs an adapter method (the starting model is the base with the adapter "
+                "off); method 'full' is not supported with grpo yet"]
+    try:
+        if rl.reward:
+            grpo.load_reward(rl.reward)
+            return []
+        return [f"rl.grader.{p}" for p in check_grader(grpo.load_grader(rl.grader))]
+    except ConfigError as e:
+        return e.problems
 
 
 def _holds_training(run_dir: Path) -> bool:
@@ -145,6 +168,8 @@ def train(
     sinks: list[ev.Sink] | None = None,
     progress: bool = False,
     run_dir_ready: bool = False,
+    judge=None,
+    rollout=None,
 ) -> TrainResult | None:
     """Fine-tune a model as ``config`` says; return a :class:`TrainResult` (None on a node other than 0 of a
     multi-node run: node 0 writes the run directory and holds the result).
@@ -154,6 +179,8 @@ def train(
     terminal progress display. The run directory always gets ``events.jsonl`` and ``metrics.csv``.
     ``run_dir_ready``: a wrapper (a scenario run, :mod:`slmtune.scenarios.run`) prepared ``run.output`` and wrote
     the training data into it; it is used as it is. The engine reads ``cfg.data`` and nothing of scenarios.
+    ``judge`` and ``rollout`` (train.objective grpo): what a model grader calls, and what samples the completions
+    instead of TRL's generate — both from the layers above (``scenarios.run.fine_tune`` gives the batching engine's).
     """
     cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
@@ -180,7 +207,7 @@ def train(
     if resume and not ckpt:
         bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
-        return _train(cfg, run_dir, ckpt, bus)
+        return _train(cfg, run_dir, ckpt, bus, judge=judge, rollout=rollout)
     except (DataError, ConfigError, RunDirError) as e:
         bus.emit(ev.message(str(e), level="error"))
         raise
@@ -224,7 +251,7 @@ class Data:
         return bool(self.val_set)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResult:
+def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, rollout=None) -> TrainResult:
     """One training run in this process (a rank of a multi-process run included)."""
     method, strategy = resolve_run(cfg, run_dir, ckpt, bus)
     model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
@@ -236,7 +263,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus) -> TrainResu
     if strategy in ("ddp", "fsdp"):
         arg_kw |= distributed.trainer_args(cfg, strategy, run_dir, model)
     with tracking_env(cfg, run_dir):  # where train.report_to's trackers write (read by their callbacks)
-        trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args)
+        trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args,
+                                judge=judge, rollout=rollout, bus=bus)
         callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
         status, runtime = fit(trainer, callback, ckpt, data)
     artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == RunStatus.SUCCEEDED else None
@@ -262,6 +290,8 @@ def setup_data(cfg: TrainConfig, tokenizer, bus: ev.EventBus) -> Data:
     """Encode the training source(s) (and validation) through the chat template, with its loss mask; or hold out a
     seeded share of the training examples."""
     d = cfg.data
+    if cfg.train.objective == "grpo":
+        return _setup_prompts(cfg, bus)
     read = dict(columns=d.columns or None, strict=d.strict)
     sources = [(d.train, 1.0)] if d.train else [(m.path, m.weight) for m in d.mix]
     reports = [load_encoded(path, tokenizer, d.max_seq_length, d.truncate, **read) for path, _ in sources]
@@ -293,6 +323,27 @@ def setup_data(cfg: TrainConfig, tokenizer, bus: ev.EventBus) -> Data:
         train_examples=len(train_set), train_tokens=n_tok, validation_examples=len(val_set),
     ))
     return Data(train_set, val_set, train_examples, val_examples)
+
+
+def _setup_prompts(cfg: TrainConfig, bus: ev.EventBus) -> Data:
+    """train.objective grpo: prompt records (data.prompts), each checked against the grader's templates."""
+    d = cfg.data
+    if d.mix:
+        raise ConfigError(["data.mix: not supported with train.objective grpo; give data.train"])
+    train = load_prompts(d.train)
+    val = load_prompts(d.validation) if d.validation else []
+    if not d.validation and d.validation_split:
+        train, val = holdout_split(train, d.validation_split, cfg.train.seed)
+    if cfg.rl.grader:
+        grader = grpo.load_grader(cfg.rl.grader)
+        problems = [Problem(path, r.line, "(item)", msg) for path, records in ((d.train, train), (d.validation, val))
+                    for r in records for msg in check_item(grader, r.item)]
+        if problems:
+            raise DataError(problems)
+    bus.emit(ev.message(f"Data: {len(train)} training prompts, {len(val)} validation prompts; "
+                        f"{cfg.rl.group_size} completions each", train_examples=len(train),
+                        validation_examples=len(val)))
+    return Data(train, val, train, val)
 
 
 def _weighted(n: int, weight: float) -> int:
@@ -386,7 +437,7 @@ def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, mod
         arg_kw |= distributed.deepspeed_args(cfg, strategy, run_dir, model_dir)
         # made before from_pretrained and kept alive: transformers then loads the weights under deepspeed.zero.Init
         # for ZeRO-3, each process materialising only its own partition (not the whole model first)
-        training_args = TrainingArguments(**arg_kw) if t.objective != "dpo" else None
+        training_args = TrainingArguments(**arg_kw) if t.objective == "sft" else None
         if training_args is not None and strategy == "zero3":
             import deepspeed
 
@@ -430,10 +481,15 @@ def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus
     return model, peft_config
 
 
-def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, arg_kw: dict, early_args):
-    """The one place SFT and DPO differ: TRL's DPOTrainer on preference records, or our SLMTrainer."""
+def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, arg_kw: dict, early_args, *,
+                  judge=None, rollout=None, bus: ev.EventBus | None = None):
+    """The one place the objectives differ: TRL's DPOTrainer on preference records, TRL's GRPOTrainer on prompt
+    records, or our SLMTrainer."""
     from transformers import TrainingArguments
 
+    if cfg.train.objective == "grpo":
+        return grpo.build_grpo_trainer(cfg, model, tokenizer, data.train_examples, data.val_examples, arg_kw,
+                                       judge=judge, rollout=rollout, bus=bus)
     if cfg.train.objective == "dpo":
         if peft_config is None:
             raise ConfigError(["train.objective: dpo needs an adapter method (its reference model is the base "
@@ -507,7 +563,7 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
         torch.distributed.all_reduce(counts)
         trainer.tokens_seen, trainer.trained_tokens, trainer.slots_seen = (int(x) for x in counts.tolist())
     state = trainer.state
-    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h and "eval_loss" not in h]
     ckpts = list_checkpoints(run_dir)
     result = TrainResult(
         run_dir=str(run_dir),
@@ -517,6 +573,8 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
         train_loss=train_losses[-1] if train_losses else None,
         valid_loss=callback.last_eval.get("valid_loss"),
         valid_mean_token_accuracy=callback.last_eval.get("valid_mean_token_accuracy"),
+        train_reward_mean=next((h["reward"] for h in reversed(state.log_history) if "reward" in h), None),
+        valid_reward_mean=callback.last_eval.get("valid_reward_mean"),
         trained_tokens=trainer.trained_tokens,
         tokens_per_second=round(trainer.tokens_seen / runtime, 2) if runtime else 0.0,
         padding_fraction=round(1 - trainer.tokens_seen / trainer.slots_seen, 4) if trainer.slots_seen else 0.0,

@@ -201,13 +201,25 @@ class EventCallback(TrainerCallback):
             now = time.perf_counter()
             dt = max(now - self._last_t, 1e-9)
             # every rank trains as much as rank 0 (the same batch size): the run's rate is world_size × rank 0's
-            tps = (t.tokens_seen - self._last_tokens) / dt * args.world_size
+            seen = t.tokens_seen or int(logs.get("num_tokens", 0))  # GRPO counts its prompt + completion tokens
+            tps = (seen - self._last_tokens) / dt * args.world_size
             trained_tps = (t.trained_tokens - self._last_trained) / dt * args.world_size
-            self._last_t, self._last_tokens, self._last_trained = now, t.tokens_seen, t.trained_tokens
+            self._last_t, self._last_tokens, self._last_trained = now, seen, t.trained_tokens
             self.flush()
-            dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items() if k.startswith("rewards/")}
+            # DPO logs rewards/chosen …; GRPO logs reward, reward_std and rewards/<grader>/mean
+            dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items()
+                   if k.startswith("rewards/") and k.count("/") == 1}
+            rl = {}
+            if "reward" in logs:
+                rl = {"train_reward_mean": logs["reward"], "train_reward_std": logs.get("reward_std"),
+                      "train_completion_length": logs.get("completions/mean_length"), "kl": logs.get("kl")}
+                grader = getattr(t, "grader_reward", None)
+                if grader is not None and grader.recent:
+                    rl["samples"] = grader.recent
+                    rl["grader_errors"] = grader.failed
             self.pending = {
                 **dpo,
+                **{k: v for k, v in rl.items() if v is not None},
                 "step": state.global_step,
                 "total_steps": state.max_steps,
                 "epoch": round(state.epoch or 0.0, 4),
@@ -218,11 +230,14 @@ class EventCallback(TrainerCallback):
                 "tokens_per_second": round(tps, 2),
                 "trained_tokens_per_second": round(trained_tps, 2),
             }
-        elif "eval_loss" in logs:
-            valid = {
-                "valid_loss": logs["eval_loss"],
-                "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
-            }
+        elif "eval_loss" in logs or "eval_reward" in logs:
+            if "eval_reward" in logs:  # GRPO: its eval loss is a policy loss, not a validation loss
+                valid = {"valid_reward_mean": logs["eval_reward"], "valid_reward_std": logs.get("eval_reward_std")}
+            else:
+                valid = {
+                    "valid_loss": logs["eval_loss"],
+                    "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
+                }
             self.last_eval = {"step": state.global_step, **valid}
             if self.pending is not None and self.pending["step"] == state.global_step:
                 self.pending.update(valid)
@@ -243,6 +258,10 @@ class EventCallback(TrainerCallback):
             parts.append(f"training loss={d['train_loss']:.4f}")
         if d.get("valid_loss") is not None:
             parts.append(f"validation loss={d['valid_loss']:.4f}")
+        if d.get("train_reward_mean") is not None:
+            parts.append(f"reward={d['train_reward_mean']:.4f}")
+        if d.get("valid_reward_mean") is not None:
+            parts.append(f"validation reward={d['valid_reward_mean']:.4f}")
         self.bus.emit(ev.metrics(": ".join([parts[0], ", ".join(parts[1:])]), **d))
 
     # --- checkpoints ---------------------------------------------------------------------------------------
