@@ -120,3 +120,11 @@ def leaves(grader) -> list:
 def judge_models(grader) -> set[str]:
     """The judge models a grader calls (score_model, label_model)."""
     return {g.model for g in leaves(grader) if isinstance(g, MODEL_GRADERS)}
+
+
+def parse_grader(spec: dict):
+    """A grader from its JSON (a job's stored method, ``rl.grader``); pydantic's ValidationError when it is not
+    one."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Grader).validate_python(spec)

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from slmtune import events as ev
 from slmtune.display import ConsoleSink
+from slmtune.graders.spec import judge_models
+from slmtune.inference.judge import EngineJudge
 from slmtune.scenarios.catalog import get
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
 from slmtune.scenarios.report import write_report
+from slmtune.training import grpo
 from slmtune.training import run as engine
 from slmtune.training.result import RunStatus, TrainResult
 
@@ -24,6 +27,8 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
     """The engine's :func:`slmtune.training.run.train`, with a scenario's data preparation before it and its
     before/after evaluation and report after it when ``config`` names a scenario."""
     cfg = engine.coerce_config(config).model_copy(deep=True)
+    if cfg.train.objective == "grpo":
+        return _reinforce(cfg, resume=resume, sinks=sinks, progress=progress)
     if not cfg.scenario.name:
         return engine.train(cfg, resume=resume, sinks=sinks, progress=progress)
     engine.check_config(cfg)
@@ -51,6 +56,18 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
         return result
     finally:
         ev.EventBus(held).close()
+
+
+def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | None:
+    """train.objective grpo: the engine's run, with the batching engine as the judge of a model grader."""
+    judge = None
+    if cfg.rl.grader and engine.check_config(cfg) is None and judge_models(grpo.load_grader(cfg.rl.grader)):
+        judge = EngineJudge()
+    try:
+        return engine.train(cfg, resume=resume, sinks=sinks, progress=progress, judge=judge)
+    finally:
+        if judge is not None:
+            judge.close()
 
 
 def _bus(sinks: list, run_dir: Path, progress: bool, keep_open: bool = True) -> ev.EventBus:

@@ -25,7 +25,7 @@ from slmtune.service.db import Database, new_id
 from slmtune.service.errors import APIError
 from slmtune.service.gate import AUTH_THREADS, Gate, envelope, error_response
 from slmtune.service.ratelimit import RateLimiter
-from slmtune.service.routes import chat, files, jobs, models
+from slmtune.service.routes import chat, files, graders, jobs, models
 from slmtune.service.schemas import error_responses
 from slmtune.service.settings import Settings
 from slmtune.service.worker import start_worker_threads
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, workers: int = 1) -> FastAPI:
     app.state.metrics = ServingMetrics()
     app.state.limiter = RateLimiter(settings.rate_limit_rpm)
 
-    for r in (files.router, jobs.router, models.router, chat.router):
+    for r in (files.router, jobs.router, graders.router, models.router, chat.router):
         app.include_router(r, prefix="/v1", responses=error_responses(400, 401, 404, 429))
     app.openapi = lambda: _openapi(app)
 

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from slmtune.config import TrainSection
 from slmtune.data.validate import check_file
+from slmtune.graders.grade import check_grader
+from slmtune.graders.spec import judge_models
 from slmtune.models.registry import REGISTRY
 from slmtune.planner import plan
 from slmtune.scenarios.pipeline import records_as_examples
@@ -31,6 +33,8 @@ from slmtune.service.settings import Settings
 from slmtune.service.states import JobStatus
 
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+RL_HYPER_KEYS = (*HYPER_KEYS, "compute_multiplier", "eval_interval", "eval_samples")
+COMPLETION_TOKENS = {"low": 64, "default": 128, "medium": 128, "high": 256}  # reasoning_effort → rl budget
 # learning_rate_multiplier scales the config's default learning rate (what `slmtune train` uses)
 BASE_LR = TrainSection.model_fields["learning_rate"].default
 MAX_LR_MULTIPLIER = 100.0  # a learning rate of 0.02: past it a LoRA run only diverges
@@ -43,7 +47,7 @@ def base_models(settings: Settings) -> list[str]:
 # --- create -------------------------------------------------------------------------------------------------------
 def create_job(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> JobRow:
     _check_model_and_files(session=session, settings=settings, project=project, req=req)
-    method = _method_dict(req)
+    method = _method_dict(req, settings)
     if req.integrations:
         raise NotImplementedYet("Integrations are not supported yet.", param="integrations")
     if req.metadata is not None:
@@ -95,14 +99,13 @@ def _check_model_and_files(*, session: Session, settings: Settings, project: str
     return rows[0], rows[1]
 
 
-def _method_dict(req: FineTuningJobCreate) -> dict:
+def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None) -> dict:
     """Normalise ``hyperparameters`` (deprecated) and ``method`` into one method dict, with "auto" defaults."""
     kind = req.method.type if req.method is not None else "supervised"
-    if kind not in ("supervised", "dpo"):
-        raise NotImplementedYet(f"Method {kind!r} is not supported yet; use 'supervised' or 'dpo'.",
-                                param="method.type", code="method_not_supported")
     hp = None
     sub = getattr(req.method, kind, None) if req.method is not None else None
+    if kind == "reinforcement":
+        return _reinforcement_dict(req, sub, settings)
     if sub is not None:
         hp = sub.hyperparameters
     if kind == "dpo" and req.hyperparameters is not None:
@@ -118,6 +121,13 @@ def _method_dict(req: FineTuningJobCreate) -> dict:
         values.update(hp.model_dump())
     if kind == "dpo" and values["beta"] != "auto" and not 0 < values["beta"] <= 2:
         raise BadRequest("hyperparameters.beta must be 'auto' or in (0, 2].", param="hyperparameters.beta")
+    _check_common(values)
+    if req.scenario is not None and kind != "supervised":
+        raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
+    return {"type": kind, kind: {"hyperparameters": values}, **({"scenario": req.scenario} if req.scenario else {})}
+
+
+def _check_common(values: dict) -> None:
     checks = {"batch_size": (1, 256), "n_epochs": (1, 50)}
     for key, (lo, hi) in checks.items():
         v = values[key]
@@ -129,14 +139,71 @@ def _method_dict(req: FineTuningJobCreate) -> dict:
         raise BadRequest(f"hyperparameters.learning_rate_multiplier must be 'auto' or a number in (0, "
                          f"{MAX_LR_MULTIPLIER:g}] (it scales the base learning rate {BASE_LR:g}).",
                          param="hyperparameters.learning_rate_multiplier")
-    if req.scenario is not None and kind != "supervised":
-        raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
-    return {"type": kind, kind: {"hyperparameters": values}, **({"scenario": req.scenario} if req.scenario else {})}
+
+
+def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None) -> dict:
+    """method.reinforcement: the grader checked (templates, formula, a python grader's source in its sandbox, judge
+    models), a validation file required, the hyperparameters' ranges."""
+    if sub is None:
+        raise BadRequest("method.reinforcement.grader is required for the reinforcement method.",
+                         param="method.reinforcement")
+    if req.hyperparameters is not None:
+        raise BadRequest("Reinforcement hyperparameters go in method.reinforcement.hyperparameters.",
+                         param="hyperparameters")
+    if req.validation_file is None:
+        raise BadRequest("The reinforcement method needs a validation file (its prompts measure the reward).",
+                         param="validation_file")
+    if req.scenario is not None:
+        raise BadRequest("A scenario trains with the supervised method, not reinforcement.", param="scenario")
+    judges = set(base_models(settings)) if settings is not None else None
+    fine_tuned = sorted(m for m in judge_models(sub.grader) if m.startswith("ft:"))
+    if fine_tuned:
+        raise NotImplementedYet(f"A fine-tuned judge model ({fine_tuned[0]}) is not supported in jobs yet; name a "
+                                "base model (POST /v1/fine_tuning/alpha/graders/run takes fine-tuned judges).",
+                                param="method.reinforcement.grader", code="model_not_supported")
+    problems = check_grader(sub.grader, judges=judges)
+    if problems:
+        raise BadRequest(f"The grader cannot run: {problems[0]}" + (f" (and {len(problems) - 1} more)"
+                                                                    if len(problems) > 1 else ""),
+                         param="method.reinforcement.grader", code="invalid_grader")
+    values: dict[str, Any] = {k: "auto" for k in RL_HYPER_KEYS}
+    values["reasoning_effort"] = "default"
+    if sub.hyperparameters is not None:
+        values.update(sub.hyperparameters.model_dump())
+    _check_common(values)
+    cm = values["compute_multiplier"]
+    if cm != "auto" and not 0.00001 < cm <= 10:
+        raise BadRequest("hyperparameters.compute_multiplier must be 'auto' or in (0.00001, 10].",
+                         param="hyperparameters.compute_multiplier")
+    for key in ("eval_interval", "eval_samples"):
+        if values[key] != "auto" and not 1 <= values[key] <= 100_000:
+            raise BadRequest(f"hyperparameters.{key} must be 'auto' or a positive integer.",
+                             param=f"hyperparameters.{key}")
+    return {"type": "reinforcement", "reinforcement": {"grader": sub.grader.model_dump(exclude_none=True),
+                                                       "hyperparameters": values}}
+
+
+def _group_size(compute_multiplier: float) -> int:
+    """compute_multiplier → completions per prompt: 4 at 1.0, between 2 and 16."""
+    return max(2, min(16, round(4 * compute_multiplier)))
 
 
 def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
-    """OpenAI's "auto" heuristic: 3 epochs, clamped so examples × epochs lies in [100, 25000], epochs in [1, 25]."""
+    """OpenAI's "auto" heuristic: 3 epochs, clamped so examples × epochs lies in [100, 25000], epochs in [1, 25].
+    Reinforcement (its hyperparameters have compute_multiplier): one epoch of 4 prompts a step, a validation reward
+    five times in the run, 32 validation prompts."""
     out = dict(hp)
+    if "compute_multiplier" in out:
+        if out["n_epochs"] == "auto":
+            out["n_epochs"] = 1
+        if out["batch_size"] == "auto":
+            out["batch_size"] = 4
+        if out["compute_multiplier"] == "auto":
+            out["compute_multiplier"] = 1.0
+        if out["eval_interval"] == "auto":
+            out["eval_interval"] = max(1, -(-n_examples // out["batch_size"]) * out["n_epochs"] // 5)
+        if out["eval_samples"] == "auto":
+            out["eval_samples"] = 32
     if out["n_epochs"] == "auto":
         epochs = 3
         if n_examples * epochs < 100:
@@ -157,11 +224,17 @@ SCENARIO_HOLDOUT = 0.2  # a scenario job without a validation file scores base a
 
 
 def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, validation_path, output,
-                 scenario: str | None = None) -> dict:
+                 scenario: str | None = None, grader: dict | None = None) -> dict:
     """The engine's config for a job, its hyperparameters resolved: the worker trains it, the planner predicts it.
     LoRA; ``learning_rate_multiplier`` scales ``BASE_LR``; DPO adds its objective and beta; a scenario job trains on
-    its records and is scored (base vs tuned) on the validation records or a seeded hold-out."""
+    its records and is scored (base vs tuned) on the validation records or a seeded hold-out; reinforcement trains
+    train.objective grpo with the job's grader."""
     holdout = SCENARIO_HOLDOUT if scenario and not validation_path else 0.0
+    rl = {}
+    if kind == "reinforcement":
+        rl = {"rl": {"grader": grader, "group_size": _group_size(hp["compute_multiplier"]),
+                     "max_completion_tokens": COMPLETION_TOKENS[hp.get("reasoning_effort", "default")],
+                     "eval_samples": hp["eval_samples"]}}
     return {
         "model": {"name": model},
         "data": {"train": str(train_path), "validation": str(validation_path) if validation_path else None,
@@ -171,7 +244,9 @@ def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, vali
         "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
                   "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": seed % (2**31),
                   "save_total_limit": 3,
-                  **({"objective": "dpo", "dpo_beta": hp["beta"]} if kind == "dpo" else {})},
+                  **({"objective": "dpo", "dpo_beta": hp["beta"]} if kind == "dpo" else {}),
+                  **({"objective": "grpo", "eval_every": hp["eval_interval"]} if kind == "reinforcement" else {})},
+        **rl,
         "run": {"output": str(output)},
     }
 
@@ -182,7 +257,10 @@ def plan_job(*, session: Session, settings: Settings, project: str, req: JobPlan
     import tempfile
 
     train, val = _check_model_and_files(session=session, settings=settings, project=project, req=req)
-    method = _method_dict(req)
+    method = _method_dict(req, settings)
+    if method["type"] == "reinforcement":
+        raise NotImplementedYet("Planning a reinforcement job is not supported yet (its cost is the sampling, "
+                                "which the planner does not model).", param="method.type", code="method_not_supported")
     session.close()  # reading the file and the model takes seconds: hold no database connection meanwhile
     with tempfile.TemporaryDirectory(prefix="slmtune-plan-") as tmp:
         train_path = Path(train.path)

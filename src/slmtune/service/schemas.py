@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slmtune.config import ScenarioName
+from slmtune.graders.spec import MAX_TEMPLATE_CHARS, Grader
 from slmtune.service.states import JobStatus
 
 MAX_CHOICES = 8  # n per chat request
@@ -139,13 +140,64 @@ class DpoMethod(_In):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    """What each means for an open model here: docs/rft.md."""
+
+    batch_size: Literal["auto"] | int = Field("auto", description="Prompts per step, 1–256 (each sampled "
+                                              "compute_multiplier × 4 times).")
+    compute_multiplier: Literal["auto"] | float = Field("auto", description="Scales the completions sampled per "
+                                                        "prompt (4 at 1.0; 2–16).")
+    eval_interval: Literal["auto"] | int = Field("auto", description="Steps between validation rewards.")
+    eval_samples: Literal["auto"] | int = Field("auto", description="Validation prompts scored at each evaluation.")
+    reasoning_effort: Literal["default", "low", "medium", "high"] = Field(
+        "default", description="The completion-length budget: low 64 tokens, default/medium 128, high 256.")
+
+
+class ReinforcementMethod(_In):
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class JobMethod(_In):
     """A job's ``method`` (the training objective, OpenAI's wire name; slmtune.methods.Method is the PEFT method)."""
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict | None = None
+    reinforcement: ReinforcementMethod | None = None
+
+
+# --- graders (OpenAI's /v1/fine_tuning/alpha/graders) -----------------------------------------------------------
+class GraderRunRequest(_In):
+    grader: Grader
+    model_sample: str = Field(..., max_length=MAX_TEMPLATE_CHARS, description="The model's reply being graded: "
+                              "sample.output_text (and output_json when it is JSON, output_tools for its calls).")
+    item: dict[str, Any] | None = Field(None, description="The data line the templates read as item.*")
+
+
+class GraderValidateRequest(_In):
+    grader: Grader
+
+
+class GraderValidateResponse(BaseModel):
+    grader: dict[str, Any]
+
+
+class GraderRunMetadata(BaseModel):
+    name: str
+    type: str
+    errors: dict[str, Any]
+    execution_time: float
+    scores: dict[str, Any]
+    token_usage: int | None = None
+    sampled_model_name: str | None = None
+
+
+class GraderRunResponse(BaseModel):
+    reward: float
+    metadata: GraderRunMetadata
+    sub_rewards: dict[str, Any]
+    model_grader_token_usage_per_model: dict[str, Any] = Field(default_factory=dict)
 
 
 class FineTuningJobCreate(_In):

@@ -35,7 +35,10 @@ from sqlalchemy import select, update
 
 from slmtune.artifacts import list_checkpoints
 from slmtune.data.formats import Problem, objective_mismatch
+from slmtune.data.prompts import read_prompts
 from slmtune.data.validate import check_file
+from slmtune.graders.grade import check_item
+from slmtune.graders.spec import parse_grader
 from slmtune.models.loading import load_tokenizer
 from slmtune.models.registry import resolve
 from slmtune.paths import private_dir, private_file
@@ -235,7 +238,8 @@ class Worker:
         cfg = J.train_config(model=job.model, kind=job.method["type"], hp=hp, seed=job.seed,
                              train_path=data / "train.jsonl",
                              validation_path=data / "validation.jsonl" if job.validation_file else None,
-                             output=run_dir / "run", scenario=job.method.get("scenario"))
+                             output=run_dir / "run", scenario=job.method.get("scenario"),
+                             grader=job.method.get("reinforcement", {}).get("grader"))
         n = self.settings.job_nproc * self.settings.job_nnodes
         if n > 1:  # the job's batch size is global: split it over the processes (of all its nodes)
             cfg["train"]["batch_size"] = max(1, -(-hp["batch_size"] // n))
@@ -408,6 +412,21 @@ class _ScenarioCheck:
         return {"examples": len(self.records)}
 
 
+class _PromptCheck:
+    """A reinforcement file's prompt records, each checked against the grader's templates (a field a template names
+    and the line lacks is the line's problem), shaped like the data check's report."""
+
+    def __init__(self, path: Path, grader: dict, max_examples: int):
+        self.records, self.problems = read_prompts(path, limit=max_examples + 1)
+        g = parse_grader(grader)
+        self.problems += [Problem(str(path), r.line, "(item)", msg)
+                          for r in self.records for msg in check_item(g, r.item)]
+        self.problems.sort(key=lambda p: p.line)
+
+    def stats(self) -> dict:
+        return {"examples": len(self.records)}
+
+
 def _hyper(method: dict) -> dict:
     return dict(method[method["type"]]["hyperparameters"])
 
@@ -441,6 +460,8 @@ def _check_job_file(path: Path, method: dict, tokenizer, max_examples: int):
     reading stops one past the most examples a job may have (the refusal then says so)."""
     if method.get("scenario"):  # scenario records: the engine turns them into chat examples
         return _ScenarioCheck(path, method["scenario"])
+    if method["type"] == "reinforcement":
+        return _PromptCheck(path, method["reinforcement"]["grader"], max_examples)
     rep = check_file(path, tokenizer, max_seq_length=1024, keep=0, limit=max_examples + 1)
     if not rep.problems and rep.kind is not None:
         kind, line = rep.kind  # one kind a file (the reader makes a mixed file a problem): the first record's

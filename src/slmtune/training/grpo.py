@@ -21,6 +21,7 @@ from slmtune.config import ConfigError
 from slmtune.data.prompts import PromptRecord
 from slmtune.data.tools import plain_messages
 from slmtune.graders.grade import Grade, grade_batch, sample_of
+from slmtune.graders.spec import parse_grader
 from slmtune.training.trainer import TrainerMetricsMixin
 
 MIN_GRADED_FOR_FAILURE = 32
@@ -31,12 +32,11 @@ class GraderFailed(RuntimeError):
 
 
 def load_grader(spec: dict):
-    from pydantic import TypeAdapter, ValidationError
-
-    from slmtune.graders.spec import Grader
+    """``rl.grader`` as a grader; ConfigError naming each field that is wrong."""
+    from pydantic import ValidationError
 
     try:
-        return TypeAdapter(Grader).validate_python(spec)
+        return parse_grader(spec)
     except ValidationError as e:
         raise ConfigError([f"rl.grader.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]) from None
 
@@ -118,10 +118,11 @@ def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: li
                        "per_device_train_batch_size", "per_device_eval_batch_size")}
     n = rl.group_size
     args = GRPOConfig(
-        **kw, per_device_train_batch_size=cfg.train.batch_size * n, per_device_eval_batch_size=n,
+        **kw, per_device_train_batch_size=cfg.train.batch_size * n, per_device_eval_batch_size=cfg.train.batch_size * n,
         num_generations=n, num_generations_eval=n, max_completion_length=rl.max_completion_tokens,
         temperature=rl.temperature, top_p=rl.top_p, beta=rl.kl_coef, epsilon=rl.clip, loss_type=rl.loss,
         remove_unused_columns=False, log_completions=False, mask_truncated_completions=False,
+        eval_on_start=bool(val),  # the starting model's validation reward: where the curve begins
     )
     if rl.eval_samples and val:
         val = val[: rl.eval_samples]
