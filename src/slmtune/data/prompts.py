@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmtune.data.formats import DataError, Problem, check_prompt_record, jsonl_lines, jsonl_records
+from slmtune.data.formats import Problem, check_prompt_record, jsonl_lines, jsonl_records
 
 
 @dataclass
@@ -45,11 +45,3 @@ def read_prompts(path: str | Path, *, limit: int | None = None) -> tuple[list[Pr
     if not out and not problems:
         problems.append(Problem(file, 1, "(file)", "no examples (the file is empty)"))
     return out, problems
-
-
-def load_prompts(path: str | Path) -> list[PromptRecord]:
-    """The records of ``path``; DataError listing every problem when there is one."""
-    records, problems = read_prompts(path)
-    if problems:
-        raise DataError(problems)
-    return records

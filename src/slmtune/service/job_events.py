@@ -95,7 +95,10 @@ class DBSink:
         d, at = event.data, int(event.created_at)
         if event.type == "metrics":
             keep = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss",
-                    "valid_mean_token_accuracy", "learning_rate", "tokens_per_second")
+                    "valid_mean_token_accuracy", "learning_rate", "tokens_per_second",
+                    # reinforcement: OpenAI's reward names, the reward's spread, completion length, a few samples
+                    "train_reward_mean", "train_reward_std", "valid_reward_mean", "valid_reward_std",
+                    "train_completion_length", "samples")
             data = {k: d[k] for k in keep if d.get(k) is not None}
             self.last_metrics = data
             part = "t" if "train_loss" in data else "v"  # a final evaluation may follow its step's event
@@ -112,7 +115,7 @@ class DBSink:
         if d.get("kind") == "checkpoint":
             step = d["step"]
             metrics = {k: v for k, v in self.last_metrics.items() if k not in ("total_steps", "learning_rate",
-                                                                               "tokens_per_second")}
+                                                                               "tokens_per_second", "samples")}
             exists = s.scalar(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id,
                                                           CheckpointRow.step_number == step))
             if exists is None:

@@ -23,7 +23,7 @@ from slmtune import events as ev
 from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem, objective_mismatch
-from slmtune.data.prompts import load_prompts
+from slmtune.data.prompts import read_prompts
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
 from slmtune.display import ConsoleSink
@@ -330,16 +330,20 @@ def _setup_prompts(cfg: TrainConfig, bus: ev.EventBus) -> Data:
     d = cfg.data
     if d.mix:
         raise ConfigError(["data.mix: not supported with train.objective grpo; give data.train"])
-    train = load_prompts(d.train)
-    val = load_prompts(d.validation) if d.validation else []
+    problems = []
+    train, bad = read_prompts(d.train)
+    val, bad_val = read_prompts(d.validation) if d.validation else ([], [])
+    if cfg.rl.grader:  # every field a template names, on every line: named with the record's problems
+        grader = grpo.load_grader(cfg.rl.grader)
+        for path, records, found in ((d.train, train, bad), (d.validation, val, bad_val)):
+            found += [Problem(path, r.line, "(item)", msg) for r in records for msg in check_item(grader, r.item)]
+            problems += sorted(found, key=lambda p: p.line)
+    else:
+        problems = bad + bad_val
+    if problems:
+        raise DataError(problems)
     if not d.validation and d.validation_split:
         train, val = holdout_split(train, d.validation_split, cfg.train.seed)
-    if cfg.rl.grader:
-        grader = grpo.load_grader(cfg.rl.grader)
-        problems = [Problem(path, r.line, "(item)", msg) for path, records in ((d.train, train), (d.validation, val))
-                    for r in records for msg in check_item(grader, r.item)]
-        if problems:
-            raise DataError(problems)
     bus.emit(ev.message(f"Data: {len(train)} training prompts, {len(val)} validation prompts; "
                         f"{cfg.rl.group_size} completions each", train_examples=len(train),
                         validation_examples=len(val)))
