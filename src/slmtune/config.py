@@ -168,12 +168,18 @@ class TrainSection(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept (oldest deleted first).")
     group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
-    objective: Literal["sft", "dpo", "grpo"] = Field(
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft", description="'sft': supervised on assistant turns; 'dpo': direct preference optimisation (TRL) on "
-        "preference data, with any adapter method; 'grpo': reinforcement from a grader's rewards (TRL's GRPO) on "
-        "prompt records, the `rl` section says how (docs/rft.md)."
+        "preference data, with any adapter method; 'orpo' and 'simpo': preference optimisation with no reference "
+        "model (TRL's ORPO, and CPO with the SimPO loss); 'kto': KTO on unpaired good/bad replies or preference "
+        "data; 'grpo': reinforcement from a grader's rewards (TRL's GRPO) on prompt records, the `rl` section says "
+        "how (docs/rft.md)."
     )
-    dpo_beta: float = Field(0.1, gt=0, le=2, description="dpo: strength of the pull toward the reference model.")
+    dpo_beta: float = Field(0.1, gt=0, le=10, description="The preference objective's beta: dpo and kto, the "
+                            "strength of the pull toward the reference model; orpo, the weight of the odds-ratio "
+                            "term; simpo, the reward scale (SimPO's paper uses 2 to 2.5).")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin between the preferred and "
+                               "the other reply.")
     fused_loss: bool = Field(
         True, description="Compute the output head and cross-entropy together, only at positions followed by a "
         "trained token, in chunks, without full-vocabulary logits: the same loss, faster and less memory "

@@ -85,3 +85,17 @@ def test_a_grader_failing_on_most_samples_stops_the_run_with_its_error(tiny_conf
     cfg = rl_config(tiny_config, prompts, {"type": "python", "name": "flaky", "source": flaky})
     with pytest.raises(Exception, match="(?s)failed on 32 of 32 samples.*ValueError: no score for"):
         slmtune.train(cfg)
+
+
+def topic_named(prompts, completions, topic, **kw):
+    """A Python reward (rl.reward): 1 when the completion names the record's topic."""
+    return [float(t in c[-1]["content"]) + 0.25 for t, c in zip(topic, completions)]
+
+
+def test_a_python_reward_function_gets_the_records_fields(tiny_config, prompts, tmp_path):
+    cfg = rl_config(tiny_config, prompts, None, max_steps=2)
+    cfg["rl"] = {"reward": "tests.integration.test_grpo:topic_named", "max_completion_tokens": 8}
+    assert slmtune.train(cfg).status == "succeeded"
+    rewards = [e.data["train_reward_mean"] for e in read_events(tmp_path / "run" / "events.jsonl")
+               if "train_reward_mean" in e.data]
+    assert len(rewards) == 2 and all(r >= 0.25 for r in rewards)

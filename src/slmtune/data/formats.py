@@ -6,8 +6,10 @@
   answer them (``tool_call_id``); the deprecated ``functions``/``function_call``/``function`` form is converted
   (:mod:`slmtune.data.tools`).
 * completion: ``{"prompt": str, "completion": str}``; the loss covers the completion and the end-of-sequence token.
-* preference (DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": ...}],
-  "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
+* preference (DPO, ORPO, SimPO, KTO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant",
+  "content": ...}], "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
+* unpaired (KTO): ``{"prompt": [messages ending with the user's], "completion": [{"role": "assistant", "content":
+  ...}], "label": true|false, "tools"?}``: one reply, good (true) or bad (false); TRL's conversational form.
 * alpaca: ``{"instruction": str, "input": str?, "output": str, "system": str?}`` → a chat of one user turn
   (instruction, then the input after a blank line) and the assistant's output.
 * sharegpt: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system": str?,
@@ -50,7 +52,7 @@ class Problem:
 @dataclass
 class Example:
     line: int  # the line (JSONL) or row (table sources) it came from, counted from 1
-    kind: Literal["chat", "completion", "preference"]
+    kind: Literal["chat", "completion", "preference", "unpaired"]
     messages: list[dict] = field(default_factory=list)
     prompt: str = ""
     completion: str = ""
@@ -58,6 +60,7 @@ class Example:
     rejected: str = ""
     fmt: str = ""  # the format it was written in: chat, completion, preference, alpaca, sharegpt
     tools: list[dict] | None = None  # function definitions the conversation may call (data.tools)
+    label: bool | None = None  # unpaired (KTO): whether ``completion`` is a desirable reply to ``messages``
 
     def as_record(self) -> dict:
         """The example as a training-data line (chat or prompt/completion), read back as the same example."""
@@ -77,7 +80,9 @@ class Example:
         return {"messages": msgs, **({"tools": self.tools} if self.tools else {})}
 
 
-OBJECTIVE_KINDS = {"sft": ("chat", "completion"), "dpo": ("preference",)}  # the records each objective trains on
+# the records each objective trains on (grpo reads prompt records through data.prompts)
+OBJECTIVE_KINDS = {"sft": ("chat", "completion"), "dpo": ("preference",), "orpo": ("preference",),
+                   "simpo": ("preference",), "kto": ("preference", "unpaired")}
 
 
 def objective_mismatch(kind: str, objective: str) -> str | None:
@@ -85,8 +90,12 @@ def objective_mismatch(kind: str, objective: str) -> str | None:
     the same way by the engine and the service's file check; None when they can."""
     if kind in OBJECTIVE_KINDS[objective]:
         return None
-    if objective == "dpo":
-        return f"{kind} format: dpo needs preference records (input.messages, preferred_output, non_preferred_output)"
+    if objective == "kto":
+        return (f"{kind} format: kto needs unpaired records (prompt, completion, label) or preference records "
+                "(input.messages, preferred_output, non_preferred_output)")
+    if objective != "sft":
+        return (f"{kind} format: {objective} needs preference records (input.messages, preferred_output, "
+                "non_preferred_output)")
     return (f"{kind} format: {objective} trains on chat or prompt/completion records (set train.objective: dpo, or "
             "a job's method dpo, to train on preference data)")
 
@@ -272,6 +281,41 @@ def check_prompt_record(obj, add) -> tuple[list[dict], list[dict] | None] | None
     return (out, tools) if out is not None and tools_ok else None
 
 
+def _check_unpaired(obj: dict, add) -> tuple[list[dict], str, bool, list[dict] | None] | None:
+    """An unpaired record (KTO; TRL's conversational form): ``{"prompt": [messages ending with the user's],
+    "completion": [{"role": "assistant", "content": ...}], "label": true|false, "tools"?}`` — (messages, reply,
+    label, tools), or None after reporting every problem."""
+    ok = True
+    label = obj.get("label")
+    if not isinstance(label, bool):
+        add("label", f"expected true (a desirable reply) or false (an undesirable one), got {label!r}")
+        ok = False
+    prompt = obj.get("prompt")
+    msgs = None
+    if not isinstance(prompt, list):
+        add("prompt", "expected a list of messages ending with the user's")
+        ok = False
+    else:
+        tools_ok, tools = _check_tools(obj, add)
+        msgs = _check_chat({"messages": prompt}, lambda path, msg: add(path.replace("messages", "prompt", 1), msg),
+                           tools=tools, prompt=True)
+        ok = ok and tools_ok and msgs is not None
+    out = obj.get("completion")
+    reply = None
+    if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)):
+        add("completion", "expected a list with exactly one assistant message")
+        ok = False
+    elif out[0].get("role") != "assistant":
+        add("completion[0].role", "must be 'assistant'")
+        ok = False
+    else:
+        reply = _content_text(out[0].get("content"))
+        if reply is None or not reply.strip():
+            add("completion[0].content", "missing or empty")
+            ok = False
+    return (msgs, reply, label, tools) if ok else None
+
+
 def _check_completion(obj: dict, add) -> tuple[str, str] | None:
     ok = True
     for key in ("prompt", "completion"):
@@ -349,14 +393,15 @@ FORMAT_KEYS = {
     "chat": {"messages", "tools", "parallel_tool_calls", "functions"},
     "completion": {"prompt", "completion"},
     "preference": {"input", "preferred_output", "non_preferred_output"},
+    "unpaired": {"prompt", "completion", "label", "tools"},
     "alpaca": {"instruction", "input", "output", "system"},
     "sharegpt": {"conversations", "system", "tools"},
 }
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "function_call": "assistant", "observation": "tool"}
-KIND = {"chat": "chat", "completion": "completion", "preference": "preference", "alpaca": "chat",
-        "sharegpt": "chat"}
+KIND = {"chat": "chat", "completion": "completion", "preference": "preference", "unpaired": "unpaired",
+        "alpaca": "chat", "sharegpt": "chat"}
 
 
 def detect_format(obj: dict) -> str | None:
@@ -369,6 +414,8 @@ def detect_format(obj: dict) -> str | None:
         return "alpaca"
     if "input" in obj or "preferred_output" in obj:
         return "preference"
+    if "label" in obj:
+        return "unpaired"
     if "prompt" in obj or "completion" in obj:
         return "completion"
     return None
@@ -521,7 +568,8 @@ def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
     fmt = detect_format(obj)
     if fmt is None:
         add("(root)", "expected 'messages' (chat format), 'prompt' and 'completion', 'input' with "
-            "'preferred_output' and 'non_preferred_output' (preference format), 'instruction' and 'output' "
+            "'preferred_output' and 'non_preferred_output' (preference format), 'prompt', 'completion' and 'label' "
+            "(unpaired format), 'instruction' and 'output' "
             "(Alpaca) or 'conversations' (ShareGPT)" + (f"; it has {', '.join(map(str, obj))} (map them with "
                                                          "data.columns)" if obj else ""))
         return None, None
@@ -549,6 +597,10 @@ def parse_record(obj, add, *, columns: dict | None = None, strict: bool = False,
         pref = _check_preference(obj, add)
         return (Example(line=0, kind="preference", messages=pref[0], chosen=pref[1], rejected=pref[2], fmt=fmt,
                         tools=pref[3]) if pref is not None else None), fmt
+    if fmt == "unpaired":
+        got = _check_unpaired(obj, add)
+        return (Example(line=0, kind="unpaired", messages=got[0], completion=got[1], label=got[2], fmt=fmt,
+                        tools=got[3]) if got is not None else None), fmt
     pc = _check_completion(obj, add)
     return (Example(line=0, kind="completion", prompt=pc[0], completion=pc[1], fmt=fmt)
             if pc is not None else None), fmt

@@ -99,6 +99,9 @@ def encode_example(tokenizer, ex: Example, max_seq_length: int | None = None) ->
         ids, labels = encode_chat(tokenizer, ex.messages, ex.tools)
     elif ex.kind == "preference":  # length and SFT-style loss of the preferred reply
         ids, labels = encode_chat(tokenizer, [*ex.messages, {"role": "assistant", "content": ex.chosen}], ex.tools)
+    elif ex.kind == "unpaired":  # length (and an SFT-style loss) of the reply, desirable or not
+        ids, labels = encode_chat(tokenizer, [*ex.messages, {"role": "assistant", "content": ex.completion}],
+                                  ex.tools)
     else:
         ids, labels = encode_completion(tokenizer, ex.prompt, ex.completion)
     truncated = False

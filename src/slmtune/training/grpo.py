@@ -96,6 +96,19 @@ class GraderReward:
         return [g.reward for g in grades]
 
 
+def _with_fields(fn):
+    """A Python reward function called as TRL calls one on a dataset with columns: ``prompts``, ``completions`` and
+    each field of the records (``topic=[...]``) as a keyword list (a record without the field gives None)."""
+
+    def reward(prompts, completions, item, **kw):
+        items = [json.loads(i) for i in item]
+        keys = sorted(set().union(*items) - {"messages"})
+        return fn(prompts=prompts, completions=completions, **{k: [it.get(k) for it in items] for k in keys})
+
+    reward.__name__ = getattr(fn, "__name__", "reward")
+    return reward
+
+
 def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: list[PromptRecord], args_kwargs: dict,
                        *, judge=None, rollout=None, bus: ev.EventBus | None = None):
     """A GRPOTrainer with the arguments the SFT path uses; ``train.batch_size`` counts prompts, each sampled
@@ -108,7 +121,7 @@ def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: li
     if rl.grader:
         reward = GraderReward(load_grader(rl.grader), judge, rl.max_error_share, bus)
     else:
-        reward = load_reward(rl.reward)
+        reward = _with_fields(load_reward(rl.reward))
 
     class SLMGRPOTrainer(TrainerMetricsMixin, GRPOTrainer):
         pass

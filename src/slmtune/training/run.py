@@ -38,7 +38,7 @@ from slmtune.models.loading import (
 )
 from slmtune.models.registry import resolve
 from slmtune.training import distributed, grpo
-from slmtune.training.dpo import build_dpo_trainer
+from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.result import RunStatus, TrainResult
 from slmtune.training.trainer import AfterOptimizerStep, EventCallback, SLMTrainer
@@ -487,18 +487,20 @@ def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus
 
 def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, arg_kw: dict, early_args, *,
                   judge=None, rollout=None, bus: ev.EventBus | None = None):
-    """The one place the objectives differ: TRL's DPOTrainer on preference records, TRL's GRPOTrainer on prompt
-    records, or our SLMTrainer."""
+    """The one place the objectives differ: TRL's preference trainers (dpo, orpo, simpo, kto), TRL's GRPOTrainer on
+    prompt records, or our SLMTrainer."""
     from transformers import TrainingArguments
 
     if cfg.train.objective == "grpo":
         return grpo.build_grpo_trainer(cfg, model, tokenizer, data.train_examples, data.val_examples, arg_kw,
                                        judge=judge, rollout=rollout, bus=bus)
-    if cfg.train.objective == "dpo":
-        if peft_config is None:
-            raise ConfigError(["train.objective: dpo needs an adapter method (its reference model is the base "
-                               "with the adapter off); method 'full' is not supported with dpo yet"])
-        return build_dpo_trainer(cfg, model, tokenizer, data.train_examples, data.val_examples, arg_kw)
+    objective = cfg.train.objective
+    if objective != "sft":
+        if peft_config is None and objective not in REFERENCE_FREE:
+            raise ConfigError([f"train.objective: {objective} needs an adapter method (its reference model is the "
+                               f"base with the adapter off); method 'full' is not supported with {objective} yet "
+                               f"(orpo and simpo need no reference and work with it)"])
+        return build_preference_trainer(cfg, model, tokenizer, data.train_examples, data.val_examples, arg_kw)
     return SLMTrainer(
         model=model,
         args=early_args or TrainingArguments(**arg_kw),
@@ -525,7 +527,7 @@ def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, mode
             if reason:
                 bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
-    callback = EventCallback(bus, run_dir, cfg.train.save_total_limit)
+    callback = EventCallback(bus, run_dir, cfg.train.save_total_limit, cfg.train.objective)
     callback.trainer = trainer
     trainer.add_callback(callback)
     if method.after_optimizer_step is not None:

@@ -148,8 +148,9 @@ class AfterOptimizerStep(TrainerCallback):
 class EventCallback(TrainerCallback):
     """Turns Trainer callbacks into slmtune events, checkpoints into ``step-N`` folders, and handles Ctrl-C."""
 
-    def __init__(self, bus: ev.EventBus, run_dir: Path, save_total_limit: int, total_tokens_hint: int = 0):
+    def __init__(self, bus: ev.EventBus, run_dir: Path, save_total_limit: int, objective: str = "sft"):
         self.bus = bus
+        self.objective = objective
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
         self.save_total_limit = save_total_limit
@@ -206,8 +207,9 @@ class EventCallback(TrainerCallback):
             trained_tps = (t.trained_tokens - self._last_trained) / dt * args.world_size
             self._last_t, self._last_tokens, self._last_trained = now, seen, t.trained_tokens
             self.flush()
-            # DPO logs rewards/chosen …; GRPO logs reward, reward_std and rewards/<grader>/mean
-            dpo = {k.replace("rewards/", "dpo_reward_"): v for k, v in logs.items()
+            # preference trainers log rewards/chosen … (as <objective>_reward_chosen: dpo_reward_margins, …); GRPO
+            # logs reward, reward_std and rewards/<grader>/mean
+            dpo = {k.replace("rewards/", f"{self.objective}_reward_"): v for k, v in logs.items()
                    if k.startswith("rewards/") and k.count("/") == 1}
             rl = {}
             if "reward" in logs:

@@ -14,6 +14,9 @@ export async function jobView(token, jobId) {
   const progressEl = h("div", { class: "progress-line", "aria-live": "polite" });
   const lossChart = makeChart("Loss", ["train loss", "valid loss"], "loss-chart");
   const accChart = makeChart("Token accuracy", ["train accuracy", "valid accuracy"], "acc-chart");
+  // reinforcement jobs: the grader's reward, and the last step's sampled completions with theirs
+  const rewardChart = makeChart("Reward", ["train reward", "valid reward"], "reward-chart");
+  const samplesEl = h("section", { id: "samples" });
   const eventList = h("tbody");
   const ckptBody = h("tbody");
   const extra = h("div");
@@ -46,6 +49,17 @@ export async function jobView(token, jobId) {
     const col = (k) => steps.map((s) => byStep.get(s)[k] ?? null);
     lossChart.set([steps, col("train_loss"), col("valid_loss")]);
     accChart.set([steps, col("train_mean_token_accuracy"), col("valid_mean_token_accuracy")]);
+    const rsteps = [...byStep.keys()].sort((a, b) => a - b).filter((s) => byStep.get(s).train_reward_mean !== undefined
+      || byStep.get(s).valid_reward_mean !== undefined);
+    const rcol = (k) => rsteps.map((s) => byStep.get(s)[k] ?? null);
+    rewardChart.el.hidden = !rsteps.length;
+    accChart.el.hidden = rsteps.length > 0;  // no token accuracy in reinforcement
+    if (rsteps.length) rewardChart.set([rsteps, rcol("train_reward_mean"), rcol("valid_reward_mean")]);
+    const withSamples = [...byStep.values()].filter((v) => v.samples).sort((a, b) => b.step - a.step)[0];
+    clear(samplesEl, withSamples ? [h("h2", { text: `Sampled completions (step ${withSamples.step})` }),
+      h("table", { class: "grid" }, h("thead", {}, h("tr", {}, h("th", { text: "Completion" }),
+        h("th", { text: "Reward" }))), h("tbody", {}, withSamples.samples.map((x) => h("tr", {},
+        h("td", { class: "mono", text: x.completion }), h("td", { text: Number(x.reward).toFixed(3) })))))] : []);
     return byStep;
   }
   function drawEvents() {
@@ -135,7 +149,8 @@ export async function jobView(token, jobId) {
     if (TERMINAL.has(job.status)) stopPolling();
   }
   clear(view(), head, progressEl,
-    h("section", { class: "charts", "aria-label": "Curves" }, lossChart.el, accChart.el),
+    h("section", { class: "charts", "aria-label": "Curves" }, lossChart.el, accChart.el, rewardChart.el),
+    samplesEl,
     h("h2", { text: "Checkpoints" }),
     h("table", { class: "grid", id: "checkpoints" }, h("thead", {}, h("tr", {},
       ["Step", "Metrics", "Model", ""].map((t) => h("th", { scope: "col", text: t })))), ckptBody),
