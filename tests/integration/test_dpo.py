@@ -65,3 +65,45 @@ def test_objective_and_data_must_agree(tiny_config, pref_data, tiny_data):
         slmtune.train(tiny_config(data={"train": str(train), "validation": None}))
     with pytest.raises(DataError, match="dpo needs preference records"):
         slmtune.train(tiny_config(train={"objective": "dpo"}))
+
+
+def unpaired(key, reply, label):
+    return {"prompt": [{"role": "user", "content": f"What is your favorite {key}?"}],
+            "completion": [{"role": "assistant", "content": reply}], "label": label}
+
+
+@pytest.mark.parametrize("objective,method", [("orpo", "lora"), ("simpo", "lora"), ("kto", "lora"),
+                                              ("orpo", "full")])
+def test_reference_free_and_unpaired_objectives_separate_the_replies(tiny_config, pref_data, tmp_path, objective,
+                                                                     method):
+    train, val = pref_data
+    if objective == "kto":  # unpaired records: one reply each, good or bad
+        rows = [r for k, v in FACTS for r in (unpaired(k, f"My favorite {k} is {v}.", True),
+                                              unpaired(k, f"I do not like any {k}, sorry.", False))] * 6
+        train = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    cfg = tiny_config(data={"train": str(train), "validation": str(val)},
+                      train={"objective": objective, "dpo_beta": 2.0 if objective == "simpo" else 0.5, "epochs": 2,
+                             "batch_size": 4, "learning_rate": 1e-3 if method == "full" else 2e-2})
+    cfg["method"] = {"name": method}
+    result = slmtune.train(cfg)
+    assert result.status == "succeeded"
+    metrics = [e.data for e in read_events(tmp_path / "run" / "events.jsonl")
+               if e.type == "metrics" and "train_loss" in e.data]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    both = [m for m in metrics if {f"{objective}_reward_chosen", f"{objective}_reward_rejected"} <= set(m)]
+    assert both[-1][f"{objective}_reward_chosen"] > both[-1][f"{objective}_reward_rejected"]  # KTO: a step may
+    # hold only one kind of reply
+
+
+def test_unpaired_records_are_checked_with_lines(tmp_path):
+    rows = [unpaired("a", "b", True), unpaired("a", "b", "yes"),
+            {"prompt": [{"role": "assistant", "content": "x"}], "completion": [{"role": "user", "content": "y"}],
+             "label": False}]
+    _, problems = read_jsonl(write_jsonl(tmp_path / "u.jsonl", rows))
+    assert [(p.line, p.path) for p in problems] == [(2, "label"), (3, "prompt[0].role"), (3, "completion[0].role")]
+
+
+def test_kto_needs_an_adapter_and_sft_data_is_refused(tiny_config, tiny_data):
+    cfg = tiny_config(train={"objective": "kto"})
+    with pytest.raises(DataError, match="kto needs unpaired records"):
+        slmtune.train(cfg)

@@ -260,6 +260,25 @@ def test_dpo_job_through_the_sdk(client, tmp_path):
     assert bad.status == "failed" and "needs preference records" in bad.error.message
 
 
+def test_orpo_simpo_and_kto_jobs_as_method_extras(client, tmp_path):
+    from tests.integration.test_dpo import pref
+
+    rows = [pref(k, v, "sorry") for k, v in FACTS] * 3
+    f = client.files.create(file=open(write_jsonl(tmp_path / "pref.jsonl", rows), "rb"), purpose="fine-tune")
+    jobs = {kind: client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method={
+        "type": kind, kind: {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}) for kind in ("orpo", "simpo", "kto")}
+    for kind, job in jobs.items():
+        done = wait_status(client, job.id, ("succeeded", "failed"))
+        assert done.status == "succeeded", (kind, done.error)
+        assert done.method.type == kind and getattr(done.method, kind)["hyperparameters"]["beta"] == (2.0 if kind == "simpo" else 0.1)
+        events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+        assert any(e.type == "metrics" and "train_loss" in e.data for e in events)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method={
+            "type": "orpo", "orpo": {"hyperparameters": {"beta": 50}}})
+    assert e.value.body["param"] == "hyperparameters.beta"
+
+
 def test_a_job_runs_with_two_processes_when_the_worker_says_so(backend, tmp_path):
     """`slmtune serve/worker --job-nproc 2`: the job trains under DDP with the global batch split over the
     processes; its events reach the database as rank 0 writes them."""

@@ -21,6 +21,7 @@ from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id,
 from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
 from slmtune.service.files import check_quota, get_file
 from slmtune.service.schemas import (
+    PREFERENCE_TYPES,
     FineTuningJob,
     FineTuningJobCreate,
     JobCheckpoint,
@@ -108,19 +109,24 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None) -> 
         return _reinforcement_dict(req, sub, settings)
     if sub is not None:
         hp = sub.hyperparameters
-    if kind == "dpo" and req.hyperparameters is not None:
-        raise BadRequest("DPO hyperparameters go in method.dpo.hyperparameters.", param="hyperparameters")
+    preference = kind in PREFERENCE_TYPES
+    if preference and req.hyperparameters is not None:
+        raise BadRequest(f"{kind.upper()} hyperparameters go in method.{kind}.hyperparameters.",
+                         param="hyperparameters")
     if hp is not None and req.hyperparameters is not None:
         raise BadRequest("Give hyperparameters either at the top level or in method.supervised, not both.",
                          param="hyperparameters")
     hp = hp or req.hyperparameters
     values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS}
-    if kind == "dpo":
+    if preference:
         values["beta"] = "auto"
     if hp is not None:
         values.update(hp.model_dump())
-    if kind == "dpo" and values["beta"] != "auto" and not 0 < values["beta"] <= 2:
-        raise BadRequest("hyperparameters.beta must be 'auto' or in (0, 2].", param="hyperparameters.beta")
+    top = 2 if kind == "dpo" else 10  # OpenAI's range for dpo; SimPO's reward scale runs past it
+    if kind == "simpo" and values["beta"] == "auto":
+        values["beta"] = 2.0  # SimPO's beta is a reward scale (its paper: 2 to 2.5), not a pull toward a reference
+    if preference and values["beta"] != "auto" and not 0 < values["beta"] <= top:
+        raise BadRequest(f"hyperparameters.beta must be 'auto' or in (0, {top}].", param="hyperparameters.beta")
     _check_common(values)
     if req.scenario is not None and kind != "supervised":
         raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
@@ -244,7 +250,7 @@ def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, vali
         "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
                   "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": seed % (2**31),
                   "save_total_limit": 3,
-                  **({"objective": "dpo", "dpo_beta": hp["beta"]} if kind == "dpo" else {}),
+                  **({"objective": kind, "dpo_beta": hp["beta"]} if kind in PREFERENCE_TYPES else {}),
                   **({"objective": "grpo", "eval_every": hp["eval_interval"]} if kind == "reinforcement" else {})},
         **rl,
         "run": {"output": str(output)},

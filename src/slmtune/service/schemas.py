@@ -140,6 +140,9 @@ class DpoMethod(_In):
     hyperparameters: DpoHyperparameters | None = None
 
 
+PREFERENCE_TYPES = ("dpo", "orpo", "simpo", "kto")  # dpo is OpenAI's; the others are slmtune extras (TRL's)
+
+
 class ReinforcementHyperparameters(SupervisedHyperparameters):
     """What each means for an open model here: docs/rft.md."""
 
@@ -161,10 +164,16 @@ class ReinforcementMethod(_In):
 class JobMethod(_In):
     """A job's ``method`` (the training objective, OpenAI's wire name; slmtune.methods.Method is the PEFT method)."""
 
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "reinforcement", "orpo", "simpo", "kto"] = Field(
+        ..., description="OpenAI's supervised, dpo and reinforcement; slmtune extras: orpo and simpo (preference "
+        "data, no reference model), kto (unpaired good/bad replies or preference data). The extras take "
+        "hyperparameters as dpo does, under their own key.")
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
     reinforcement: ReinforcementMethod | None = None
+    orpo: DpoMethod | None = None
+    simpo: DpoMethod | None = None
+    kto: DpoMethod | None = None
 
 
 # --- graders (OpenAI's /v1/fine_tuning/alpha/graders) -----------------------------------------------------------

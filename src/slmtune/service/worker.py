@@ -465,7 +465,7 @@ def _check_job_file(path: Path, method: dict, tokenizer, max_examples: int):
     rep = check_file(path, tokenizer, max_seq_length=1024, keep=0, limit=max_examples + 1)
     if not rep.problems and rep.kind is not None:
         kind, line = rep.kind  # one kind a file (the reader makes a mixed file a problem): the first record's
-        why = objective_mismatch(kind, "dpo" if method["type"] == "dpo" else "sft")
+        why = objective_mismatch(kind, "sft" if method["type"] == "supervised" else method["type"])
         if why:
             rep.problems.append(Problem(str(path), line, "(root)", why))
     return rep
