@@ -206,6 +206,10 @@ class RLSection(_Section):
     group_size: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (GRPO's group); the "
                             "advantage of each is its reward against its group's mean.")
     max_completion_tokens: int = Field(128, ge=1, le=8192, description="Tokens a completion may run to.")
+    rollout: Literal["engine", "trl"] = Field(
+        "engine", description="What samples the completions: 'engine', slmtune's continuous-batching engine with "
+        "the adapter as it is at each step (LoRA-family methods on one process; others fall back to 'trl'); 'trl', "
+        "TRL's model.generate on the training model (docs/benchmarks.md compares them).")
     temperature: float = Field(1.0, gt=0, le=2, description="Sampling temperature of the completions.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the completions.")
     kl_coef: float = Field(0.0, ge=0, description="Pull toward the starting model (KL penalty, GRPO's beta); 0 "

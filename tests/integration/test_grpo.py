@@ -99,3 +99,45 @@ def test_a_python_reward_function_gets_the_records_fields(tiny_config, prompts, 
     rewards = [e.data["train_reward_mean"] for e in read_events(tmp_path / "run" / "events.jsonl")
                if "train_reward_mean" in e.data]
     assert len(rewards) == 2 and all(r >= 0.25 for r in rewards)
+
+
+def test_engine_rollouts_decode_with_the_live_adapter(tmp_path):
+    """What the batching engine samples for GRPO is what the training model (base + its adapter at this step) would
+    generate: greedy, token for token, after the adapter has changed twice."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from slmtune.inference.rollout import EngineRollout
+    from slmtune.models.loading import load_base_model, load_tokenizer
+    from slmtune.models.registry import resolve
+
+    model_dir = resolve("tiny-llama")
+    tok = load_tokenizer(model_dir)
+    peft = get_peft_model(load_base_model(model_dir, "fp32"), LoraConfig(r=8, lora_alpha=16,
+                                                                         target_modules=["q_proj", "v_proj"]))
+    rollout = EngineRollout("tiny-llama", "fp32")
+    trainer = SimpleNamespace(model=peft, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                              state=SimpleNamespace(global_step=0),
+                              args=SimpleNamespace(max_completion_length=12, temperature=0.0, top_p=1.0))
+    prompts = [[{"role": "user", "content": f"Say something about {w}."}] for w in TOPICS[:3]]
+    try:
+        for step in (1, 2):
+            torch.manual_seed(step)
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.data.normal_(0, 0.5)
+            trainer.state.global_step = step
+            out = rollout([p for p in prompts for _ in range(2)], trainer)
+            assert len(out["completion_ids"]) == 6
+            for i, messages in enumerate(prompts):
+                ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                              return_dict=True)["input_ids"]
+                with torch.no_grad():
+                    ref = peft.generate(ids, max_new_tokens=12, do_sample=False,
+                                        pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, ids.shape[1]:].tolist()
+                got = out["completion_ids"][2 * i]
+                assert got == ref[:len(got)] and out["completion_ids"][2 * i + 1] == got
+    finally:
+        rollout.close()

@@ -14,6 +14,9 @@ from slmtune import events as ev
 from slmtune.display import ConsoleSink
 from slmtune.graders.spec import judge_models
 from slmtune.inference.judge import EngineJudge
+from slmtune.inference.rollout import EngineRollout
+from slmtune.methods import get as get_method
+from slmtune.models.loading import resolve_precision
 from slmtune.scenarios.catalog import get
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
 from slmtune.scenarios.report import write_report
@@ -59,15 +62,23 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
 
 
 def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | None:
-    """train.objective grpo: the engine's run, with the batching engine as the judge of a model grader."""
-    judge = None
-    if cfg.rl.grader and engine.check_config(cfg) is None and judge_models(grpo.load_grader(cfg.rl.grader)):
-        judge = EngineJudge()
+    """train.objective grpo: the engine's run, with the batching engine sampling the rollouts (rl.rollout: engine,
+    for methods it batches per row, on one process) and judging a model grader's samples."""
+    engine.check_config(cfg)
+    judge = EngineJudge() if cfg.rl.grader and judge_models(grpo.load_grader(cfg.rl.grader)) else None
+    rollout = None
+    method = get_method(cfg.method.name)
+    if cfg.rl.rollout == "engine" and method.batchable and not method.quantized \
+            and cfg.distributed.nproc * cfg.distributed.nnodes == 1:
+        precision = resolve_precision(cfg.model.precision, method.precisions)
+        rollout = EngineRollout(cfg.model.name, "bf16" if precision.startswith("bf16") else precision,
+                                seed=cfg.train.seed)
     try:
-        return engine.train(cfg, resume=resume, sinks=sinks, progress=progress, judge=judge)
+        return engine.train(cfg, resume=resume, sinks=sinks, progress=progress, judge=judge, rollout=rollout)
     finally:
-        if judge is not None:
-            judge.close()
+        for part in (judge, rollout):
+            if part is not None:
+                part.close()
 
 
 def _bus(sinks: list, run_dir: Path, progress: bool, keep_open: bool = True) -> ev.EventBus:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import threading
 
 from slmtune import events as ev
@@ -137,6 +138,8 @@ def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: li
         remove_unused_columns=False, log_completions=False, mask_truncated_completions=False,
         eval_on_start=bool(val),  # the starting model's validation reward: where the curve begins
     )
+    if rollout is not None:  # TRL calls its rollout_func hook experimental and says so once; it is our choice here
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if rl.eval_samples and val:
         val = val[: rl.eval_samples]
     trainer = SLMGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=prompt_dataset(train),

@@ -38,8 +38,8 @@ from slmtune.models.loading import (
 )
 from slmtune.models.registry import resolve
 from slmtune.training import distributed, grpo
-from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.head_loss import unsupported_reason
+from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.result import RunStatus, TrainResult
 from slmtune.training.trainer import AfterOptimizerStep, EventCallback, SLMTrainer
 
