@@ -266,11 +266,13 @@ def test_orpo_simpo_and_kto_jobs_as_method_extras(client, tmp_path):
     rows = [pref(k, v, "sorry") for k, v in FACTS] * 3
     f = client.files.create(file=open(write_jsonl(tmp_path / "pref.jsonl", rows), "rb"), purpose="fine-tune")
     jobs = {kind: client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method={
-        "type": kind, kind: {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}) for kind in ("orpo", "simpo", "kto")}
+        "type": kind, kind: {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+        for kind in ("orpo", "simpo", "kto")}
     for kind, job in jobs.items():
         done = wait_status(client, job.id, ("succeeded", "failed"))
         assert done.status == "succeeded", (kind, done.error)
-        assert done.method.type == kind and getattr(done.method, kind)["hyperparameters"]["beta"] == (2.0 if kind == "simpo" else 0.1)
+        beta = getattr(done.method, kind)["hyperparameters"]["beta"]
+        assert done.method.type == kind and beta == (2.0 if kind == "simpo" else 0.1)
         events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
         assert any(e.type == "metrics" and "train_loss" in e.data for e in events)
     with pytest.raises(openai.BadRequestError) as e:

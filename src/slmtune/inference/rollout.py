@@ -28,9 +28,10 @@ class EngineRollout:
 
     def __init__(self, base: str, precision: str, seed: int = 0, max_running: int = 256):
         self.base, self.seed = base, seed
-        # its own engine (its own copy of the weights, merged with the adapter); a whole generation batch runs at once, its prompts prefilled in large chunks (no chat latency to protect)
+        # its own engine (its own copy of the weights, merged with the adapter); a whole generation batch runs at
+        # once, its prompts prefilled in large chunks (no chat latency to protect here)
         self.server = ModelServer(precision=precision, max_running=max_running, max_queued=4096,
-                                  adapter_cache_size=2, prefill_tokens=4096)
+                                  prefill_tokens=4096)
         self.step: int | None = None
         self.original: dict[str, torch.Tensor] = {}  # the engine's base weights of the adapted layers
         self.calls = 0
