@@ -109,8 +109,10 @@ def test_request_errors_name_the_field(client, train_file):
     assert e.value.body["param"] == "hyperparameters.n_epochs"
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
-                                       method={"type": "reinforcement", "reinforcement": {"grader": {}}})
-    assert "not supported yet" in e.value.message and e.value.body["param"] == "method.type"
+                                       method={"type": "reinforcement", "reinforcement": {"grader": {
+                                           "type": "string_check", "name": "s", "input": "x", "reference": "x",
+                                           "operation": "regex"}}})
+    assert e.value.body["param"] == "method.reinforcement.grader.string_check.operation"
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
                                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}})

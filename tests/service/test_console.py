@@ -362,3 +362,34 @@ def test_a_scenario_job_from_the_console_shows_its_before_after_report(browser, 
         assert t.errors == [], t.errors
     finally:
         t.close()
+
+
+def test_a_reinforcement_job_page_plots_rewards_and_shows_sampled_completions(browser, srv, tmp_path):
+    key = srv.new_key("rft-console")
+    client = srv.client(key)
+    rows = [{"messages": [{"role": "user", "content": f"Name the fruit: {t}."}], "topic": t}
+            for t in ("apple", "pear", "plum", "fig")] * 3
+    files = [client.files.create(file=open(write_jsonl(tmp_path / f"{n}.jsonl", r), "rb"), purpose="fine-tune")
+             for n, r in (("train", rows), ("val", rows[:4]))]
+    grader = {"type": "string_check", "name": "mentions", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.topic }}", "operation": "ilike"}
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=files[0].id, validation_file=files[1].id,
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 4, "compute_multiplier": 0.5, "reasoning_effort": "low"}}})
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in(key)
+        page.locator("#view[data-ready=datasets]").wait_for()
+        t.goto(f"#/jobs/{job.id}")
+        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        wait_for(lambda: int(page.locator("#reward-chart").get_attribute("data-points")) >= 3, timeout=30)
+        assert page.locator("#acc-chart").is_hidden() and page.locator("#reward-chart").is_visible()
+        samples = page.locator("#samples")
+        assert samples.get_by_role("heading", name="Sampled completions (step 3)").is_visible()
+        assert samples.locator("tbody tr").count() >= 1
+        assert "reinforcement" in page.locator("dl.stats").first.inner_text()
+        assert t.errors == [], t.errors
+    finally:
+        t.close()

@@ -9,7 +9,8 @@
 * preference (DPO, ORPO, SimPO, KTO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant",
   "content": ...}], "non_preferred_output": [{"role": "assistant", "content": ...}]}`` as in the OpenAI API.
 * unpaired (KTO): ``{"prompt": [messages ending with the user's], "completion": [{"role": "assistant", "content":
-  ...}], "label": true|false, "tools"?}``: one reply, good (true) or bad (false); TRL's conversational form.
+  ...}], "label": true|false, "tools"?}``: one reply, good (true) or bad (false); TRL's conversational form (or its
+  standard one: the prompt and the completion as strings).
 * alpaca: ``{"instruction": str, "input": str?, "output": str, "system": str?}`` → a chat of one user turn
   (instruction, then the input after a blank line) and the assistant's output.
 * sharegpt: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system": str?,
@@ -292,8 +293,10 @@ def _check_unpaired(obj: dict, add) -> tuple[list[dict], str, bool, list[dict] |
         ok = False
     prompt = obj.get("prompt")
     msgs = None
+    if isinstance(prompt, str):  # TRL's standard (not conversational) form: the prompt is the user's turn
+        prompt = [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list):
-        add("prompt", "expected a list of messages ending with the user's")
+        add("prompt", "expected a list of messages ending with the user's, or a string")
         ok = False
     else:
         tools_ok, tools = _check_tools(obj, add)
@@ -302,8 +305,10 @@ def _check_unpaired(obj: dict, add) -> tuple[list[dict], str, bool, list[dict] |
         ok = ok and tools_ok and msgs is not None
     out = obj.get("completion")
     reply = None
+    if isinstance(out, str):
+        out = [{"role": "assistant", "content": out}]
     if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)):
-        add("completion", "expected a list with exactly one assistant message")
+        add("completion", "expected a list with exactly one assistant message, or a string")
         ok = False
     elif out[0].get("role") != "assistant":
         add("completion[0].role", "must be 'assistant'")
@@ -414,7 +419,7 @@ def detect_format(obj: dict) -> str | None:
         return "alpaca"
     if "input" in obj or "preferred_output" in obj:
         return "preference"
-    if "label" in obj:
+    if "label" in obj and ("prompt" in obj or "completion" in obj):
         return "unpaired"
     if "prompt" in obj or "completion" in obj:
         return "completion"

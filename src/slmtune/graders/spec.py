@@ -22,7 +22,8 @@ SIMILARITY_METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge
 
 
 class _Grader(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON false is not a 0 threshold, a "1" not a seed (what the API's schema says is what it takes)
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(..., min_length=1, max_length=256, description="The grader's name (its sub-reward key).")
 
 
@@ -56,14 +57,14 @@ class PythonGrader(_Grader):
 
 
 class ChatTurn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str = Field(..., max_length=MAX_TEMPLATE_CHARS)
     type: Literal["message"] | None = None
 
 
 class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_completions_tokens: int | None = Field(None, ge=1, le=4096)
@@ -78,7 +79,7 @@ class ScoreModelGrader(_Grader):
     type: Literal["score_model"] = "score_model"
     model: str = Field(..., min_length=1, max_length=256)
     input: list[ChatTurn] = Field(..., min_length=1, max_length=32)
-    range: tuple[float, float] = (0.0, 1.0)
+    range: list[float] = Field([0.0, 1.0], min_length=2, max_length=2, description="[low, high]")
     sampling_params: SamplingParams | None = None
     pass_threshold: float | None = None
 

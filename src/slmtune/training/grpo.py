@@ -22,7 +22,7 @@ from slmtune.config import ConfigError
 from slmtune.data.prompts import PromptRecord
 from slmtune.data.tools import plain_messages
 from slmtune.graders.grade import Grade, grade_batch, sample_of
-from slmtune.graders.spec import parse_grader
+from slmtune.graders.spec import leaves, parse_grader
 from slmtune.training.trainer import TrainerMetricsMixin
 
 MIN_GRADED_FOR_FAILURE = 32
@@ -97,6 +97,20 @@ class GraderReward:
         return [g.reward for g in grades]
 
 
+def unused_fields(grader) -> list[str]:
+    """OpenAI fields a grader may carry that mean nothing here: accepted, and said so (never silently)."""
+    notes = []
+    for g in leaves(grader):
+        if getattr(g, "image_tag", None):
+            notes.append(f"grader {g.name}: image_tag {g.image_tag!r} is accepted and not used (python graders run "
+                         "on this server's Python, in its sandbox)")
+        sp = getattr(g, "sampling_params", None)
+        if sp is not None and sp.reasoning_effort is not None:
+            notes.append(f"grader {g.name}: sampling_params.reasoning_effort is accepted and not used (the judge "
+                         "models here do not reason in hidden tokens)")
+    return notes
+
+
 def _with_fields(fn):
     """A Python reward function called as TRL calls one on a dataset with columns: ``prompts``, ``completions`` and
     each field of the records (``topic=[...]``) as a keyword list (a record without the field gives None)."""
@@ -120,7 +134,11 @@ def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: li
     if bool(rl.grader) == bool(rl.reward):
         raise ConfigError(["rl: give rl.grader (an OpenAI grader) or rl.reward ('module:function'), one of them"])
     if rl.grader:
-        reward = GraderReward(load_grader(rl.grader), judge, rl.max_error_share, bus)
+        grader = load_grader(rl.grader)
+        reward = GraderReward(grader, judge, rl.max_error_share, bus)
+        if bus is not None:
+            for note in unused_fields(grader):
+                bus.emit(ev.message(note, level="warn"))
     else:
         reward = _with_fields(load_reward(rl.reward))
 

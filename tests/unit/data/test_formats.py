@@ -45,8 +45,9 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
         "F:7: messages: expected a list of messages, got str",
         "F:8: (root): expected a JSON object, got list",
         "F:9: (root): expected 'messages' (chat format), 'prompt' and 'completion', 'input' with "
-        "'preferred_output' and 'non_preferred_output' (preference format), 'instruction' and 'output' (Alpaca) "
-        "or 'conversations' (ShareGPT); it has text (map them with data.columns)",
+        "'preferred_output' and 'non_preferred_output' (preference format), 'prompt', 'completion' and 'label' "
+        "(unpaired format), 'instruction' and 'output' (Alpaca) or 'conversations' (ShareGPT); it has text (map "
+        "them with data.columns)",
         "F:10: messages: every assistant message has weight 0: nothing to train on",
         "F:11: messages[0].weight: only assistant messages can have a weight",
         "F:12: messages[0].content: missing",
