@@ -62,10 +62,12 @@ class ConsoleSink:
             )
             if not self.console.is_terminal and d["step"] % 10 == 0:
                 # A log file gets a line every 10 steps instead of a bar.
-                self.console.print(
-                    f"step {d['step']}/{d['total_steps']} loss {d['train_loss']:.4f} "
-                    f"acc {d.get('train_mean_token_accuracy') or 0:.3f} {d.get('tokens_per_second', 0):.0f} tok/s"
-                )
+                score = (f"reward {d['train_reward_mean']:.3f}" if d.get("train_reward_mean") is not None
+                         else f"acc {d.get('train_mean_token_accuracy') or 0:.3f}")
+                self.console.print(f"step {d['step']}/{d['total_steps']} loss {d['train_loss']:.4f} {score} "
+                                   f"{d.get('tokens_per_second', 0):.0f} tok/s")
+        if d.get("valid_reward_mean") is not None:
+            self.console.print(f"[cyan]eval step {d['step']}: valid_reward_mean {d['valid_reward_mean']:.4f}[/]")
         if d.get("valid_loss") is not None:
             acc = d.get("valid_mean_token_accuracy")
             self.console.print(

@@ -82,12 +82,14 @@ def train_command(
         err.print(f"[yellow]Interrupted at step {result.global_step}. Resume with:[/] "
                   f"slmtune train --resume {result.run_dir}")
         raise typer.Exit(130)
-    out.print(
-        f"[green]done[/] {result.global_step} steps in {result.train_runtime_s:.0f}s, "
-        f"{result.tokens_per_second:.0f} tokens/s; train_loss {result.train_loss:.4f}"
-        + (f", valid_loss {result.valid_loss:.4f}" if result.valid_loss is not None else "")
-        + f"\nartifact: {result.artifact}"
-    )
+    if result.train_reward_mean is not None:  # grpo: the reward is what the run is about
+        summary = f"train_reward_mean {result.train_reward_mean:.4f}" + (
+            f", valid_reward_mean {result.valid_reward_mean:.4f}" if result.valid_reward_mean is not None else "")
+    else:
+        summary = (f"{result.tokens_per_second:.0f} tokens/s; train_loss {result.train_loss:.4f}"
+                   + (f", valid_loss {result.valid_loss:.4f}" if result.valid_loss is not None else ""))
+    out.print(f"[green]done[/] {result.global_step} steps in {result.train_runtime_s:.0f}s, {summary}"
+              f"\nartifact: {result.artifact}")
 
 
 @handle_errors
