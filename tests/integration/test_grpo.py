@@ -141,3 +141,17 @@ def test_engine_rollouts_decode_with_the_live_adapter(tmp_path):
                 assert got == ref[:len(got)] and out["completion_ids"][2 * i + 1] == got
     finally:
         rollout.close()
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason=str(sandbox.unavailable()))
+def test_a_grpo_run_resumes_from_its_checkpoint(tiny_config, prompts, tmp_path):
+    grader = {"type": "python", "name": "vowels", "source": VOWELS}
+    first = slmtune.train(rl_config(tiny_config, prompts, grader, max_steps=2, save_every=2, eval_every=0))
+    assert first.status == "succeeded" and (tmp_path / "run" / "checkpoints" / "step-2").is_dir()
+    cfg = rl_config(tiny_config, prompts, grader, max_steps=4, save_every=2, eval_every=0)
+    second = slmtune.train(cfg, resume=True)
+    assert second.status == "succeeded" and second.global_step == 4
+    events = list(read_events(tmp_path / "run" / "events.jsonl"))
+    assert any("Resuming from checkpoints/step-2" in e.message for e in events)
+    steps = [e.data["step"] for e in events if e.type == "metrics" and "train_reward_mean" in e.data]
+    assert steps == [1, 2, 3, 4]  # each step once: the resumed run starts at 3
