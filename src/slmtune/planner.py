@@ -252,6 +252,9 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     fits = peak <= limit
     reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
     notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
+    if t.objective == "grpo":
+        notes.append("train.objective grpo: only the training passes are modelled, not sampling rl.group_size "
+                     "completions a prompt each step, which usually takes most of the time (docs/rft.md)")
     return Plan(method=m.name, precision=precision, total_params=c["total"], trainable_params=c["trainable"],
                 peak_memory_mb=round(peak, 1), memory_breakdown_mb={k: round(v, 1) for k, v in breakdown.items()},
                 tokens_per_second=round(speed, 1), tokens_total=tokens_total, steps=steps, wall_seconds=round(wall, 1),

@@ -141,6 +141,8 @@ def plan_cmd(
                       f"{p.tokens_per_second:.0f}", duration(p.wall_seconds),
                       "-" if p.cost is None else f"{p.cost:.4f}", "yes" if p.fits else f"no: {p.reason}")
     out.print(table)
+    for note in dict.fromkeys(n for p in plans for n in p.notes):  # the config's notes, once each
+        out.print(f"[yellow]note:[/] {note}")
     out.print("[dim]Calibrated on a 2-core AMX Xeon (docs/methods.md shows predicted vs measured).[/]")
 
 
