@@ -33,6 +33,10 @@ from slmtune.graders.spec import (
 _TEMPLATE_NODES = {"Template", "Output", "TemplateData", "Name", "Getattr", "Getitem", "Const"}
 
 
+CHECK_LIMITS = sandbox.Limits(cpu_s=5, wall_s=10)  # defining a python grader's source (a check, a job's creation)
+RUN_LIMITS = sandbox.Limits(cpu_s=10, wall_s=30)  # one sample through POST /v1/fine_tuning/alpha/graders/run
+
+
 class Judge(Protocol):
     """What a model grader calls: the replies of ``model`` to each conversation, constrained to
     ``response_format`` (a JSON schema). The service and the training run each give one backed by the batching
@@ -161,7 +165,7 @@ def check_grader(grader, *, judges: set[str] | None = None) -> list[str]:
             if reason:
                 problems.append(f"{where}source: {reason}")
             else:
-                _, fatal = sandbox.run(g.source, [], sandbox.Limits(cpu_s=10, wall_s=20))
+                _, fatal = sandbox.run(g.source, [], CHECK_LIMITS)
                 if fatal:
                     problems.append(f"{where}source: {fatal.strip()}")
         if isinstance(g, ScoreModelGrader | LabelModelGrader) and judges is not None and g.model not in judges:

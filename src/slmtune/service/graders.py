@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from slmtune.graders.grade import check_grader, grade_batch, sample_of
+from slmtune.graders.grade import RUN_LIMITS, check_grader, grade_batch, sample_of
 from slmtune.graders.spec import judge_models
 from slmtune.inference.judge import EngineJudge
 from slmtune.inference.serving import ModelServer
@@ -38,7 +38,7 @@ def run_grader(*, session: Session, settings: Settings, project: str, server: Mo
               for m in judge_models(req.grader)}  # 404 for a judge the project cannot use
     session.close()  # grading can take seconds: hold no database connection meanwhile
     judge = EngineJudge(server, routes.__getitem__) if routes else None
-    g = grade_batch(req.grader, [sample_of(req.model_sample)], [req.item or {}], judge=judge)[0]
+    g = grade_batch(req.grader, [sample_of(req.model_sample)], [req.item or {}], judge=judge, limits=RUN_LIMITS)[0]
     errors = {k: bool(g.errors.get(k)) for k in ERROR_KEYS}
     details = {k: v for k, v in g.errors.items() if k in ERROR_KEYS}
     for flag, detail in (("python_grader_runtime_error", "python_grader_runtime_error_details"),
