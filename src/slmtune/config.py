@@ -203,6 +203,10 @@ class RLSection(_Section):
         "completions and the records' fields as keyword lists → a list of floats). Runs in the training process: "
         "your own code on your own machine; the service never accepts it."
     )
+    judges: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Judge models a score_model/label_model grader names that are adapters: "
+        "name → {base: base model id, adapter: adapter folder} (a job fills it for its project's ft: models); any "
+        "other judge name is a base model id or a model folder.")
     group_size: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (GRPO's group); the "
                             "advantage of each is its reward against its group's mean.")
     max_completion_tokens: int = Field(128, ge=1, le=8192, description="Tokens a completion may run to.")

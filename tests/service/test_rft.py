@@ -29,17 +29,8 @@ def http(server, client):
 
 
 @pytest.fixture(scope="module")
-def rl_files(client, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rft")
-    rows = [{"messages": [{"role": "developer", "content": "Answer in a few words."},
-                          {"role": "user", "content": f"Name the fruit: {t}."}], "topic": t} for t in TOPICS] * 3
-    up = {n: client.files.create(file=open(write_jsonl(d / f"{n}.jsonl", r), "rb"), purpose="fine-tune")
-          for n, r in (("train", rows), ("val", rows[:4]),
-                       ("no_topic", [*rows[:3], {"messages": [{"role": "user", "content": "hi"}]}]))}
-    return up
-
-
-def test_a_reinforcement_job_through_the_sdk(client, rl_files):
+def tuned(client, rl_files):
+    """A finished reinforcement job (multi grader), shared: its model chats and judges the next job."""
     grader = {"type": "multi", "name": "score", "calculate_output": "0.7 * mentions + 0.3 * close",
               "graders": {"mentions": CONTAINS_TOPIC,
                           "close": {"type": "text_similarity", "name": "close", "input": OUT,
@@ -50,7 +41,22 @@ def test_a_reinforcement_job_through_the_sdk(client, rl_files):
             "n_epochs": 1, "batch_size": 2, "compute_multiplier": 0.5, "reasoning_effort": "low",
             "eval_interval": 2}}})
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.type == "multi"
-    done = wait_status(client, job.id, ("succeeded", "failed", "cancelled"))
+    return wait_status(client, job.id, ("succeeded", "failed", "cancelled"))
+
+
+@pytest.fixture(scope="module")
+def rl_files(client, tmp_path_factory):
+    d = tmp_path_factory.mktemp("rft")
+    rows = [{"messages": [{"role": "developer", "content": "Answer in a few words."},
+                          {"role": "user", "content": f"Name the fruit: {t}."}], "topic": t} for t in TOPICS] * 3
+    up = {n: client.files.create(file=open(write_jsonl(d / f"{n}.jsonl", r), "rb"), purpose="fine-tune")
+          for n, r in (("train", rows), ("val", rows[:4]),
+                       ("no_topic", [*rows[:3], {"messages": [{"role": "user", "content": "hi"}]}]))}
+    return up
+
+
+def test_a_reinforcement_job_through_the_sdk(client, tuned):
+    done, job = tuned, tuned
     assert done.status == "succeeded", done.error
     hp = done.method.reinforcement.hyperparameters
     assert (hp.eval_samples, hp.learning_rate_multiplier) == (32, 5.0)  # "auto" resolved
@@ -65,6 +71,27 @@ def test_a_reinforcement_job_through_the_sdk(client, rl_files):
     reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
                                            messages=[{"role": "user", "content": "Name the fruit: fig."}])
     assert reply.choices[0].message.content is not None
+
+
+def test_a_fine_tuned_model_judges_a_reinforcement_job(client, rl_files, tuned):
+    judge = {"type": "score_model", "name": "judge", "model": tuned.fine_tuned_model, "range": [0, 1],
+             "input": [{"role": "user", "content": "Does this name the fruit {{ item.topic }}? " + OUT}]}
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=rl_files["train"].id, validation_file=rl_files["val"].id, seed=4,
+        method={"type": "reinforcement", "reinforcement": {"grader": judge, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 4, "compute_multiplier": 0.5, "reasoning_effort": "low"}}})
+    done = wait_status(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    train = [e.data for e in events if e.type == "metrics" and "train_reward_mean" in e.data]
+    assert len(train) == 3 and all(0 <= m["train_reward_mean"] <= 1 for m in train)
+    assert not any(e.level == "error" for e in events)
+    unknown = judge | {"model": "ft:tiny-llama:someone-else:x:abc"}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=rl_files["train"].id,
+                                       validation_file=rl_files["val"].id,
+                                       method={"type": "reinforcement", "reinforcement": {"grader": unknown}})
+    assert e.value.body["code"] == "model_not_found"
 
 
 def test_reinforcement_jobs_are_refused_without_what_they_need(client, rl_files):

@@ -274,7 +274,9 @@ def _model_leaf(g, samples, items, judge) -> tuple[list[float], list[dict]]:
             errs[i] = {"invalid_variable_error": f"grader {g.name}: {e}"}
     if isinstance(g, ScoreModelGrader):
         lo, hi = g.range
-        result = {"type": "number"}
+        # a number of bounded length, as text: a small judge held to {"type": "number"} can run out of tokens in
+        # its digits, and a reply cut short is no score
+        result = {"type": "string", "pattern": r"^-?[0-9]{1,6}(\.[0-9]{1,3})?$"}
     else:
         result = {"type": "string", "enum": list(g.labels)}
     schema = {"type": "object", "properties": {"result": result}, "required": ["result"],
@@ -298,10 +300,12 @@ def _model_leaf(g, samples, items, judge) -> tuple[list[float], list[dict]]:
                                                    f"{reply[:200]!r}"}
             continue
         if isinstance(g, ScoreModelGrader):
-            if not isinstance(value, int | float):
+            try:
+                score = float(value)
+            except (TypeError, ValueError):
                 errs[i] = {"model_grader_parse_error": f"grader {g.name}: score {value!r} is not a number"}
                 continue
-            out[i] = min(max(float(value), lo), hi)
+            out[i] = min(max(score, lo), hi)
             if g.pass_threshold is not None:
                 out[i] = float(out[i] >= g.pass_threshold)
         else:

@@ -65,7 +65,11 @@ def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | Non
     """train.objective grpo: the engine's run, with the batching engine sampling the rollouts (rl.rollout: engine,
     for methods it batches per row, on one process) and judging a model grader's samples."""
     engine.check_config(cfg)
-    judge = EngineJudge() if cfg.rl.grader and judge_models(grpo.load_grader(cfg.rl.grader)) else None
+    judge = None
+    if cfg.rl.grader and judge_models(grpo.load_grader(cfg.rl.grader)):
+        judges = cfg.rl.judges  # adapters by name (a job's fine-tuned judges); other names are base models
+        judge = EngineJudge(resolve=lambda m: (judges[m]["base"], (m, Path(judges[m]["adapter"]))) if m in judges
+                            else (m, None))
     rollout = None
     method = get_method(cfg.method.name)
     if cfg.rl.rollout == "engine" and method.batchable and not method.quantized \

@@ -14,12 +14,12 @@ from slmtune.config import TrainSection
 from slmtune.data.validate import check_file
 from slmtune.graders.grade import check_grader
 from slmtune.graders.spec import judge_models
-from slmtune.models.registry import REGISTRY
 from slmtune.planner import plan
 from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
 from slmtune.service.files import check_quota, get_file
+from slmtune.service.project_models import base_models, resolve_for_chat
 from slmtune.service.schemas import (
     PREFERENCE_TYPES,
     FineTuningJob,
@@ -41,14 +41,10 @@ BASE_LR = TrainSection.model_fields["learning_rate"].default
 MAX_LR_MULTIPLIER = 100.0  # a learning rate of 0.02: past it a LoRA run only diverges
 
 
-def base_models(settings: Settings) -> list[str]:
-    return [m for m, spec in REGISTRY.items() if spec.source != "tiny" or settings.test_models]
-
-
 # --- create -------------------------------------------------------------------------------------------------------
 def create_job(*, session: Session, settings: Settings, project: str, req: FineTuningJobCreate) -> JobRow:
     _check_model_and_files(session=session, settings=settings, project=project, req=req)
-    method = _method_dict(req, settings)
+    method = _method_dict(req, settings, session=session, project=project)
     if req.integrations:
         raise NotImplementedYet("Integrations are not supported yet.", param="integrations")
     if req.metadata is not None:
@@ -100,13 +96,14 @@ def _check_model_and_files(*, session: Session, settings: Settings, project: str
     return rows[0], rows[1]
 
 
-def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None) -> dict:
+def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, session: Session | None = None,
+                 project: str | None = None) -> dict:
     """Normalise ``hyperparameters`` (deprecated) and ``method`` into one method dict, with "auto" defaults."""
     kind = req.method.type if req.method is not None else "supervised"
     hp = None
     sub = getattr(req.method, kind, None) if req.method is not None else None
     if kind == "reinforcement":
-        return _reinforcement_dict(req, sub, settings)
+        return _reinforcement_dict(req, sub, settings, session, project)
     if sub is not None:
         hp = sub.hyperparameters
     preference = kind in PREFERENCE_TYPES
@@ -147,9 +144,11 @@ def _check_common(values: dict) -> None:
                          param="hyperparameters.learning_rate_multiplier")
 
 
-def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None) -> dict:
+def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None, session: Session | None,
+                        project: str | None) -> dict:
     """method.reinforcement: the grader checked (templates, formula, a python grader's source in its sandbox, judge
-    models), a validation file required, the hyperparameters' ranges."""
+    models: base models, or the project's fine-tuned models — resolved now to their adapters), a validation file
+    required, the hyperparameters' ranges."""
     if sub is None:
         raise BadRequest("method.reinforcement.grader is required for the reinforcement method.",
                          param="method.reinforcement")
@@ -161,13 +160,17 @@ def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None
                          param="validation_file")
     if req.scenario is not None:
         raise BadRequest("A scenario trains with the supervised method, not reinforcement.", param="scenario")
-    judges = set(base_models(settings)) if settings is not None else None
-    fine_tuned = sorted(m for m in judge_models(sub.grader) if m.startswith("ft:"))
-    if fine_tuned:
-        raise NotImplementedYet(f"A fine-tuned judge model ({fine_tuned[0]}) is not supported in jobs yet; name a "
-                                "base model (POST /v1/fine_tuning/alpha/graders/run takes fine-tuned judges).",
-                                param="method.reinforcement.grader", code="model_not_supported")
-    problems = check_grader(sub.grader, judges=judges)
+    adapters = {}  # a fine-tuned judge: its base and adapter folder, for the training run
+    if settings is not None and session is not None:
+        for m in sorted(judge_models(sub.grader) - set(base_models(settings))):
+            try:
+                base, adapter = resolve_for_chat(session=session, settings=settings, project=project, model_id=m)
+            except NotFound:
+                raise BadRequest(f"The grader's judge model {m!r} is not a base model or one of this project's "
+                                 "fine-tuned models.", param="method.reinforcement.grader",
+                                 code="model_not_found") from None
+            adapters[m] = {"base": base, "adapter": str(adapter[1])}
+    problems = check_grader(sub.grader)
     if problems:
         raise BadRequest(f"The grader cannot run: {problems[0]}" + (f" (and {len(problems) - 1} more)"
                                                                     if len(problems) > 1 else ""),
@@ -186,7 +189,8 @@ def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None
             raise BadRequest(f"hyperparameters.{key} must be 'auto' or a positive integer.",
                              param=f"hyperparameters.{key}")
     return {"type": "reinforcement", "reinforcement": {"grader": sub.grader.model_dump(exclude_none=True),
-                                                       "hyperparameters": values}}
+                                                       "hyperparameters": values},
+            **({"judges": adapters} if adapters else {})}
 
 
 def _group_size(compute_multiplier: float) -> int:
@@ -230,7 +234,7 @@ SCENARIO_HOLDOUT = 0.2  # a scenario job without a validation file scores base a
 
 
 def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, validation_path, output,
-                 scenario: str | None = None, grader: dict | None = None) -> dict:
+                 scenario: str | None = None, grader: dict | None = None, judges: dict | None = None) -> dict:
     """The engine's config for a job, its hyperparameters resolved: the worker trains it, the planner predicts it.
     LoRA; ``learning_rate_multiplier`` scales ``BASE_LR``; DPO adds its objective and beta; a scenario job trains on
     its records and is scored (base vs tuned) on the validation records or a seeded hold-out; reinforcement trains
@@ -238,7 +242,7 @@ def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, vali
     holdout = SCENARIO_HOLDOUT if scenario and not validation_path else 0.0
     rl = {}
     if kind == "reinforcement":
-        rl = {"rl": {"grader": grader, "group_size": _group_size(hp["compute_multiplier"]),
+        rl = {"rl": {"grader": grader, "judges": judges or {}, "group_size": _group_size(hp["compute_multiplier"]),
                      "max_completion_tokens": COMPLETION_TOKENS[hp.get("reasoning_effort", "default")],
                      "eval_samples": hp["eval_samples"]}}
     return {

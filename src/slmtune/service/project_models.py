@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from slmtune.artifacts import locate
+from slmtune.models.registry import REGISTRY
 from slmtune.service.db import CheckpointRow, JobRow, now
 from slmtune.service.errors import BadRequest, NotFound
-from slmtune.service.jobs import base_models
 from slmtune.service.schemas import ModelObject
 from slmtune.service.settings import Settings
 from slmtune.service.states import JobStatus
@@ -59,6 +59,11 @@ def _local_adapter(folder: str) -> tuple[str, Path]:
     """(base id, adapter folder) of a run dir or adapter folder; read once, not on every chat request."""
     src = locate(folder)
     return src.base, src.adapter_dir
+
+
+def base_models(settings: Settings) -> list[str]:
+    """The base models this service fine-tunes and serves (the tiny test models with ``settings.test_models``)."""
+    return [m for m, spec in REGISTRY.items() if spec.source != "tiny" or settings.test_models]
 
 
 def resolve_for_chat(*, session: Session, settings: Settings, project: str,

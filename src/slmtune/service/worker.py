@@ -239,7 +239,8 @@ class Worker:
                              train_path=data / "train.jsonl",
                              validation_path=data / "validation.jsonl" if job.validation_file else None,
                              output=run_dir / "run", scenario=job.method.get("scenario"),
-                             grader=job.method.get("reinforcement", {}).get("grader"))
+                             grader=job.method.get("reinforcement", {}).get("grader"),
+                             judges=job.method.get("judges"))
         n = self.settings.job_nproc * self.settings.job_nnodes
         if n > 1:  # the job's batch size is global: split it over the processes (of all its nodes)
             cfg["train"]["batch_size"] = max(1, -(-hp["batch_size"] // n))
