@@ -14,7 +14,7 @@ export async function newJobView(token) {
     method: h("select", { name: "method" },
       h("option", { value: "supervised", text: "supervised (SFT, LoRA)" }),
       h("option", { value: "dpo", text: "dpo (preference pairs, LoRA)" }),
-      h("option", { value: "reinforcement", text: "reinforcement (not supported yet)", disabled: true })),
+      h("option", { value: "reinforcement", text: "reinforcement (through the API: it needs a grader)", disabled: true })),
     scenario: Object.assign(scenarioSelect(scenarios), { name: "scenario" }),
     training: h("select", { name: "training_file", required: true },
       h("option", { value: "", text: files.length ? "— choose —" : "— upload a file first —" }), fileOpts),
