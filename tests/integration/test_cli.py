@@ -128,3 +128,25 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_data, tmp_pa
     assert f"Resuming from checkpoints/step-{step}" in r.stderr
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((run / "result.json").read_text())["global_step"] == step + 3
+
+
+def test_data_validate_reads_prompt_records_against_a_grader(tmp_path):
+    grader = {"type": "string_check", "name": "s", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.answer }}", "operation": "eq"}
+    gfile = tmp_path / "grader.json"
+    gfile.write_text(json.dumps(grader))
+    rows = [{"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"},
+            {"messages": [{"role": "user", "content": "3+3?"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "answer": "x"}]
+    data = write_jsonl(tmp_path / "rl.jsonl", rows)
+    r = run_cli("data", "validate", str(data), "--grader", str(gfile))
+    assert r.returncode == 1
+    lines = [line for line in r.stdout.splitlines() if line.startswith(str(data))]
+    assert lines[0].startswith(f"{data}:2: (item): grader s: reference:") and "answer" in lines[0]
+    assert lines[1].startswith(f"{data}:3: messages[1].role: the last message must be the user's")
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({"rl": {"grader": grader}}))
+    r = run_cli("data", "validate", str(write_jsonl(tmp_path / "ok.jsonl", rows[:1])), "--grader", str(cfg))
+    assert r.returncode == 0 and "1 valid prompts" in r.stdout
+    gfile.write_text(json.dumps(grader | {"operation": "regex"}))
+    assert run_cli("data", "validate", str(data), "--grader", str(gfile)).returncode == 2

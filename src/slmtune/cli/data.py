@@ -31,12 +31,19 @@ def data_validate(
     strict: Annotated[bool, typer.Option("--strict", help="data.strict: keys beyond the format's are problems "
                                          "(default: ignored, with a warning).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print problems and stats as JSON.")] = False,
+    grader: Annotated[Path | None, typer.Option(help="Read FILE as reinforcement prompt records (train.objective "
+                                                "grpo) and check it against this grader: a JSON file holding the "
+                                                "grader, or a YAML config with rl.grader.")] = None,
 ) -> None:
     """Check a data source as training will read it: its layout and format, every problem as FILE:LINE: field:
-    message (FILE: row N for tables), the keys it ignores, then stats.
+    message (FILE: row N for tables), the keys it ignores, then stats. With --grader: prompt records, each line
+    checked against the fields the grader's templates read.
 
     Exit code 1 when there is any problem.
     """
+    if grader is not None:
+        _validate_prompts(file, grader, as_json)
+        return
     from slmtune.data.validate import check_file
     from slmtune.models.loading import load_tokenizer
     from slmtune.models.registry import resolve
@@ -71,6 +78,48 @@ def data_validate(
         else:
             out.print("[green]OK[/]")
     if report.problems:
+        raise typer.Exit(1)
+
+
+def _validate_prompts(file: Path, grader_file: Path, as_json: bool) -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from slmtune.data.formats import Problem
+    from slmtune.data.prompts import read_prompts
+    from slmtune.graders.grade import check_grader, check_item
+    from slmtune.graders.spec import parse_grader
+
+    try:
+        raw = yaml.safe_load(grader_file.read_text())  # JSON is YAML
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"--grader {grader_file}: cannot read it: {e}", 2)
+    if isinstance(raw, dict) and isinstance(raw.get("rl"), dict):
+        raw = raw["rl"].get("grader")
+    try:
+        g = parse_grader(raw)
+    except ValidationError as e:
+        fail(f"--grader {grader_file}: not a grader: " + "; ".join(
+            f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()[:5]), 2)
+    bad = check_grader(g)
+    if bad:
+        fail(f"--grader {grader_file}: the grader cannot run: " + "; ".join(bad), 2)
+    records, problems = read_prompts(file)
+    problems += [Problem(str(file), r.line, "(item)", msg) for r in records for msg in check_item(g, r.item)]
+    problems.sort(key=lambda p: p.line)
+    if as_json:
+        print(json.dumps({"ok": not problems, "problems": [str(p) for p in problems],
+                          "stats": {"prompts": len(records)}}, indent=2))
+    else:
+        for p in problems:
+            print(p)
+        out.print(f"{esc(file)} (reinforcement prompt records, grader {esc(g.name)}): {len(records)} valid "
+                  "prompts")
+        if problems:
+            err.print(f"[red]{len(problems)} problem(s)[/]")
+        else:
+            out.print("[green]OK[/]")
+    if problems:
         raise typer.Exit(1)
 
 
