@@ -85,9 +85,7 @@ def _validate_prompts(file: Path, grader_file: Path, as_json: bool) -> None:
     import yaml
     from pydantic import ValidationError
 
-    from slmtune.data.formats import Problem
-    from slmtune.data.prompts import read_prompts
-    from slmtune.graders.grade import check_grader, check_item
+    from slmtune.graders.grade import check_grader, read_graded_prompts
     from slmtune.graders.spec import parse_grader
 
     try:
@@ -104,9 +102,7 @@ def _validate_prompts(file: Path, grader_file: Path, as_json: bool) -> None:
     bad = check_grader(g)
     if bad:
         fail(f"--grader {grader_file}: the grader cannot run: " + "; ".join(bad), 2)
-    records, problems = read_prompts(file)
-    problems += [Problem(str(file), r.line, "(item)", msg) for r in records for msg in check_item(g, r.item)]
-    problems.sort(key=lambda p: p.line)
+    records, problems = read_graded_prompts(file, g)
     if as_json:
         print(json.dumps({"ok": not problems, "problems": [str(p) for p in problems],
                           "stats": {"prompts": len(records)}}, indent=2))

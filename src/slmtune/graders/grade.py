@@ -4,7 +4,8 @@
 * :func:`grade_batch` — rewards for many (sample, item) pairs: a python grader runs once per batch in the sandbox, a
   model grader sends the whole batch to its judge (the batching engine, through a :class:`Judge`);
 * :func:`check_grader` — every problem with a grader before it runs (templates, formula, python source);
-* :func:`check_item` — a data line against the grader's templates (a field a template names and the line lacks).
+* :func:`check_item` — a data line against the grader's templates (a field a template names and the line lacks);
+  :func:`read_graded_prompts` — a prompt-record file, every line checked so.
 
 Templates are Jinja expressions only (``{{ item.answer }}``): statements, filters and calls are refused when the
 grader is checked, so rendering one costs what the expression reads and no more.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol
 
+from slmtune.data.formats import Problem
+from slmtune.data.prompts import read_prompts
 from slmtune.data.tools import parse_reply
 from slmtune.graders import formula, sandbox, similarity
 from slmtune.graders.spec import (
@@ -182,6 +185,16 @@ def check_grader(grader, *, judges: set[str] | None = None) -> list[str]:
         except formula.FormulaError as e:
             problems.append(str(e))
     return problems
+
+
+def read_graded_prompts(path, grader=None, *, limit: int | None = None) -> tuple[list, list[Problem]]:
+    """A prompt-record file (``data.prompts``) with, beside each record's own problems, every field the grader's
+    templates read that its line lacks (``(item)``), in line order."""
+    records, problems = read_prompts(path, limit=limit)
+    if grader is not None:
+        problems += [Problem(str(path), r.line, "(item)", msg) for r in records for msg in check_item(grader, r.item)]
+        problems.sort(key=lambda p: p.line)
+    return records, problems
 
 
 def check_item(grader, item: dict) -> list[str]:

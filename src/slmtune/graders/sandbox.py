@@ -71,14 +71,15 @@ def unavailable() -> str | None:
     return None
 
 
-def _read_paths() -> list[str]:
+@cache
+def _read_paths() -> tuple[str, ...]:
     """What the child may read: the interpreter, the standard library and the installed packages (never the
     current directory or the home directory beyond these)."""
     paths = {sys.base_prefix, sys.prefix, os.path.realpath(sys.executable)}
     paths |= {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths |= {p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p}
     paths |= {"/usr/lib", "/lib", "/lib64", "/usr/lib64"}  # shared libraries of extension modules
-    return sorted(p for p in paths if p and os.path.exists(p))
+    return tuple(sorted(p for p in paths if p and os.path.exists(p)))
 
 
 def run(source: str, cases: list[dict], limits: Limits | None = None) -> tuple[list[Outcome], str | None]:
@@ -90,7 +91,7 @@ def run(source: str, cases: list[dict], limits: Limits | None = None) -> tuple[l
     limits = limits or Limits()
     payload = json.dumps({"source": source, "cases": cases,
                           "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s,
-                                     "read_paths": _read_paths()}}).encode()
+                                     "read_paths": list(_read_paths())}}).encode()
     workdir = tempfile.mkdtemp(prefix="slmtune-grader-")
     os.chmod(workdir, 0o555)
     try:

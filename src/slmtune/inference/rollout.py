@@ -35,7 +35,6 @@ class EngineRollout:
         self.step: int | None = None
         self.original: dict[str, torch.Tensor] = {}  # the engine's base weights of the adapted layers
         self.calls = 0
-        self.completion_tokens = 0
 
     @torch.no_grad()
     def _sync(self, trainer, engine_model) -> None:
@@ -88,7 +87,6 @@ class EngineRollout:
             for seq in req.seqs:
                 prompt_ids.append(list(ids))
                 completion_ids.append(list(seq.tokens))
-                self.completion_tokens += len(seq.tokens)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmtune import events as ev
+from slmtune.config import ConfigError
 from slmtune.display import ConsoleSink
 from slmtune.graders.spec import judge_models
 from slmtune.inference.judge import EngineJudge
@@ -64,9 +65,12 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
 def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | None:
     """train.objective grpo: the engine's run, with the batching engine sampling the rollouts (rl.rollout: engine,
     for methods it batches per row, on one process) and judging a model grader's samples."""
-    engine.check_config(cfg)
+    try:  # the engine's train() checks the config and names its problems; only the judges are read here
+        models = judge_models(grpo.load_grader(cfg.rl.grader)) if cfg.rl.grader else set()
+    except ConfigError:
+        models = set()
     judge = None
-    if cfg.rl.grader and judge_models(grpo.load_grader(cfg.rl.grader)):
+    if models:
         judges = cfg.rl.judges  # adapters by name (a job's fine-tuned judges); other names are base models
         judge = EngineJudge(resolve=lambda m: (judges[m]["base"], (m, Path(judges[m]["adapter"]))) if m in judges
                             else (m, None))

@@ -35,9 +35,8 @@ from sqlalchemy import select, update
 
 from slmtune.artifacts import list_checkpoints
 from slmtune.data.formats import Problem, objective_mismatch
-from slmtune.data.prompts import read_prompts
 from slmtune.data.validate import check_file
-from slmtune.graders.grade import check_item
+from slmtune.graders.grade import read_graded_prompts
 from slmtune.graders.spec import parse_grader
 from slmtune.models.loading import load_tokenizer
 from slmtune.models.registry import resolve
@@ -418,11 +417,7 @@ class _PromptCheck:
     and the line lacks is the line's problem), shaped like the data check's report."""
 
     def __init__(self, path: Path, grader: dict, max_examples: int):
-        self.records, self.problems = read_prompts(path, limit=max_examples + 1)
-        g = parse_grader(grader)
-        self.problems += [Problem(str(path), r.line, "(item)", msg)
-                          for r in self.records for msg in check_item(g, r.item)]
-        self.problems.sort(key=lambda p: p.line)
+        self.records, self.problems = read_graded_prompts(path, parse_grader(grader), limit=max_examples + 1)
 
     def stats(self) -> dict:
         return {"examples": len(self.records)}

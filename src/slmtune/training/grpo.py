@@ -71,8 +71,8 @@ class GraderReward:
     """TRL's reward function around a grader: completions → rewards, each sample's grade kept for the events
     (a few sampled completions with their rewards) and the error count that can stop the run."""
 
-    def __init__(self, grader, judge=None, max_error_share: float = 0.5, bus: ev.EventBus | None = None):
-        self.grader, self.judge, self.max_error_share, self.bus = grader, judge, max_error_share, bus
+    def __init__(self, grader, judge=None, max_error_share: float = 0.5):
+        self.grader, self.judge, self.max_error_share = grader, judge, max_error_share
         self.__name__ = grader.name
         self.graded = self.failed = 0
         self.last_error = ""
@@ -130,12 +130,10 @@ def build_grpo_trainer(cfg, model, tokenizer, train: list[PromptRecord], val: li
     ``rl.group_size`` times."""
     from trl import GRPOConfig, GRPOTrainer
 
-    rl = cfg.rl
-    if bool(rl.grader) == bool(rl.reward):
-        raise ConfigError(["rl: give rl.grader (an OpenAI grader) or rl.reward ('module:function'), one of them"])
+    rl = cfg.rl  # check_config made sure it names one reward: a grader or a function
     if rl.grader:
         grader = load_grader(rl.grader)
-        reward = GraderReward(grader, judge, rl.max_error_share, bus)
+        reward = GraderReward(grader, judge, rl.max_error_share)
         if bus is not None:
             for note in unused_fields(grader):
                 bus.emit(ev.message(note, level="warn"))

@@ -23,11 +23,10 @@ from slmtune import events as ev
 from slmtune.artifacts import RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem, objective_mismatch
-from slmtune.data.prompts import read_prompts
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
 from slmtune.data.validate import load_encoded
 from slmtune.display import ConsoleSink
-from slmtune.graders.grade import check_grader, check_item
+from slmtune.graders.grade import check_grader, read_graded_prompts
 from slmtune.methods import BuildContext, get
 from slmtune.models.loading import (
     bitsandbytes_available,
@@ -330,16 +329,10 @@ def _setup_prompts(cfg: TrainConfig, bus: ev.EventBus) -> Data:
     d = cfg.data
     if d.mix:
         raise ConfigError(["data.mix: not supported with train.objective grpo; give data.train"])
-    problems = []
-    train, bad = read_prompts(d.train)
-    val, bad_val = read_prompts(d.validation) if d.validation else ([], [])
-    if cfg.rl.grader:  # every field a template names, on every line: named with the record's problems
-        grader = grpo.load_grader(cfg.rl.grader)
-        for path, records, found in ((d.train, train, bad), (d.validation, val, bad_val)):
-            found += [Problem(path, r.line, "(item)", msg) for r in records for msg in check_item(grader, r.item)]
-            problems += sorted(found, key=lambda p: p.line)
-    else:
-        problems = bad + bad_val
+    grader = grpo.load_grader(cfg.rl.grader) if cfg.rl.grader else None
+    train, problems = read_graded_prompts(d.train, grader)
+    val, bad_val = read_graded_prompts(d.validation, grader) if d.validation else ([], [])
+    problems += bad_val
     if problems:
         raise DataError(problems)
     if not d.validation and d.validation_split:
