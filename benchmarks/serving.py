@@ -82,8 +82,11 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: str, toke
     return {"ttft": ttft or 0.0, "latency": time.perf_counter() - t0, "tokens": n, "text": text}
 
 
-async def level(url: str, models: list[str], clients: int, per_client: int, tokens: int) -> dict:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
+async def level(url: str, models: list[str], clients: int, per_client: int, tokens: int,
+                keepalive: bool = True) -> dict:
+    """``keepalive=False`` for llama-server, which closes a connection after a streamed response."""
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=None if keepalive else 0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def worker(i: int) -> list[dict]:
             out = []
             for k in range(per_client):

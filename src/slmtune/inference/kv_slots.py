@@ -30,8 +30,8 @@ class SlotLayer(CacheLayerMixin):
         o = self.owner
         _, heads, _, dim = key_states.shape
         shape = (o.max_slots, heads, o.initial_capacity, dim)
-        self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=value_states.dtype,
+        self.keys = torch.zeros(shape, dtype=o.dtype or key_states.dtype, device=key_states.device)
+        self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=o.dtype or value_states.dtype,
                                   device=value_states.device)
         self.is_initialized = True
 
@@ -55,8 +55,8 @@ class SlotLayer(CacheLayerMixin):
         rows = key_states.shape[0]
         slots = o.slot_index[:rows]  # [rows, 1], broadcast against the write positions [rows, q]
         # advanced indices on dims 0 and 2 move to the front: the target is [rows, q, heads, dim]
-        self.keys[slots, :, o.write_pos] = key_states.transpose(1, 2)
-        self.values[slots, :, o.write_pos] = value_states.transpose(1, 2)
+        self.keys[slots, :, o.write_pos] = key_states.transpose(1, 2).to(self.keys.dtype)
+        self.values[slots, :, o.write_pos] = value_states.transpose(1, 2).to(self.values.dtype)
         s0 = o.slot0
         return self.keys[s0:s0 + rows, :, :o.kv_length], self.values[s0:s0 + rows, :, :o.kv_length]
 
@@ -86,7 +86,11 @@ class SlotLayer(CacheLayerMixin):
 class SlotCache(Cache):
     """The cache object handed to the model. Before each forward the scheduler calls :meth:`plan`."""
 
-    def __init__(self, num_layers: int, max_slots: int, max_length: int, device, initial_capacity: int = 256):
+    def __init__(self, num_layers: int, max_slots: int, max_length: int, device, initial_capacity: int = 256,
+                 dtype: torch.dtype | None = None):
+        """``dtype``: what keys and values are stored as (None: as the model computes them). The lean decode step
+        keeps them in fp32 for a bf16 model: its attention matmuls are 2–3× faster in fp32 at decode shapes."""
+        self.dtype = dtype
         self.max_slots = max_slots
         self.max_length = max_length
         self.initial_capacity = min(initial_capacity, max_length)
@@ -123,6 +127,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     copy the key/value heads for grouped-query attention. Prefill goes to transformers' SDPA path."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if key.dtype != query.dtype:  # an fp32 cache under a bf16 model (the lean decode step's)
+        key, value = key.to(query.dtype), value.to(query.dtype)
     if query.shape[2] != 1 or dropout or kwargs.get("s_aux") is not None or kwargs.get("softcap"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

@@ -73,14 +73,19 @@ class _Layer:
             self.A[slot * r:slot * r + k] = a.to(self.A.dtype)
             self.B[slot * r:slot * r + k] = (b.float() * scale).t().to(self.B.dtype)
 
-    def _hook(self, module, inputs, output):
+    def delta(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What this step's adapters add to the layer's output for input ``x`` (None: no row has one here)."""
         masks = self.owner.masks
         if masks is None or not self.rank:
-            return output
+            return None
         mask = masks[self.rank]
         k = mask.shape[-1]  # only the slots up to the highest one this step uses
-        h = torch.matmul(inputs[0], self.A[:k].t()) * mask
-        return output + torch.matmul(h, self.B[:k])
+        h = torch.matmul(x, self.A[:k].t()) * mask
+        return torch.matmul(h, self.B[:k])
+
+    def _hook(self, module, inputs, output):
+        delta = self.delta(inputs[0])
+        return output if delta is None else output + delta
 
 
 class BatchedLoRA:

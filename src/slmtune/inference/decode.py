@@ -1,0 +1,276 @@
+"""The decode step of Llama-style models in a few fused operations: what the batching engine runs for every token.
+
+A decode step is one query token per running row. Through transformers' modules it costs ~40 tensor operations and
+as many Python calls per layer (hooks, keyword plumbing, the mask and cache interfaces); at one to eight rows on a
+135M model that dispatch, not the matmuls, is most of the step. Here the same step is one flat loop over the layers:
+an RMS norm, **one** matmul for q/k/v (their weights fused into one tensor), rotary embedding on the joined q/k
+heads, the slot cache's write and grouped-query attention, the output projection, an RMS norm, **one** matmul for
+gate/up, SiLU × up, the down projection. Prefill (many queries per row) stays on transformers' forward.
+
+The fused weights are not a copy: each model's own ``q_proj.weight`` / ``k_proj`` / ``v_proj`` (``gate_proj`` /
+``up_proj``) becomes a view into the fused tensor, so prefill, decode and anything that changes the weights in
+place (the rollout engine's adapter merge) see one set of numbers and the memory does not grow. Phi-3 arrives fused.
+
+Per-row LoRA adapters (``lora_batch``) are added to each projection's slice of the fused output, the same
+arithmetic as the hooks on the unfused modules.
+
+Weights in int8 (``weights="int8"``): each fused projection and the output head stored as int8 with one bf16 scale
+per output channel (symmetric, round to nearest), multiplied by ``torch._weight_int8pack_mm`` (oneDNN/ATen's CPU
+weight-only kernel: the activation stays bf16). A decode step reads every weight once, so halving the bytes read
+is what one chat needs on a memory-bound CPU; prefill keeps the bf16 weights. Not exact: the agreement with bf16
+greedy text is measured (docs/serving.md), so it is an opt-in (``slmtune serve --decode-weights int8``).
+
+Written by hand because neither transformers nor PEFT has a decode path without per-module dispatch, and
+``torch.compile`` of the whole step took minutes on two cores and recompiles as rows and lengths change.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
+
+
+def unsupported(model) -> str | None:
+    """Why ``model``'s decode cannot take the lean path (None: it can)."""
+    config = model.config
+    if config.model_type not in ARCHITECTURES:
+        return f"architecture {config.model_type}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act}"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner, "layers"):
+        return "unexpected module layout"
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [getattr(attn, n, None) for n in ("qkv_proj",)] if hasattr(attn, "qkv_proj") else [
+            getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+        linears += [attn.o_proj, mlp.down_proj]
+        linears += [mlp.gate_up_proj] if hasattr(mlp, "gate_up_proj") else [mlp.gate_proj, mlp.up_proj]
+        if any(type(m) is not torch.nn.Linear for m in linears):  # quantized or wrapped layers
+            return "layers that are not plain linear layers"
+    if not isinstance(model.lm_head, torch.nn.Linear) or type(model.lm_head) is not torch.nn.Linear:
+        return "an output head that is not a plain linear layer"
+    return None
+
+
+def _fuse(parent: torch.nn.Module, names: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) tensor for ``names`` of ``parent``; each module's own parameter becomes a view of it."""
+    modules = [getattr(parent, n) for n in names]
+    weight = torch.cat([m.weight.detach() for m in modules])
+    has_bias = [m.bias is not None for m in modules]
+    bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                      for m in modules]) if any(has_bias) else None
+    start = 0
+    for m in modules:
+        n = m.out_features
+        m.weight = torch.nn.Parameter(weight[start:start + n], requires_grad=False)
+        if m.bias is not None:
+            m.bias = torch.nn.Parameter(bias[start:start + n], requires_grad=False)
+        start += n
+    return weight, bias
+
+
+DECODE_PATHS = ("auto", "transformers", "int8")
+
+
+def lean_decoder(model, decode: str = "auto") -> LeanDecoder | None:
+    """The decode path for ``model``: ``auto`` takes the lean one where it covers the model (else transformers'
+    forward, None), ``transformers`` always the latter, ``int8`` the lean one with int8 weights (an error where it
+    cannot be had)."""
+    if decode not in DECODE_PATHS:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_PATHS)}, not {decode!r}")
+    if decode == "transformers":
+        return None
+    if decode == "auto":
+        return None if unsupported(model) else LeanDecoder(model)
+    return LeanDecoder(model, weights="int8")
+
+
+class _Projection:
+    """One (fused) projection of the lean step: the model's own weight, and the form the step multiplies by.
+
+    ``model``: bf16 weights in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
+    CPU backend packs with): the same products as ``F.linear`` (checked bit for bit in the tests), 1.6× faster on
+    30 layers of the default model at one row, because the unpacked call reorders the weight on every call. fp32
+    weights stay as they are (``F.linear``'s MKL path, so fp32 decode equals PyTorch's). ``int8``: one bf16 scale
+    per output channel, ``torch._weight_int8pack_mm``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str):
+        self.weight, self.bias, self.mode = weight, bias, mode
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Derive the multiplied form again from the weight (after it changed in place)."""
+        w = self.weight.detach()
+        self.packed = self.q = self.scale = None
+        if self.mode == "int8":
+            wf = w.float()
+            scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(torch.bfloat16)
+        elif w.dtype == torch.bfloat16 and packing_available():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q is not None:
+            shape = x.shape
+            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.q, self.scale)
+            out = out.reshape(*shape[:-1], out.shape[-1]).to(x.dtype)
+            return out if self.bias is None else out + self.bias
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+def packing_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear kernels (x86 CPU builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def int8_available() -> str | None:
+    """Why the int8 weight kernel cannot be used here (None: it can)."""
+    try:
+        _Projection(torch.randn(16, 32), None, "int8")(torch.randn(2, 32, dtype=torch.bfloat16))
+    except (RuntimeError, AttributeError) as e:
+        return f"torch._weight_int8pack_mm is not available on this build ({e})"
+    return None
+
+
+class _Block:
+    """One decoder layer's tensors for the lean step."""
+
+    def __init__(self, layer, index: int, heads: int, kv_heads: int, head_dim: int, mode: str):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.index = index
+        self.prefix = f"model.layers.{index}."
+        self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+        self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+        fused = {"qkv": ("self_attn", ["qkv_proj"], ["q_proj", "k_proj", "v_proj"]),
+                 "gu": ("mlp", ["gate_up_proj"], ["gate_proj", "up_proj"])}
+        self.parts: dict[str, tuple[tuple[str, int, int], ...]] = {}  # LoRA-adaptable modules: path, columns
+        for key, (owner, whole, split) in fused.items():
+            parent = getattr(layer, owner)
+            names = whole if hasattr(parent, whole[0]) else split
+            if names is whole:  # Phi-3: already one module
+                w, bias = getattr(parent, whole[0]).weight, getattr(parent, whole[0]).bias
+            else:
+                w, bias = _fuse(parent, names)
+            setattr(self, f"{key}_w", w)
+            setattr(self, f"{key}_b", bias)
+            cols, start = [], 0
+            for n in names:
+                width = getattr(parent, n).out_features
+                cols.append((f"{self.prefix}{owner}.{n}", start, width))
+                start += width
+            self.parts[key] = tuple(cols)
+        self.o, self.down = attn.o_proj, mlp.down_proj
+        self.parts["o"] = ((f"{self.prefix}self_attn.o_proj", 0, self.o.out_features),)
+        self.parts["down"] = ((f"{self.prefix}mlp.down_proj", 0, self.down.out_features),)
+        self.splits = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        self.inter = self.gu_w.shape[0] // 2
+        self.scaling = getattr(attn, "scaling", head_dim ** -0.5)
+        self.proj = {"qkv": _Projection(self.qkv_w, self.qkv_b, mode), "gu": _Projection(self.gu_w, self.gu_b, mode),
+                     "o": _Projection(self.o.weight, self.o.bias, mode),
+                     "down": _Projection(self.down.weight, self.down.bias, mode)}
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama RMS norm (fp32 inside, the input's dtype before the weight) in ATen's fused kernel."""
+    return weight * torch.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+class LeanDecoder:
+    """The decode forward of one Llama-style model over a :class:`~slmtune.inference.kv_slots.SlotCache`."""
+
+    def __init__(self, model, *, weights: str = "model"):
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"the lean decode path does not cover {reason}")
+        if weights not in ("model", "int8"):
+            raise ValueError(f"decode weights must be 'model' or 'int8', not {weights!r}")
+        if weights == "int8" and (why := int8_available()):
+            raise ValueError(why)
+        config = model.config
+        self.model = model
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.rotary = inner.rotary_emb
+        self.norm, self.eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.head = model.lm_head
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        mode = "int8" if weights == "int8" else "model"
+        self.weights = weights
+        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode)
+                       for i, layer in enumerate(inner.layers)]
+        self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
+
+    def refresh(self) -> None:
+        """The model's weights changed in place (the rollout engine merged a new adapter step): pack them again."""
+        for b in self.blocks:
+            for proj in b.proj.values():
+                proj.refresh()
+        self.head_proj.refresh()
+
+    @staticmethod
+    def _lora(lora, parts: tuple[tuple[str, int, int], ...], x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Add each row's adapter to its projection's columns ``[start, start + width)`` of ``out``."""
+        if lora is None or lora.masks is None:
+            return out
+        for path, start, width in parts:
+            layer = lora.layers.get(path)
+            delta = layer.delta(x) if layer is not None else None
+            if delta is not None:
+                out[..., start:start + width] += delta
+        return out
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None,
+                lora=None) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` (fp32) for one token per row: ``tokens`` and ``positions`` are ``[rows, 1]``;
+        ``cache`` has been planned for this step; ``mask`` is ``[rows, 1, 1, kv]`` or None when every row sees all
+        of ``0..position``."""
+        rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
+        x = F.embedding(tokens, self.embed)  # [rows, 1, hidden]
+        cos, sin = self.rotary(x, positions)  # [rows, 1, rotary dim]
+        half = cos.shape[-1] // 2
+        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign goes into the table once per step
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None]
+        partial = cos.shape[-1] != dim
+        qn, kn, _ = self.blocks[0].splits if self.blocks else (0, 0, 0)
+        groups = heads // kv_heads
+        for b in self.blocks:
+            h = _rms_norm(x, b.norm1, b.eps1)
+            qkv = b.proj["qkv"](h)
+            qkv = self._lora(lora, b.parts["qkv"], h, qkv)
+            qk = qkv[..., :qn + kn].view(rows, 1, heads + kv_heads, dim)  # q and k heads side by side
+            if partial:
+                r = cos.shape[-1]
+                rot = qk[..., :r]
+                qk = torch.cat((rot * cos + torch.cat((rot[..., half:], rot[..., :half]), -1) * sin, qk[..., r:]), -1)
+            else:
+                qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
+            k = qk[:, :, heads:].transpose(1, 2)  # [rows, kv heads, 1, dim]
+            v = qkv[..., qn + kn:].view(rows, 1, kv_heads, dim).transpose(1, 2)
+            keys, values = cache.layers[b.index].update(k, v)
+            qg = qk[:, 0, :heads].reshape(rows, kv_heads, groups, dim).to(keys.dtype)
+            scores = torch.matmul(qg, keys.transpose(-1, -2))
+            scores.mul_(b.scaling)
+            if mask is not None:
+                scores = scores + mask[:, :, :, :keys.shape[-2]]
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+            a = torch.matmul(probs, values).reshape(rows, 1, heads * dim).to(x.dtype)
+            o = b.proj["o"](a)
+            o = self._lora(lora, b.parts["o"], a, o)
+            x = x + o
+            h = _rms_norm(x, b.norm2, b.eps2)
+            gu = b.proj["gu"](h)
+            gu = self._lora(lora, b.parts["gu"], h, gu)
+            m = F.silu(gu[..., :b.inter]) * gu[..., b.inter:]
+            d = b.proj["down"](m)
+            d = self._lora(lora, b.parts["down"], m, d)
+            x = x + d
+        x = _rms_norm(x, self.norm, self.eps)
+        return self.head_proj(x[:, -1]).float()
