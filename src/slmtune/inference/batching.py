@@ -171,6 +171,11 @@ class BatchEngine:
                 self._matchers = Matchers.for_model(self.detok.tokenizer, self.model)
             return self._matchers
 
+    def weights_changed(self) -> None:
+        """The model's weights were changed in place (while no step runs): the lean step packs them again."""
+        if self.lean is not None:
+            self.lean.refresh()
+
     def wake(self) -> None:
         self._wake.set()
 

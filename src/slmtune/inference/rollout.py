@@ -15,6 +15,7 @@ import queue
 
 import torch
 
+from slmtune.inference.batching import release_openmp_pool
 from slmtune.inference.request import Failed, Finished
 from slmtune.inference.sampling import SamplingParams
 from slmtune.inference.serving import ModelServer
@@ -37,7 +38,7 @@ class EngineRollout:
         self.calls = 0
 
     @torch.no_grad()
-    def _sync(self, trainer, engine_model) -> None:
+    def _sync(self, trainer, engine) -> None:
         """The adapter as it is now, merged into the engine's copy once per optimizer step (the engine is idle)."""
         step = trainer.state.global_step
         if step == self.step:
@@ -45,7 +46,7 @@ class EngineRollout:
         from peft.tuners.lora import LoraLayer
 
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        target = dict(engine_model.named_modules())
+        target = dict(engine.model.named_modules())
         for name, layer in peft_model.named_modules():
             if not isinstance(layer, LoraLayer) or not layer.active_adapters:
                 continue
@@ -55,11 +56,12 @@ class EngineRollout:
                 self.original[key] = weight.detach().clone()
             delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
             weight.copy_(self.original[key] + delta.to(weight.dtype))
+        engine.weights_changed()
         self.step = step
 
     def __call__(self, prompts: list, trainer) -> dict:
         prepared = self.server.prepare_sync(self.base)
-        self._sync(trainer, prepared.engine.model)
+        self._sync(trainer, prepared.engine)
         args = trainer.args
         groups: list[tuple[list, int]] = []  # consecutive equal prompts: one request with n choices
         for p in prompts:
@@ -76,6 +78,7 @@ class EngineRollout:
             req = prepared.engine.submit(ids, params, n=n, emit=events.put)
             pending.append((req, events, ids))
         self.calls += 1
+        release_openmp_pool()  # this (training) thread waits now: the engine's thread gets the cores
         prompt_ids, completion_ids = [], []
         for req, events, ids in pending:
             left = len(req.seqs)

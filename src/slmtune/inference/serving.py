@@ -83,9 +83,10 @@ class ModelServer:
     def __init__(self, *, precision: str = "auto", device: str | None = None, max_running: int = 32,
                  max_queued: int = 128, adapter_cache_size: int = 8, own_engines: int = 2,
                  prefill_tokens: int = 512, metrics: ServingMetrics | None = None,
-                 max_queued_per_project: int | None = None):
+                 max_queued_per_project: int | None = None, decode: str = "auto"):
         self.device = torch.device(device) if device else default_device()
         self.precision = resolve_precision(precision)
+        self.decode = decode
         self.max_running, self.max_queued, self.prefill_tokens = max_running, max_queued, prefill_tokens
         self.max_queued_per_project = max_queued_per_project
         self.adapter_cache_size = adapter_cache_size
@@ -107,7 +108,8 @@ class ModelServer:
     def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
         return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
                            prefill_tokens=self.prefill_tokens, adapter_capacity=self.adapter_cache_size,
-                           metrics=self.metrics, max_queued_per_project=self.max_queued_per_project, **kw)
+                           metrics=self.metrics, max_queued_per_project=self.max_queued_per_project,
+                           decode=self.decode, **kw)
 
     def _base(self, base_id: str) -> Prepared:
         # keyed by the model folder: an id and its cache path (adapters often name the path) share one engine

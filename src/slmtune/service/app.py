@@ -166,7 +166,8 @@ def _lifespan(settings: Settings, db: Database, workers: int):
             with db.session() as s:
                 ensure_project(s, settings.default_project)
         # chat runs on each model's own scheduler thread, never on the API's thread pool
-        app.state.inference = ModelServer(precision=settings.serve_precision, max_running=settings.max_running,
+        app.state.inference = ModelServer(precision=settings.serve_precision, decode=settings.serve_decode,
+                                          max_running=settings.max_running,
                                           max_queued=settings.max_queued,
                                           max_queued_per_project=settings.max_queued_per_project,
                                           adapter_cache_size=settings.adapter_cache_size, metrics=app.state.metrics)

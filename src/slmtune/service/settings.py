@@ -87,6 +87,9 @@ class Settings(BaseSettings):
                                         "gets 429 (other projects still get in).")
     serve_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Chat weights: auto (bf16 where "
                                                              "the CPU/GPU has fast bf16), bf16 or fp32.")
+    serve_decode: Literal["auto", "transformers", "int8"] = Field(
+        "auto", description="Chat decode step: auto (slmtune's lean step for Llama-style models, else transformers'), "
+        "transformers, or int8 (the lean step with int8 weights: faster, not bit-identical).")
     test_models: bool = Field(False, description="Offer the tiny in-process test models (tests only).")
 
     def __init__(self, **values):

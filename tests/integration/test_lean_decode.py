@@ -1,0 +1,176 @@
+"""The lean decode step (inference/decode.py) against transformers' forward, on the tiny seeded models: the same
+greedy tokens and log-probabilities in fp32 (plain, with per-row LoRA, Phi-3's fused layers), oneDNN-packed bf16
+projections bit-identical to ``F.linear``, the int8 weights close, weight changes in place followed, and models it
+does not cover left to transformers."""
+
+from __future__ import annotations
+
+import os
+import queue
+
+import pytest
+import torch
+
+os.environ["SLMTUNE_TEST_MODELS"] = "1"
+
+from slmtune.inference.batching import BatchEngine
+from slmtune.inference.decode import LeanDecoder, _Projection, lean_decoder, packing_available, unsupported
+from slmtune.inference.request import Finished
+from slmtune.inference.sampling import SamplingParams
+from slmtune.inference.serving import ModelServer, collect
+from slmtune.models.loading import load_base_model, load_tokenizer
+from slmtune.models.registry import resolve
+
+from .test_serving_engine import _msgs, make_adapter
+
+
+def _run(engine: BatchEngine, tokenizer, k: int = 6, tokens: int = 16, logprobs: bool = False) -> list:
+    """k requests submitted together (different lengths, so rows hold different positions); tokens or logprobs."""
+    reqs = []
+    for i in range(k):
+        ids = ModelServer.prompt_ids(tokenizer, _msgs(i))
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        params = SamplingParams(max_new_tokens=tokens, logprobs=logprobs, top_logprobs=5 if logprobs else 0)
+        reqs.append((engine.submit(ids, params, emit=events.put), events))
+    out = []
+    for req, events in reqs:
+        got = []
+        while True:
+            ev = events.get(timeout=60)
+            got.append(ev)
+            if isinstance(ev, Finished):
+                break
+        out.append(req.seqs[0].tokens if not logprobs else [lp for e in got for lp in getattr(e, "logprobs", [])
+                                                              or []])
+    return out
+
+
+def _engine(base: str, precision: str, decode: str) -> tuple[BatchEngine, object]:
+    model = load_base_model(resolve(base), precision)
+    return BatchEngine(model, load_tokenizer(resolve(base)), name=f"{base}-{decode}", max_running=8,
+                       decode=decode), load_tokenizer(resolve(base))
+
+
+@pytest.mark.parametrize("base", ["tiny-llama", "tiny-phi3"])
+def test_fp32_lean_step_gives_transformers_tokens_and_logprobs(base):
+    lean, tok = _engine(base, "fp32", "auto")
+    plain, _ = _engine(base, "fp32", "transformers")
+    try:
+        assert lean.lean is not None and plain.lean is None
+        assert _run(lean, tok) == _run(plain, tok)
+        a, b = _run(lean, tok, tokens=4, logprobs=True), _run(plain, tok, tokens=4, logprobs=True)
+        assert all(len(x) == 4 for x in a)
+        for x, y in zip(a, b):
+            assert [t["token"] for t in x] == [t["token"] for t in y]
+            assert max(abs(s["logprob"] - t["logprob"]) for s, t in zip(x, y)) < 1e-4
+    finally:
+        lean.shutdown()
+        plain.shutdown()
+
+
+def test_per_row_lora_on_the_lean_step(tmp_path):
+    """Mixed adapters and the base in one batch: the same tokens as transformers' forward with the same hooks."""
+    server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "transformers")}
+    ads = [("ft:tiny-llama:t:a0", make_adapter("tiny-llama", tmp_path / "a0", 3)),
+           ("ft:tiny-llama:t:a1", make_adapter("tiny-llama", tmp_path / "a1", 4))]
+    who = [None, ads[0], ads[1], ads[0], None, ads[1]]
+    try:
+        got = {}
+        for d, srv in server.items():
+            pending = []
+            for i, a in enumerate(who):
+                events: queue.SimpleQueue = queue.SimpleQueue()
+                req = srv.submit(srv.prepare_sync("tiny-llama", a), _msgs(i), SamplingParams(max_new_tokens=12),
+                                 emit=events.put)
+                pending.append((req, events))
+            for req, events in pending:
+                collect(req, events.get, timeout=60)
+            got[d] = [req.seqs[0].tokens for req, _ in pending]
+        assert server["auto"].engine("tiny-llama").lean is not None
+        assert got["auto"] == got["transformers"]
+        assert len({tuple(t) for t in got["auto"]}) > 2, "the adapters should change the answers"
+    finally:
+        for srv in server.values():
+            srv.shutdown()
+
+
+def test_fused_projections_share_the_models_weights():
+    """q/k/v and gate/up become views of one tensor each: no second copy of the weights."""
+    model = load_base_model(resolve("tiny-llama"), "fp32")
+    before = sum(p.numel() for p in model.parameters())
+    lean = LeanDecoder(model)
+    attn = model.model.layers[0].self_attn
+    block = lean.blocks[0]
+    assert attn.q_proj.weight.data_ptr() == block.qkv_w.data_ptr()
+    assert attn.k_proj.weight.data_ptr() == block.qkv_w.data_ptr() + attn.q_proj.weight.numel() * 4
+    assert model.model.layers[0].mlp.up_proj.weight.untyped_storage().data_ptr() == block.gu_w.data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == before
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+def test_packed_bf16_projection_is_bit_identical_to_linear():
+    torch.manual_seed(0)
+    w, bias = torch.randn(96, 64, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
+    proj = _Projection(w, bias, "model")
+    assert proj.packed is not None
+    for shape in [(1, 1, 64), (5, 1, 64), (3, 7, 64)]:
+        x = torch.randn(*shape, dtype=torch.bfloat16)
+        assert torch.equal(proj(x), torch.nn.functional.linear(x, w, bias))
+
+
+def test_bf16_weights_changed_in_place_are_followed():
+    """The rollout engine merges each step's adapter into the weights in place: after ``weights_changed`` the
+    packed lean step decodes what a lean step built on the changed weights decodes. One request at a time: in bf16
+    the products depend on how many rows share a step, and two submissions may or may not meet in one."""
+
+    def change(model):
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.up_proj.weight.mul_(-3.0)
+                layer.self_attn.v_proj.weight.mul_(0.25)
+
+    live, tok = _engine("tiny-llama", "bf16", "auto")
+    try:
+        before = _run(live, tok, k=1, tokens=12)
+        change(live.model)
+        live.weights_changed()
+        after = _run(live, tok, k=1, tokens=12)
+    finally:
+        live.shutdown()
+    model = load_base_model(resolve("tiny-llama"), "bf16")
+    change(model)
+    fresh = BatchEngine(model, tok, name="fresh", max_running=8)
+    try:
+        assert after != before
+        assert after == _run(fresh, tok, k=1, tokens=12)
+    finally:
+        fresh.shutdown()
+
+
+def test_int8_weights_stay_close_to_bf16():
+    """int8 weights (one scale per output channel): the first token's log-probabilities within a small distance of
+    the bf16 step's, and the same first token for most prompts."""
+    a, tok = _engine("tiny-llama", "bf16", "auto")
+    b, _ = _engine("tiny-llama", "bf16", "int8")
+    try:
+        assert b.lean is not None and b.lean.weights == "int8"
+        x, y = _run(a, tok, k=8, tokens=1, logprobs=True), _run(b, tok, k=8, tokens=1, logprobs=True)
+        assert all(len(s) == 1 for s in x + y)
+        same = sum(s[0]["token"] == t[0]["token"] for s, t in zip(x, y))
+        assert same >= 6
+        assert max(abs(s[0]["logprob"] - t[0]["logprob"]) for s, t in zip(x, y)) < 0.5
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_models_it_does_not_cover_stay_on_transformers():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    assert "gpt2" in unsupported(model)
+    assert lean_decoder(model, "auto") is None
+    with pytest.raises(ValueError, match="gpt2"):
+        lean_decoder(model, "int8")
+    with pytest.raises(ValueError, match="decode must be one of"):
+        lean_decoder(model, "fast")
