@@ -1,14 +1,17 @@
-"""Chat serving under concurrent load: `slmtune serve` against `transformers serve --continuous-batching`.
+"""Chat serving under concurrent load: `slmtune serve` against llama.cpp's `llama-server` and `transformers serve`.
 
-    .venv/bin/python benchmarks/serving.py [--levels 1,8,32] [--tokens 64] [--only slmtune|anchor] [--out FILE]
+    .venv/bin/python benchmarks/serving.py [--levels 1,8,32] [--tokens 64] [--only slmtune,llama-f16,...] [--out FILE]
 
-Both servers run as separate processes on loopback, started and stopped by this script, on the same model folder
-(the default model, `smollm2-135m-instruct`, from the cache), each with its own defaults. For each level of
-concurrency, that many clients (asyncio + httpx, streaming) send greedy chats of `--tokens` tokens back to back;
+Every server runs as its own process on loopback, started and stopped by this script, on the default model
+(`smollm2-135m-instruct`, from the cache): `slmtune serve` with its default decode step, with transformers' forward
+(`--decode transformers`, the step before the lean one) and with int8 weights (`--decode int8`); `transformers serve
+--continuous-batching` on the model folder (fp32); `llama-server` built from the llama-cpp-python sdist
+(`benchmarks/llama_server.py`, cached) on `slmtune export gguf`'s f16 and q8_0 files, with as many slots as the
+highest level of clients. For each level of concurrency, that many clients (asyncio + httpx, streaming) send greedy chats of `--tokens` tokens back to back;
 the script reports aggregate completion tokens/s, time to first token and whole-request latency (p50/p99).
-Then a mixed run that the anchor cannot do at all: 4 tuned LoRA adapters and the base behind one `slmtune serve`
-(`--adapter NAME=DIR`), requests round-robin over the five, against all requests on one adapter. Last, whether both
-servers give the same greedy text for each prompt. Prints Markdown tables (docs/serving.md) and writes the rows as
+Then a mixed run that neither anchor can do: 4 tuned LoRA adapters and the base behind one `slmtune serve`
+(`--adapter NAME=DIR`), requests round-robin over the five, against all requests on one adapter. Last, whether each server gives
+transformers' fp32 greedy text for each prompt (slmtune also in fp32). Prints Markdown tables (docs/serving.md) and writes the rows as
 JSON to --out.
 """
 
@@ -142,56 +145,79 @@ def table(rows: list[dict]) -> str:
                           for r in rows)
 
 
+SERVERS = ("slmtune", "slmtune-transformers", "slmtune-int8", "transformers", "llama-f16", "llama-q8_0")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--only", choices=["slmtune", "anchor"])
+    ap.add_argument("--only", default=",".join(SERVERS),
+                    help=f"comma-separated, of: {', '.join(SERVERS)} (default: all)")
+    ap.add_argument("--no-adapters", action="store_true", help="skip the mixed-adapter runs")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-serving/rows.json"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    only = args.only.split(",")
+    if unknown := set(only) - set(SERVERS):
+        ap.error(f"--only: unknown {', '.join(sorted(unknown))}")
     from slmtune.models.registry import resolve
 
     model_dir = resolve(MODEL)
     bin_dir = Path(sys.executable).parent
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    adapters = make_adapters(tmp)
+    adapters = [] if args.no_adapters else make_adapters(tmp)
     rows, texts = [], {}
 
     def per_client(c: int) -> int:
         return max(1, min(4, 32 // c)) if c > 1 else 4
 
-    servers = []
-    if args.only != "anchor":
+    servers = []  # (label, command, port, model name in requests, keep-alive)
+    for name in only:
         port = free_port()
-        cmd = [str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
-               "--data-dir", str(tmp / "svc")] + [f"--adapter=tuned{i}={d}" for i, d in enumerate(adapters)]
-        servers.append(("slmtune serve", cmd, port))
-    if args.only != "slmtune":
-        port = free_port()
-        servers.append(("transformers serve --continuous-batching", [
-            str(bin_dir / "transformers"), "serve", "--continuous-batching", "--host", "127.0.0.1", "--port",
-            str(port), str(model_dir)], port))
-    for name, cmd, port in servers:
+        if name.startswith("slmtune"):
+            decode = {"slmtune": "auto", "slmtune-transformers": "transformers", "slmtune-int8": "int8"}[name]
+            label = "slmtune serve" + ("" if decode == "auto" else f" --decode {decode}")
+            cmd = [str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
+                   "--decode", decode, "--data-dir", str(tmp / f"svc-{decode}")]
+            if name == "slmtune":
+                cmd += [f"--adapter=tuned{i}={d}" for i, d in enumerate(adapters)]
+            servers.append((label, cmd, port, MODEL, True))
+        elif name == "transformers":
+            servers.append(("transformers serve --continuous-batching", [
+                str(bin_dir / "transformers"), "serve", "--continuous-batching", "--host", "127.0.0.1", "--port",
+                str(port), str(model_dir)], port, str(model_dir), True))
+        else:  # llama.cpp: built from the llama-cpp-python sdist, fed slmtune's own GGUF export
+            from llama_server import llama_server
+
+            kind = name.removeprefix("llama-")
+            gguf = tmp / f"model-{kind}.gguf"
+            subprocess.run([str(bin_dir / "slmtune"), "export", "gguf", MODEL, "--out", str(gguf), "--type", kind],
+                           check=True, stdout=subprocess.DEVNULL)
+            slots = max(levels)
+            servers.append((f"llama-server {kind} ({slots} slots)", [
+                str(llama_server()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(os.cpu_count()), "-np", str(slots), "-c", str(1024 * slots), "--no-ui"],
+                port, "model", False))
+    for label, cmd, port, model, keepalive in servers:
         proc = start(cmd, port, tmp / f"{port}.log")
-        model = MODEL if name.startswith("slmtune") else str(model_dir)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         try:
-            asyncio.run(level(url, [model], 2, 1, 8))  # warm-up: loads the model
+            asyncio.run(level(url, [model], 2, 1, 8, keepalive))  # warm-up: loads the model
             for c in levels:
-                r = asyncio.run(level(url, [model], c, per_client(c), args.tokens))
+                r = asyncio.run(level(url, [model], c, per_client(c), args.tokens, keepalive))
                 if c == 1:
-                    texts[name] = r["texts"]
-                rows.append({"server": name, **{k: v for k, v in r.items() if k != "texts"}})
+                    texts[label] = r["texts"]
+                rows.append({"server": label, **{k: v for k, v in r.items() if k != "texts"}})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-            if name.startswith("slmtune"):
+            if label == "slmtune serve" and adapters:
                 asyncio.run(level(url, ["tuned0"], 2, 1, 8))  # loads the adapters
                 asyncio.run(level(url, [f"tuned{i}" for i in range(4)], 4, 1, 8))
-                for label, models in (("one adapter", ["tuned0"]),
-                                      ("4 adapters + base", [MODEL] + [f"tuned{i}" for i in range(4)])):
+                for tag, models in (("one adapter", ["tuned0"]),
+                                    ("4 adapters + base", [MODEL] + [f"tuned{i}" for i in range(4)])):
                     r = asyncio.run(level(url, models, 8, 4, args.tokens))
-                    rows.append({"server": f"slmtune serve, {label}", **{k: v for k, v in r.items()
-                                                                         if k != "texts"}})
+                    rows.append({"server": f"slmtune serve, {tag}", **{k: v for k, v in r.items()
+                                                                       if k != "texts"}})
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
         finally:
             proc.terminate()
@@ -199,7 +225,7 @@ def main() -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    if args.only != "slmtune":  # same greedy text? slmtune in fp32 (as the anchor loads this folder), 4 at once
+    if "transformers" in only:  # same greedy text? slmtune in fp32 (as the anchor loads this folder), 4 at once
         port = free_port()
         proc = start([str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
                       "--precision", "fp32", "--data-dir", str(tmp / "svc32")], port, tmp / "fp32.log")
@@ -214,7 +240,7 @@ def main() -> None:
     for name, got in texts.items():
         if anchor is not None and got is not anchor:
             same = sum(x == y for x, y in zip(got, anchor))
-            print(f"{name}: the same greedy text as the anchor for {same} of {len(anchor)} prompts")
+            print(f"{name}: the same greedy text as transformers (fp32) for {same} of {len(anchor)} prompts")
             rows.append({"server": name, "same_text_as_anchor": same, "of": len(anchor)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))

@@ -218,7 +218,7 @@ class LeanDecoder:
     @staticmethod
     def _lora(lora, parts: tuple[tuple[str, int, int], ...], x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Add each row's adapter to its projection's columns ``[start, start + width)`` of ``out``."""
-        if lora is None or lora.masks is None:
+        if lora is None:
             return out
         for path, start, width in parts:
             layer = lora.layers.get(path)
@@ -241,10 +241,11 @@ class LeanDecoder:
         partial = cos.shape[-1] != dim
         qn, kn, _ = self.blocks[0].splits if self.blocks else (0, 0, 0)
         groups = heads // kv_heads
+        adapters = lora if lora is not None and lora.masks is not None else None  # any row with an adapter?
         for b in self.blocks:
             h = _rms_norm(x, b.norm1, b.eps1)
             qkv = b.proj["qkv"](h)
-            qkv = self._lora(lora, b.parts["qkv"], h, qkv)
+            qkv = self._lora(adapters, b.parts["qkv"], h, qkv)
             qk = qkv[..., :qn + kn].view(rows, 1, heads + kv_heads, dim)  # q and k heads side by side
             if partial:
                 r = cos.shape[-1]
@@ -263,14 +264,14 @@ class LeanDecoder:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             a = torch.matmul(probs, values).reshape(rows, 1, heads * dim).to(x.dtype)
             o = b.proj["o"](a)
-            o = self._lora(lora, b.parts["o"], a, o)
+            o = self._lora(adapters, b.parts["o"], a, o)
             x = x + o
             h = _rms_norm(x, b.norm2, b.eps2)
             gu = b.proj["gu"](h)
-            gu = self._lora(lora, b.parts["gu"], h, gu)
+            gu = self._lora(adapters, b.parts["gu"], h, gu)
             m = F.silu(gu[..., :b.inter]) * gu[..., b.inter:]
             d = b.proj["down"](m)
-            d = self._lora(lora, b.parts["down"], m, d)
+            d = self._lora(adapters, b.parts["down"], m, d)
             x = x + d
         x = _rms_norm(x, self.norm, self.eps)
         return self.head_proj(x[:, -1]).float()

@@ -1,6 +1,6 @@
 """llama.cpp's `llama-server` as a benchmark anchor, built here from the `llama-cpp-python` sdist on PyPI.
 
-    .venv/bin/python benchmarks/llama_cpp.py [--version 0.3.36]     # builds (or finds) it and prints its path
+    .venv/bin/python benchmarks/llama_server.py [--version 0.3.36]     # builds (or finds) it and prints its path
 
 Never a downloaded binary: `pip download --no-binary :all:` fetches the sdist (its vendored llama.cpp source), cmake
 builds the `llama-server` target for this CPU (`GGML_NATIVE`, so AVX512/AMX paths are compiled where the machine
