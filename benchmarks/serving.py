@@ -7,12 +7,12 @@ Every server runs as its own process on loopback, started and stopped by this sc
 (`--decode transformers`, the step before the lean one) and with int8 weights (`--decode int8`); `transformers serve
 --continuous-batching` on the model folder (fp32); `llama-server` built from the llama-cpp-python sdist
 (`benchmarks/llama_server.py`, cached) on `slmtune export gguf`'s f16 and q8_0 files, with as many slots as the
-highest level of clients. For each level of concurrency, that many clients (asyncio + httpx, streaming) send greedy chats of `--tokens` tokens back to back;
-the script reports aggregate completion tokens/s, time to first token and whole-request latency (p50/p99).
-Then a mixed run that neither anchor can do: 4 tuned LoRA adapters and the base behind one `slmtune serve`
-(`--adapter NAME=DIR`), requests round-robin over the five, against all requests on one adapter. Last, whether each server gives
-transformers' fp32 greedy text for each prompt (slmtune also in fp32). Prints Markdown tables (docs/serving.md) and writes the rows as
-JSON to --out.
+highest level of clients. For each level of concurrency, that many clients (asyncio + httpx,
+streaming) send greedy chats of `--tokens` tokens back to back; the script reports aggregate completion tokens/s,
+time to first token and whole-request latency (p50/p99). Then a mixed run that neither anchor can do: 4 tuned LoRA
+adapters and the base behind one `slmtune serve` (`--adapter NAME=DIR`), requests round-robin over the five,
+against all requests on one adapter. Last, whether each server gives transformers' fp32 greedy text for each
+prompt (slmtune also in fp32). Prints Markdown tables (docs/serving.md) and writes the rows as JSON to --out.
 """
 
 from __future__ import annotations

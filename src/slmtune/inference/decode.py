@@ -138,6 +138,30 @@ def int8_available() -> str | None:
     return None
 
 
+class _FusedLoRA:
+    """The loaded adapters of the layers that read one input (q/k/v, or gate/up, or one layer alone) as two
+    matmuls: their ``A``s stacked (all slots) and their ``B``s placed block-diagonally at each layer's output
+    columns, both packed like the base weights. Per row the result is each layer's own ``B @ A @ x × scale``
+    (the other slots' and layers' blocks add zeros). Measured on the default model at one row: q/k/v's three
+    unpacked pairs 111 µs, fused and packed 31 µs a layer. Built again when an adapter loads or unloads."""
+
+    def __init__(self, layers: list[tuple[object, int, int]], out_width: int):
+        self.ranks = [layer.rank for layer, _, _ in layers]
+        a = torch.cat([layer.A for layer, _, _ in layers])  # [Σ slots × rank, in]
+        b = a.new_zeros((a.shape[0], out_width))
+        row = 0
+        for layer, start, width in layers:
+            n = layer.A.shape[0]
+            b[row:row + n, start:start + width] = layer.B
+            row += n
+        self.a = _Projection(a, None, "model")  # x @ Aᵀ
+        self.b = _Projection(b.t().contiguous(), None, "model")  # h @ B
+
+    def delta(self, x: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:
+        mask = masks[self.ranks[0]] if len(self.ranks) == 1 else torch.cat([masks[r] for r in self.ranks], -1)
+        return self.b(self.a(x) * mask)
+
+
 class _Block:
     """One decoder layer's tensors for the lean step."""
 
@@ -207,6 +231,8 @@ class LeanDecoder:
         self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode)
                        for i, layer in enumerate(inner.layers)]
         self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
+        self._fused: list[dict] = []
+        self._fused_version = -1
 
     def refresh(self) -> None:
         """The model's weights changed in place (the rollout engine merged a new adapter step): pack them again."""
@@ -215,17 +241,34 @@ class LeanDecoder:
                 proj.refresh()
         self.head_proj.refresh()
 
+    def _adapters(self, lora) -> tuple[list[dict], dict[int, torch.Tensor]]:
+        """This step's fused adapters per block (rebuilt when the loaded set changed) and each rank's row mask
+        over all slots (``[rows, 1, slots × rank]``)."""
+        if self._fused_version != lora.version:
+            self._fused = []
+            for b in self.blocks:
+                per: dict = {}
+                for key, parts in b.parts.items():
+                    layers = [(lora.layers[p], start, width) for p, start, width in parts
+                              if p in lora.layers and lora.layers[p].rank]
+                    width = sum(w for _, _, w in parts)
+                    per[key] = _FusedLoRA(layers, width) if layers else None
+                self._fused.append(per)
+            self._fused_version = lora.version
+        slots = lora.row_slots
+        dtype = self.embed.dtype
+        masks = {}
+        for r in {layer.rank for layer in lora.layers.values() if layer.rank}:
+            cols = torch.arange(lora.capacity * r, device=slots.device) // r
+            masks[r] = (cols[None, :] == slots[:, None]).to(dtype)[:, None, :]
+        return self._fused, masks
+
     @staticmethod
-    def _lora(lora, parts: tuple[tuple[str, int, int], ...], x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Add each row's adapter to its projection's columns ``[start, start + width)`` of ``out``."""
-        if lora is None:
+    def _lora(fused: dict | None, key: str, masks, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Add each row's adapter to the projection ``key``'s output (all its layers in one fused pair)."""
+        if fused is None or fused[key] is None:
             return out
-        for path, start, width in parts:
-            layer = lora.layers.get(path)
-            delta = layer.delta(x) if layer is not None else None
-            if delta is not None:
-                out[..., start:start + width] += delta
-        return out
+        return out + fused[key].delta(x, masks)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None,
                 lora=None) -> torch.Tensor:
@@ -241,11 +284,12 @@ class LeanDecoder:
         partial = cos.shape[-1] != dim
         qn, kn, _ = self.blocks[0].splits if self.blocks else (0, 0, 0)
         groups = heads // kv_heads
-        adapters = lora if lora is not None and lora.masks is not None else None  # any row with an adapter?
+        fused, masks = self._adapters(lora) if lora is not None and lora.masks is not None else (None, None)
         for b in self.blocks:
+            adapters = fused[b.index] if fused is not None else None
             h = _rms_norm(x, b.norm1, b.eps1)
             qkv = b.proj["qkv"](h)
-            qkv = self._lora(adapters, b.parts["qkv"], h, qkv)
+            qkv = self._lora(adapters, "qkv", masks, h, qkv)
             qk = qkv[..., :qn + kn].view(rows, 1, heads + kv_heads, dim)  # q and k heads side by side
             if partial:
                 r = cos.shape[-1]
@@ -264,14 +308,14 @@ class LeanDecoder:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             a = torch.matmul(probs, values).reshape(rows, 1, heads * dim).to(x.dtype)
             o = b.proj["o"](a)
-            o = self._lora(adapters, b.parts["o"], a, o)
+            o = self._lora(adapters, "o", masks, a, o)
             x = x + o
             h = _rms_norm(x, b.norm2, b.eps2)
             gu = b.proj["gu"](h)
-            gu = self._lora(adapters, b.parts["gu"], h, gu)
+            gu = self._lora(adapters, "gu", masks, h, gu)
             m = F.silu(gu[..., :b.inter]) * gu[..., b.inter:]
             d = b.proj["down"](m)
-            d = self._lora(adapters, b.parts["down"], m, d)
+            d = self._lora(adapters, "down", masks, m, d)
             x = x + d
         x = _rms_norm(x, self.norm, self.eps)
         return self.head_proj(x[:, -1]).float()
