@@ -1,12 +1,14 @@
-"""CPU training throughput: slmtune's defaults against a plain TRL SFTTrainer + PEFT script, same data and budget.
+"""CPU training throughput: slmtune's defaults against a plain TRL SFTTrainer + PEFT script and LLaMA-Factory.
 
-    .venv/bin/python benchmarks/throughput.py [--steps 8] [--levers]      # prints Markdown for docs/benchmarks.md
+    .venv/bin/python benchmarks/throughput.py [--steps 8] [--levers] [--no-llamafactory]   # Markdown for the docs
 
 Each run is a separate process (peak RSS is its own): the default model, LoRA r 16 / alpha 32 on all linear
 layers, batch 8, the same number of optimizer steps on the same examples, learning rate 1e-3. The baseline is
 what a user copies from the TRL docs: `SFTTrainer(model=path, train_dataset=..., peft_config=LoraConfig(...),
 args=SFTConfig(...))` with library defaults otherwise (fp32, LoRA dropout 0.05, loss on every token, no packing).
-Both adapters are then scored by the same evaluation (assistant tokens of the held-out split).
+The second baseline is LLaMA-Factory (installed by this script into a venv of its own under ~/.cache/slmtune-bench,
+its pins apart from ours) on the same job in its best CPU configuration, benchmarks/llamafactory/lora_sft.yaml.
+Every adapter is then scored by the same evaluation (assistant tokens of the held-out split).
 MFU = FLOPs per token (4 × matmul parameters for a frozen base + attention) × tokens/s, divided by the bf16
 matmul peak measured in the same run with the same thread count.
 """
@@ -90,6 +92,71 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
     return {"tps": tokens[0] / dt, "trained_tps": tokens[1] / dt, "padding": 1 - tokens[0] / tokens[2], "seconds": dt}
 
 
+LF_VERSION = "0.9.5"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmtune-bench"
+LF_VENV = CACHE / f"llamafactory-{LF_VERSION}"
+# its requirements, less the vision/audio/web-UI ones a text SFT run never imports (torchvision and torchaudio from
+# PyPI would pull a CUDA build of torch over the CPU one); torch itself is installed first, pinned like ours
+LF_REQUIREMENTS = ["accelerate<=1.11.0,>=1.3.0", "datasets<=4.0.0,>=2.16.0", "einops", "fire", "numpy", "omegaconf",
+                   "packaging", "pandas", "peft<=0.18.1,>=0.18.0", "protobuf", "pydantic", "pyyaml", "safetensors",
+                   "scipy", "sentencepiece", "tiktoken", "torchdata<=0.11.0,>=0.10.0", "matplotlib",
+                   "transformers!=4.52.0,!=4.57.0,<=5.6.0,>=4.55.0", "trl<=0.24.0,>=0.18.0", "tyro<0.9.0"]
+
+
+def llamafactory_venv() -> Path:
+    """LLaMA-Factory in a venv of its own (its pins never touch slmtune's), made on first use and cached."""
+    cli = LF_VENV / "bin" / "llamafactory-cli"
+    if cli.exists():
+        return cli
+    import subprocess
+    import sys
+
+    print(f"installing LLaMA-Factory {LF_VERSION} into {LF_VENV} (a few minutes, once)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
+    pip = [str(LF_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, "--no-deps", f"llamafactory=={LF_VERSION}"], check=True)
+    subprocess.run([*pip, *LF_REQUIREMENTS], check=True)
+    # LLaMA-Factory imports torchaudio at module level for its audio inputs, and PyPI has no torchaudio for torch
+    # 2.13 (the torch both frameworks run on here): a module that fails loudly if audio is ever touched
+    site = next((LF_VENV / "lib").glob("python*/site-packages"))
+    (site / "torchaudio").mkdir(exist_ok=True)
+    (site / "torchaudio" / "__init__.py").write_text(
+        "def __getattr__(name):\n"
+        "    raise ImportError('torchaudio is not installed in this benchmark venv (text fine-tuning only)')\n")
+    return cli
+
+
+def run_llamafactory(train: Path, steps: int, out: Path) -> dict:
+    """`llamafactory-cli train` on benchmarks/llamafactory/lora_sft.yaml; tokens/s from its own count of
+    non-padding input tokens (``include_num_input_tokens_seen: non_padding``) over its train_runtime."""
+    import subprocess
+
+    from slmtune.models.registry import resolve
+
+    cli = llamafactory_venv()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "data"
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {
+        "file_name": str(train), "formatting": "sharegpt", "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                 "system_tag": "system"}}}))
+    config = (ROOT / "benchmarks" / "llamafactory" / "lora_sft.yaml").read_text().format(
+        model=resolve(MODEL), dataset_dir=data_dir, output_dir=out / "adapter", steps=steps)
+    (out / "lora_sft.yaml").write_text(config)
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
+                        "VIRTUAL_ENV": str(LF_VENV), "PATH": f"{LF_VENV / 'bin'}:{os.environ['PATH']}"}
+    proc = subprocess.run([str(cli), "train", str(out / "lora_sft.yaml")], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"llamafactory-cli failed: {proc.stderr[-3000:]}")
+    state = json.loads((out / "adapter" / "trainer_state.json").read_text())
+    seconds = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
+    seen = state["num_input_tokens_seen"]
+    return {"tps": seen / seconds, "trained_tps": float("nan"), "padding": float("nan"), "seconds": seconds,
+            "child_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def run_slmtune(train: Path, steps: int, out: Path, overrides: dict) -> dict:
     import slmtune
 
@@ -107,8 +174,12 @@ def run_slmtune(train: Path, steps: int, out: Path, overrides: dict) -> dict:
 
 
 def child(kind: str, train: Path, steps: int, out: Path, overrides: dict) -> None:
-    res = run_trl(train, steps, out) if kind == "trl" else run_slmtune(train, steps, out, overrides)
-    res["train_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if kind == "lf":
+        res = run_llamafactory(train, steps, out)
+        res["train_peak_rss_mb"] = res.pop("child_peak_rss_mb")
+    else:
+        res = run_trl(train, steps, out) if kind == "trl" else run_slmtune(train, steps, out, overrides)
+        res["train_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     adapter = out / "adapter"
     from slmtune.evaluation.loss import evaluate_file
     from slmtune.inference.generate import ChatModel, Source
@@ -125,6 +196,7 @@ def main() -> None:
     ap.add_argument("--levers", action="store_true", help="also one row per lever, switched off one at a time")
     ap.add_argument("--only", help="run only these labels ('|'-separated), plus the baseline")
     ap.add_argument("--set", choices=["demo", "long"], help="run only this data set")
+    ap.add_argument("--no-llamafactory", action="store_true", help="leave out the LLaMA-Factory baseline")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -141,7 +213,12 @@ def main() -> None:
             long_data(work / "long.jsonl")}
     if args.set:
         sets = {k: v for k, v in sets.items() if k.startswith(args.set)}
-    runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {}), ("slmtune defaults", "slm", {})]
+    lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration (bf16, no gradient checkpointing, "
+                "length grouping)")
+    runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {})]
+    if not args.no_llamafactory:
+        runs.append((lf_label, "lf", {}))
+    runs.append(("slmtune defaults", "slm", {}))
     if args.levers:
         runs += [
             ("slmtune, fp32 base", "slm", {"model.precision": "fp32"}),
@@ -154,15 +231,15 @@ def main() -> None:
             ("slmtune + packing (data.packing)", "slm", {"data.packing": True}),
         ]
     if args.only:
-        runs = [r for r in runs if r[0] in args.only.split("|") or r[1] == "trl"]
+        runs = [r for r in runs if r[0] in args.only.split("|") or r[1] in ("trl", "lf")]
     flops_per_token = 4 * 134_515_008 + 4 * 30 * 128 * 576  # frozen base matmuls (head included) + attention
     print(f"bf16 matmul peak (1024x576x1536, {__import__('torch').get_num_threads()} threads): "
           f"{peak['bf16'] / 1e12:.2f} TFLOP/s; fp32 {peak['fp32'] / 1e12:.2f} TFLOP/s\n")
     for set_name, path in sets.items():
         print(f"### {set_name}, {args.steps} steps of 8 examples\n")
-        print("| run | tokens/s (all) | × baseline | trained tokens/s | padding | MFU | eval loss | peak RSS MB "
-              "(training) |\n|---|---|---|---|---|---|---|---|")
-        base = None
+        print("| run | tokens/s (all) | × TRL | × LLaMA-Factory | trained tokens/s | padding | MFU | eval loss | "
+              "peak RSS MB (training) |\n|---|---|---|---|---|---|---|---|---|")
+        base = lf = None
         for label, kind, ov in runs:
             out = work / f"{kind}-{abs(hash((set_name, label))) % 10**8}"
             env = os.environ | {k[4:]: v for k, v in ov.items() if k.startswith("env.")}
@@ -170,14 +247,17 @@ def main() -> None:
             r, proc = run_child([__file__, "--child", kind, "--data", str(path), "--out", str(out),
                                  "--steps", str(args.steps), "--overrides", json.dumps(ov)], env=env)
             if r is None:
-                print(f"| {label} | failed: {last_error(proc)[:100]} | | | | | | |")
+                print(f"| {label} | failed: {last_error(proc)[:100]} | | | | | | | |")
                 continue
             base = base or r
+            if kind == "lf":
+                lf = r
             mfu = flops_per_token * r["tps"] / peak["bf16"]
-            print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {r['trained_tps']:.0f} | "
-                  f"{100 * r['padding']:.0f}% | {100 * mfu:.0f}% | {r['eval_loss']:.3f} | "
-                  f"{r['train_peak_rss_mb']:.0f} |",
-                  flush=True)
+            # LLaMA-Factory reports its non-padding input tokens only, not the loss-carrying ones or the padding
+            trained = "— | —" if kind == "lf" else f"{r['trained_tps']:.0f} | {100 * r['padding']:.0f}%"
+            vs_lf = f"{r['tps'] / lf['tps']:.2f}" if lf else "—"
+            print(f"| {label} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f} | {vs_lf} | {trained} | "
+                  f"{100 * mfu:.0f}% | {r['eval_loss']:.3f} | {r['train_peak_rss_mb']:.0f} |", flush=True)
         print()
 
 
