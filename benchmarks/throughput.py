@@ -151,7 +151,8 @@ def run_llamafactory(train: Path, steps: int, out: Path) -> dict:
     if proc.returncode:
         raise RuntimeError(f"llamafactory-cli failed: {proc.stderr[-3000:]}")
     state = json.loads((out / "adapter" / "trainer_state.json").read_text())
-    seconds = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
+    # LLaMA-Factory's own callback puts a running time in every step's log too: the summary is the last entry
+    seconds = [h["train_runtime"] for h in state["log_history"] if "train_runtime" in h][-1]
     seen = state["num_input_tokens_seen"]
     return {"tps": seen / seconds, "trained_tps": float("nan"), "padding": float("nan"), "seconds": seconds,
             "child_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
