@@ -51,6 +51,11 @@ class ModelSection(_Section):
         "copy of every adapted layer's input: faster and much less memory (docs/benchmarks.md). LoRA-family and "
         "LyCORIS methods; not QLoRA.",
     )
+    attention: Literal["auto", "sdpa"] = Field(
+        "auto", description="'auto': on CPU, attention over batches of up to 256 tokens as two matmuls (its "
+        "backward is 4 more), longer ones and GPUs on PyTorch's SDPA kernels; 'sdpa': always SDPA "
+        "(docs/benchmarks.md).",
+    )
 
 
 class MixSource(_Section):

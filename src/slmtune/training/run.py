@@ -37,6 +37,7 @@ from slmtune.models.loading import (
 )
 from slmtune.models.registry import resolve
 from slmtune.training import distributed, grpo
+from slmtune.training.attention import use_train_attention
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.result import RunStatus, TrainResult
@@ -452,6 +453,8 @@ def setup_model(cfg: TrainConfig, method, model_dir: Path, total_steps: int, bus
     model = load_base_model(model_dir, cfg.model.precision,
                             quantize_bits=cfg.method.bits if method.quantized else None)
     model.config.use_cache = False
+    if cfg.model.attention == "auto" and next(model.parameters()).device.type == "cpu":
+        use_train_attention(model)
     ctx = BuildContext(linear_names=linear_names(model), total_steps=total_steps)
     set_seed(cfg.train.seed)  # before wrapping: adapter init must be the same on every run and rank
     try:
