@@ -229,6 +229,7 @@ def main() -> None:
             ("slmtune, glibc malloc tuned (MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB)", "slm",
              {"env.MALLOC_MMAP_THRESHOLD_": "33554432", "env.MALLOC_TRIM_THRESHOLD_": "1073741824"}),
             ("slmtune, no length grouping", "slm", {"train.group_by_length": False}),
+            ("slmtune, SDPA attention (model.attention: sdpa)", "slm", {"model.attention": "sdpa"}),
             ("slmtune + packing (data.packing)", "slm", {"data.packing": True}),
         ]
     if args.only:
