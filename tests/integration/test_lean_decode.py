@@ -70,6 +70,32 @@ def test_fp32_lean_step_gives_transformers_tokens_and_logprobs(base):
         plain.shutdown()
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_other_llama_style_architectures(arch):
+    """Qwen2 (q/k/v biases) and Mistral, random tiny ones on the tiny tokenizer: the lean step's tokens equal
+    transformers' forward in fp32."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = load_tokenizer(resolve("tiny-llama"))
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert unsupported(model) is None
+    engines = {}
+    for decode in ("auto", "transformers"):
+        copy = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        copy.load_state_dict(model.state_dict())
+        engines[decode] = BatchEngine(copy, tok, name=f"{arch}-{decode}", max_running=8, decode=decode)
+    try:
+        assert engines["auto"].lean is not None
+        assert _run(engines["auto"], tok) == _run(engines["transformers"], tok)
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+
+
 def test_per_row_lora_on_the_lean_step(tmp_path):
     """Mixed adapters and the base in one batch: the same tokens as transformers' forward with the same hooks."""
     server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "transformers")}

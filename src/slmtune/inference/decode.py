@@ -2,26 +2,25 @@
 
 A decode step is one query token per running row. Through transformers' modules it costs ~40 tensor operations and
 as many Python calls per layer (hooks, keyword plumbing, the mask and cache interfaces); at one to eight rows on a
-135M model that dispatch, not the matmuls, is most of the step. Here the same step is one flat loop over the layers:
-an RMS norm, **one** matmul for q/k/v (their weights fused into one tensor), rotary embedding on the joined q/k
-heads, the slot cache's write and grouped-query attention, the output projection, an RMS norm, **one** matmul for
-gate/up, SiLU × up, the down projection. Prefill (many queries per row) stays on transformers' forward.
+135M model that dispatch, not the matmuls, was most of the step. Here the same step is one flat loop over the
+layers: an RMS norm, **one** matmul for q/k/v (their weights fused into one tensor), rotary embedding on the joined
+q/k heads, the slot cache's write and grouped-query attention (keys and values kept in fp32 for a bf16 model: the
+one-query matmuls are 2-3x faster than in bf16), the output projection, an RMS norm, **one** matmul for gate/up,
+SiLU x up, the down projection. Prefill (many queries per row) stays on transformers' forward.
 
 The fused weights are not a copy: each model's own ``q_proj.weight`` / ``k_proj`` / ``v_proj`` (``gate_proj`` /
 ``up_proj``) becomes a view into the fused tensor, so prefill, decode and anything that changes the weights in
-place (the rollout engine's adapter merge) see one set of numbers and the memory does not grow. Phi-3 arrives fused.
+place (the rollout engine's adapter merge, followed by ``refresh``) see one set of numbers. Phi-3 arrives fused.
+bf16 projections multiply by a copy in oneDNN's packed layout (``_Projection``); per-row LoRA adapters
+(``lora_batch``) are added per projection group by one packed pair of matmuls (``_FusedLoRA``).
 
-Per-row LoRA adapters (``lora_batch``) are added to each projection's slice of the fused output, the same
-arithmetic as the hooks on the unfused modules.
-
-Weights in int8 (``weights="int8"``): each fused projection and the output head stored as int8 with one bf16 scale
-per output channel (symmetric, round to nearest), multiplied by ``torch._weight_int8pack_mm`` (oneDNN/ATen's CPU
-weight-only kernel: the activation stays bf16). A decode step reads every weight once, so halving the bytes read
-is what one chat needs on a memory-bound CPU; prefill keeps the bf16 weights. Not exact: the agreement with bf16
-greedy text is measured (docs/serving.md), so it is an opt-in (``slmtune serve --decode-weights int8``).
+int8 weights (``weights="int8"``, ``slmtune serve --decode int8``): each projection and the output head also as
+int8 with one bf16 scale per output channel, multiplied by ``torch._weight_int8pack_mm`` in steps of few rows. A
+decode step reads every weight once, so halving the bytes read is what one chat needs on a memory-bound CPU. Not
+exact: the agreement is measured (docs/serving.md), so it is an opt-in.
 
 Written by hand because neither transformers nor PEFT has a decode path without per-module dispatch, and
-``torch.compile`` of the whole step took minutes on two cores and recompiles as rows and lengths change.
+``torch.compile`` of one layer of this step measured no faster (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -44,13 +43,13 @@ def unsupported(model) -> str | None:
         return "unexpected module layout"
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        linears = [getattr(attn, n, None) for n in ("qkv_proj",)] if hasattr(attn, "qkv_proj") else [
-            getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
-        linears += [attn.o_proj, mlp.down_proj]
-        linears += [mlp.gate_up_proj] if hasattr(mlp, "gate_up_proj") else [mlp.gate_proj, mlp.up_proj]
-        if any(type(m) is not torch.nn.Linear for m in linears):  # quantized or wrapped layers
+        names = [(attn, "qkv_proj")] if hasattr(attn, "qkv_proj") else [(attn, "q_proj"), (attn, "k_proj"),
+                                                                          (attn, "v_proj")]
+        names += [(mlp, "gate_up_proj")] if hasattr(mlp, "gate_up_proj") else [(mlp, "gate_proj"), (mlp, "up_proj")]
+        names += [(attn, "o_proj"), (mlp, "down_proj")]
+        if any(type(getattr(owner, n, None)) is not torch.nn.Linear for owner, n in names):  # quantized, wrapped
             return "layers that are not plain linear layers"
-    if not isinstance(model.lm_head, torch.nn.Linear) or type(model.lm_head) is not torch.nn.Linear:
+    if type(getattr(model, "lm_head", None)) is not torch.nn.Linear:
         return "an output head that is not a plain linear layer"
     return None
 
