@@ -103,7 +103,7 @@ class BatchEngine:
         self.reserved = (virtual_prompt.shape[0] if virtual_prompt is not None else 0) + (
             prefix_kv[0][0].shape[1] if prefix_kv else 0)
         self.cache = SlotCache(config.num_hidden_layers, self.max_running, self.max_length, self.device,
-                               dtype=torch.float32 if self.lean is not None else None)
+                               dtype=torch.float32 if self.lean is not None and self.device.type == "cpu" else None)
         self.adapters = AdapterCache(self, adapter_capacity)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.rows: list[SequenceState] = []  # running, row i in slot i

@@ -114,7 +114,7 @@ class _Projection:
             scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
             self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
-        if w.dtype == torch.bfloat16 and packing_available():
+        if w.dtype == torch.bfloat16 and w.device.type == "cpu" and packing_available():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
