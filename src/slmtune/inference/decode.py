@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from slmtune.models.loading import fast_bf16
+
 ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 
 
@@ -129,8 +131,9 @@ class _Projection:
 
 
 def packing_available() -> bool:
-    """Whether this torch build has oneDNN's packed linear kernels (x86 CPU builds do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether oneDNN's packed bf16 linear kernels run here: the torch build has them (x86 builds do) and the CPU
+    does bf16 in oneDNN (``fast_bf16``: AVX512-BF16 or AMX; on AVX2 alone oneDNN refuses bf16)."""
+    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and fast_bf16()
 
 
 def int8_available() -> str | None:
