@@ -24,7 +24,6 @@ from pathlib import Path
 
 from child import emit, last_error
 from child import run as run_child
-from llama_server import CACHE  # the benchmarks' one cache folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -94,6 +93,7 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
 
 
 LF_VERSION = "0.9.5"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmtune-bench"
 LF_VENV = CACHE / f"llamafactory-{LF_VERSION}"
 # its requirements, less the vision/audio/web-UI ones a text SFT run never imports (torchvision and torchaudio from
 # PyPI would pull a CUDA build of torch over the CPU one); torch itself is installed first, pinned like ours

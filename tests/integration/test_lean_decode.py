@@ -136,10 +136,9 @@ def test_fused_projections_share_the_models_weights():
     lean = LeanDecoder(model)
     attn = model.model.layers[0].self_attn
     block = lean.blocks[0]
-    qkv_w, gu_w = block.proj["qkv"].weight, block.proj["gu"].weight
-    assert attn.q_proj.weight.data_ptr() == qkv_w.data_ptr()
-    assert attn.k_proj.weight.data_ptr() == qkv_w.data_ptr() + attn.q_proj.weight.numel() * 4
-    assert model.model.layers[0].mlp.up_proj.weight.untyped_storage().data_ptr() == gu_w.data_ptr()
+    assert attn.q_proj.weight.data_ptr() == block.qkv_w.data_ptr()
+    assert attn.k_proj.weight.data_ptr() == block.qkv_w.data_ptr() + attn.q_proj.weight.numel() * 4
+    assert model.model.layers[0].mlp.up_proj.weight.untyped_storage().data_ptr() == block.gu_w.data_ptr()
     assert sum(p.numel() for p in model.parameters()) == before
 
 

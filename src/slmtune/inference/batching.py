@@ -411,8 +411,8 @@ class BatchEngine:
 
     def _forward(self, rows: list[SequenceState], tokens: torch.Tensor, write_pos: torch.Tensor, slot0: int):
         self.cache.plan(slot0, write_pos)
-        self.adapters.lora.plan([s.adapter for s in rows], self.device)
         if self.lean is not None and tokens.shape[1] == 1 and not (tokens < 0).any():
+            self.adapters.lora.plan([s.adapter for s in rows], self.device)
             lo, hi = int(write_pos.min()), int(write_pos.max())
             everything = lo == hi and not (self.window and hi >= self.window)  # every row sees 0..its position
             out = self.lean.forward(tokens, write_pos, self.cache, None if everything else self._mask(write_pos),
@@ -430,6 +430,7 @@ class BatchEngine:
             kw["inputs_embeds"] = x
         else:
             kw["input_ids"] = tokens
+        self.adapters.lora.plan([s.adapter for s in rows], self.device)
         out = self.model(**kw)
         self.steps += 1
         return out.logits[:, -1].float()

@@ -170,34 +170,41 @@ class _FusedLoRA:
 
 
 class _Block:
-    """One decoder layer's tensors for the lean step: its norms, and its projections (``qkv``, ``gu``, ``o``,
-    ``down``) with the LoRA-adaptable modules each one covers (``parts``: module path, first column, width)."""
+    """One decoder layer's tensors for the lean step."""
 
-    GROUPS = {"qkv": ("self_attn", ["qkv_proj"], ["q_proj", "k_proj", "v_proj"]),
-              "gu": ("mlp", ["gate_up_proj"], ["gate_proj", "up_proj"]),
-              "o": ("self_attn", ["o_proj"], None), "down": ("mlp", ["down_proj"], None)}
-
-    def __init__(self, layer, index: int, mode: str):
+    def __init__(self, layer, index: int, heads: int, kv_heads: int, head_dim: int, mode: str):
+        attn, mlp = layer.self_attn, layer.mlp
         self.index = index
+        self.prefix = f"model.layers.{index}."
         self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
-        self.proj: dict[str, _Projection] = {}
-        self.parts: dict[str, tuple[tuple[str, int, int], ...]] = {}
-        for key, (owner, whole, split) in self.GROUPS.items():
+        fused = {"qkv": ("self_attn", ["qkv_proj"], ["q_proj", "k_proj", "v_proj"]),
+                 "gu": ("mlp", ["gate_up_proj"], ["gate_proj", "up_proj"])}
+        self.parts: dict[str, tuple[tuple[str, int, int], ...]] = {}  # LoRA-adaptable modules: path, columns
+        for key, (owner, whole, split) in fused.items():
             parent = getattr(layer, owner)
-            names = whole if hasattr(parent, whole[0]) else split  # Phi-3 arrives with q/k/v and gate/up fused
-            if len(names) == 1:
-                w, bias = getattr(parent, names[0]).weight, getattr(parent, names[0]).bias
+            names = whole if hasattr(parent, whole[0]) else split
+            if names is whole:  # Phi-3: already one module
+                w, bias = getattr(parent, whole[0]).weight, getattr(parent, whole[0]).bias
             else:
                 w, bias = _fuse(parent, names)
-            self.proj[key] = _Projection(w, bias, mode)
+            setattr(self, f"{key}_w", w)
+            setattr(self, f"{key}_b", bias)
             cols, start = [], 0
             for n in names:
                 width = getattr(parent, n).out_features
-                cols.append((f"model.layers.{index}.{owner}.{n}", start, width))
+                cols.append((f"{self.prefix}{owner}.{n}", start, width))
                 start += width
             self.parts[key] = tuple(cols)
-        self.inter = self.proj["gu"].weight.shape[0] // 2
+        self.o, self.down = attn.o_proj, mlp.down_proj
+        self.parts["o"] = ((f"{self.prefix}self_attn.o_proj", 0, self.o.out_features),)
+        self.parts["down"] = ((f"{self.prefix}mlp.down_proj", 0, self.down.out_features),)
+        self.splits = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        self.inter = self.gu_w.shape[0] // 2
+        self.scaling = getattr(attn, "scaling", head_dim ** -0.5)
+        self.proj = {"qkv": _Projection(self.qkv_w, self.qkv_b, mode), "gu": _Projection(self.gu_w, self.gu_b, mode),
+                     "o": _Projection(self.o.weight, self.o.bias, mode),
+                     "down": _Projection(self.down.weight, self.down.bias, mode)}
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -218,6 +225,7 @@ class LeanDecoder:
         if weights == "int8" and (why := int8_available()):
             raise ValueError(why)
         config = model.config
+        self.model = model
         inner = model.model
         self.embed = inner.embed_tokens.weight
         self.rotary = inner.rotary_emb
@@ -226,10 +234,10 @@ class LeanDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scaling = getattr(inner.layers[0].self_attn, "scaling", self.head_dim ** -0.5)
         mode = "int8" if weights == "int8" else "model"
         self.weights = weights
-        self.blocks = [_Block(layer, i, mode) for i, layer in enumerate(inner.layers)]
+        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode)
+                       for i, layer in enumerate(inner.layers)]
         self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
         self._fused: list[dict] = []
         self._fused_version = -1
@@ -243,8 +251,7 @@ class LeanDecoder:
 
     def _adapters(self, lora) -> tuple[list[dict], dict[int, torch.Tensor]]:
         """This step's fused adapters per block (rebuilt when the loaded set changed) and each rank's row mask
-        over all slots (``[rows, 1, slots × rank]``): the step's masks (``BatchedLoRA.plan``) cover the slots up to
-        the highest one in use, the fused ``A``s every slot, so the rest is zeros."""
+        over all slots (``[rows, 1, slots × rank]``)."""
         if self._fused_version != lora.version:
             self._fused = []
             for b in self.blocks:
@@ -252,10 +259,16 @@ class LeanDecoder:
                 for key, parts in b.parts.items():
                     layers = [(lora.layers[p], start, width) for p, start, width in parts
                               if p in lora.layers and lora.layers[p].rank]
-                    per[key] = _FusedLoRA(layers, sum(w for _, _, w in parts)) if layers else None
+                    width = sum(w for _, _, w in parts)
+                    per[key] = _FusedLoRA(layers, width) if layers else None
                 self._fused.append(per)
             self._fused_version = lora.version
-        masks = {r: F.pad(m, (0, lora.capacity * r - m.shape[-1])) for r, m in lora.masks.items()}
+        slots = lora.row_slots
+        dtype = self.embed.dtype
+        masks = {}
+        for r in {layer.rank for layer in lora.layers.values() if layer.rank}:
+            cols = torch.arange(lora.capacity * r, device=slots.device) // r
+            masks[r] = (cols[None, :] == slots[:, None]).to(dtype)[:, None, :]
         return self._fused, masks
 
     @staticmethod
@@ -277,7 +290,7 @@ class LeanDecoder:
         # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign goes into the table once per step
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None]
         partial = cos.shape[-1] != dim
-        qn, kn = heads * dim, kv_heads * dim  # q's columns of the fused q/k/v output, then k's, then v's
+        qn, kn, _ = self.blocks[0].splits if self.blocks else (0, 0, 0)
         groups = heads // kv_heads
         fused, masks = self._adapters(lora) if lora is not None and lora.masks is not None else (None, None)
         for b in self.blocks:
@@ -297,7 +310,7 @@ class LeanDecoder:
             keys, values = cache.layers[b.index].update(k, v)
             qg = qk[:, 0, :heads].reshape(rows, kv_heads, groups, dim).to(keys.dtype)
             scores = torch.matmul(qg, keys.transpose(-1, -2))
-            scores.mul_(self.scaling)
+            scores.mul_(b.scaling)
             if mask is not None:
                 scores = scores + mask[:, :, :, :keys.shape[-2]]
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)

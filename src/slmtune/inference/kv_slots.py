@@ -16,8 +16,6 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from slmtune.models.loading import use_attention
-
 
 class SlotLayer(CacheLayerMixin):
     """One decoder layer's keys and values: ``[slots, kv_heads, capacity, head_dim]``."""
@@ -146,5 +144,10 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
 
 
 def use_slot_attention(model) -> None:
-    """Switch a model that uses SDPA to :func:`slot_attention` (the scheduler passes its own 4D masks)."""
-    use_attention(model, ATTENTION, slot_attention)
+    """Switch a model that uses SDPA to :func:`slot_attention` (other implementations are left alone)."""
+    from transformers import AttentionInterface
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register(ATTENTION, slot_attention)
+    model.set_attn_implementation(ATTENTION)

@@ -97,6 +97,7 @@ class BatchedLoRA:
         self.layers: dict[str, _Layer] = {}
         self.slots: dict[str, int] = {}
         self.masks: dict[int, torch.Tensor] | None = None  # rank → [rows, 1, slots * rank], for this step
+        self.row_slots: torch.Tensor | None = None  # each row's slot this step (-1: the plain base)
         self.version = 0  # bumped whenever an adapter loads or unloads (the lean step rebuilds its fused copy)
 
     def __contains__(self, name: str) -> bool:
@@ -152,10 +153,10 @@ class BatchedLoRA:
     def plan(self, rows: list[str | None], device) -> None:
         """Before a forward: row i uses adapter ``rows[i]`` (None: the plain base)."""
         if not any(rows):
-            self.masks = None
+            self.masks = self.row_slots = None
             return
         slots = [self.slots[n] if n else -1 for n in rows]
-        slot = torch.tensor(slots, device=device)
+        slot = self.row_slots = torch.tensor(slots, device=device)
         width = max(slots) + 1
         dtype = next(iter(self.layers.values())).A.dtype
         self.masks = {}

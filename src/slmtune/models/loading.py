@@ -96,17 +96,3 @@ def linear_names(model) -> list[str]:
         if isinstance(module, torch.nn.Linear) and leaf not in ("lm_head", "score", "classifier"):
             names.add(leaf)
     return sorted(names)
-
-
-def use_attention(model, name: str, function, mask=None) -> None:
-    """Switch a model that uses SDPA to the attention ``function``, registered with transformers as ``name`` (with
-    ``mask``: the mask function transformers then builds its masks with); other implementations are left alone."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return
-    AttentionInterface.register(name, function)
-    if mask is not None:
-        ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask)
-    model.set_attn_implementation(name)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from slmtune.models.loading import use_attention
-
 NAME = "slmtune_train"
 EAGER_MAX_TOKENS = 256
 
@@ -47,7 +45,12 @@ def train_attention(module, query, key, value, attention_mask, scaling=None, dro
 
 
 def use_train_attention(model) -> None:
-    """Switch a model that uses SDPA to :func:`train_attention`, its masks built as SDPA's are."""
-    from transformers.masking_utils import sdpa_mask
+    """Switch a model that uses SDPA to :func:`train_attention` (other implementations are left alone)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    use_attention(model, NAME, train_attention, sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register(NAME, train_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    model.set_attn_implementation(NAME)
