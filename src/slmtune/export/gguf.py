@@ -4,15 +4,19 @@
 Written with the ``gguf`` package's writer (gguf-py, from llama.cpp), which llama.cpp's own ``convert_hf_to_gguf.py``
 uses; that script is not on PyPI, so the few things it does for Llama-architecture models are done here the same
 way: tensor names through ``gguf.get_tensor_name_map``, the q/k rotary permutation llama.cpp expects, the
-hyperparameters under ``llama.*``, and the byte-level BPE tokenizer (tokens, types, merges, special ids, chat
-template) under ``tokenizer.ggml.*``. Llama-architecture models only (SmolLM2, TinyLlama, Llama, Mistral-style
-configs with ``model_type: llama``); others are refused with the reason.
+hyperparameters under ``llama.*``, and the byte-level BPE tokenizer under ``tokenizer.ggml.*`` as the converter
+writes it (:func:`write_tokenizer`) — with the pre-tokenizer's name chosen by how llama.cpp would then tokenize
+(``models.gguf_tokenizer``), never a silent ``"default"``. Llama-architecture models with byte-level BPE tokenizers
+only (SmolLM2, Llama 3, Mistral-style configs with ``model_type: llama``); others are refused with the reason.
 
 Types: ``f16`` (matrices in float16, norms in float32 — llama.cpp's own f16 layout) and ``q8_0`` (matrices quantized
 by ``gguf.quants``; rows that are not a multiple of its block stay f16).
 
-The check: the file is loaded back with transformers' GGUF reader (``gguf_file=``) and greedy decoding from it is
-compared token for token with the PyTorch model on a few prompts; for f16 they must be identical.
+The checks: llama.cpp's tokenization rules for the chosen name (``gguf_tokenizer.LlamaCppBPE``) must give the
+model's own token ids on ``CHECK_TEXTS`` and the chat-templated check prompts; then the file is loaded back with
+transformers' GGUF reader (``gguf_file=``) and greedy decoding from it is compared token for token with the
+PyTorch model on those prompts; for f16 they must be identical. ``benchmarks/gguf_tokenizer.py`` repeats the
+tokenizer check and the greedy answers in a real ``llama-server``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,23 @@ from slmtune.artifacts import locate
 from slmtune.data.tools import CALL_CLOSE, CALL_OPEN, FALLBACK_PROMPT, RESULT_CLOSE, RESULT_OPEN
 from slmtune.export.merge import merge
 from slmtune.export.onnx import ExportError
+from slmtune.models.gguf_tokenizer import (
+    CHECK_TEXTS,
+    PRE_TOKENIZERS,
+    LlamaCppBPE,
+    Unidentified,
+    compare,
+    identify,
+    vocab_entries,
+)
 from slmtune.models.loading import load_tokenizer
 
 TYPES = ("f16", "q8_0")
 CHECK_PROMPTS = ["What is your favorite color?", "Write one sentence about the sea.", "2 + 2 ="]
-CONTROL, NORMAL, USER_DEFINED = 3, 1, 4  # llama.cpp token types
 
 
 def export_gguf(target: str | Path, out_file: str | Path, *, type: str = "f16", check: bool = True,
-                check_tokens: int = 12, log=lambda s: None) -> dict:
+                check_tokens: int = 12, pre_tokenizer: str | None = None, log=lambda s: None) -> dict:
     """Write ``out_file`` (and ``Modelfile`` beside it); returns what was written and the check's result."""
     import gguf
 
@@ -67,15 +79,17 @@ def export_gguf(target: str | Path, out_file: str | Path, *, type: str = "f16", 
         log(f"writing {out_file} ({type})")
         writer = gguf.GGUFWriter(str(out_file), "llama")
         _add_hparams(writer, config, type, gguf)
-        _add_tokenizer(writer, tokenizer, model_dir)
+        prompts = tuple(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                      tokenize=False) for p in CHECK_PROMPTS)
+        tok_report = write_tokenizer(writer, tokenizer, model_dir, pre_tokenizer, prompts)
         n = _add_tensors(writer, model, config, type, gguf)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        modelfile = write_modelfile(out_file, tokenizer)
+        modelfile = write_modelfile(out_file, tokenizer, model_dir)
         report = {"file": str(out_file), "type": type, "tensors": n, "bytes": out_file.stat().st_size,
-                  "modelfile": str(modelfile)}
+                  "modelfile": str(modelfile)} | tok_report
         if check:
             log("checking: reading the file back with transformers and comparing greedy tokens")
             report |= parity(out_file, model, tokenizer, check_tokens, type)
@@ -102,33 +116,51 @@ def _add_hparams(writer, config, type: str, gguf) -> None:
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
 
-def _add_tokenizer(writer, tokenizer, model_dir: Path) -> None:
-    """The byte-level BPE tokenizer as llama.cpp's "gpt2" tokenizer model (what SmolLM2's own GGUF holds)."""
+def write_tokenizer(writer, tokenizer, model_dir: Path, pre_tokenizer: str | None = None,
+                    texts: tuple[str, ...] = ()) -> dict:
+    """The byte-level BPE tokenizer as llama.cpp's "gpt2" tokenizer model, written as llama.cpp's converter writes
+    it: token texts and types (``gguf_tokenizer.vocab_entries``), the pre-tokenizer's name, and merges, special token
+    ids, add-BOS/EOS flags and chat template through gguf-py's ``SpecialVocab`` (the converter's own code for them).
+
+    The name is :func:`gguf_tokenizer.identify`'s (llama.cpp must cut and merge the check texts as the model's
+    tokenizer does), or ``pre_tokenizer`` as given — then checked the same way where its rules are known, and
+    written unchecked where not. Returns the name and how llama.cpp's tokenization compared on the check texts plus
+    ``texts``."""
+    import gguf
+
     spec = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-    model = spec["model"]
-    if model.get("type") != "BPE":
-        raise ExportError(f"tokenizer model {model.get('type')!r}: GGUF export supports byte-level BPE tokenizers")
+    if spec["model"].get("type") != "BPE" or spec["model"].get("byte_fallback"):
+        raise ExportError(f"{model_dir}: tokenizer model {spec['model'].get('type')!r}"
+                          f"{' with byte fallback (SentencePiece-style)' if spec['model'].get('byte_fallback') else ''}"
+                          ": GGUF export supports byte-level BPE tokenizers (SmolLM2, Llama 3, GPT-2 style)")
     vocab = tokenizer.get_vocab()
     size = max(len(vocab), max(vocab.values()) + 1)
-    special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-    added = {t["content"] for t in spec.get("added_tokens", [])}
-    tokens, types = [f"[PAD{i}]" for i in range(size)], [USER_DEFINED] * size
-    for text, idx in vocab.items():
-        tokens[idx] = text
-        types[idx] = CONTROL if text in special else (USER_DEFINED if text in added else NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    tokens, types = vocab_entries(tokenizer, size)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=size)
+    all_texts = CHECK_TEXTS + tuple(texts)
+    if pre_tokenizer is None:
+        try:
+            pre, _ = identify(tokenizer, tokens, types, special.merges, all_texts)
+        except Unidentified as e:
+            raise ExportError(f"{model_dir}: {e}. Name the pre-tokenizer yourself with --pre-tokenizer NAME (one of "
+                              "llama.cpp's tokenizer.ggml.pre names, e.g. from the base model's own GGUF file); it is "
+                              "then written unchecked") from None
+        name, mismatches = pre.name, []
+    else:
+        name, pre = pre_tokenizer, PRE_TOKENIZERS.get(pre_tokenizer)
+        mismatches = compare(tokenizer, LlamaCppBPE(tokens, types, special.merges, pre), all_texts) if pre else None
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(name)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for name, tok in (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("pad", tokenizer.pad_token),
-                      ("unk", tokenizer.unk_token)):
-        if tok is not None and tok in vocab:
-            getattr(writer, f"add_{name}_token_id")(vocab[tok])
-    writer.add_add_bos_token(False)
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+    writer.add_add_space_prefix(False)  # byte-level BPE never prefixes a space (llama.cpp's default, said outright)
+    special.add_to_gguf(writer, quiet=True)
+    if "bos" not in special.add_special_token:  # llama.cpp's default differs by pre-tokenizer: say what HF does
+        ids, bare = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+        writer.add_add_bos_token(len(ids) > len(bare) and ids[0] == tokenizer.bos_token_id)
+    return {"pre_tokenizer": name, "llama_cpp_texts": len(all_texts),
+            "llama_cpp_tokens_identical": None if mismatches is None else not mismatches,
+            "llama_cpp_mismatches": [str(m) for m in mismatches or []]}
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -166,33 +198,60 @@ def _add_tensors(writer, model, config, type: str, gguf) -> int:
     return n
 
 
-def write_modelfile(gguf_file: Path, tokenizer) -> Path:
-    """An Ollama Modelfile next to the GGUF file: FROM it, the chat template (ChatML for the SmolLM2 family, which
-    Ollama's Go templates express directly) and the stop tokens."""
-    stops = [t for t in ("<|im_end|>", "<|endoftext|>", tokenizer.eos_token) if t and t in tokenizer.get_vocab()]
-    stops = list(dict.fromkeys(stops))
-    chatml = "<|im_start|>" in tokenizer.get_vocab() and "<|im_end|>" in tokenizer.get_vocab()
+def write_modelfile(gguf_file: Path, tokenizer, model_dir: Path) -> Path:
+    """An Ollama Modelfile next to the GGUF file that follows the model's own chat template: FROM it, the template
+    (ChatML for the SmolLM2 family, which Ollama's Go templates express directly), the system prompt the template
+    inserts when a conversation has none (``SYSTEM``; SmolLM2's names the assistant), the stop tokens, and sampling
+    defaults only where the model sets them (``generation_config.json``: temperature, top_p, top_k,
+    repetition_penalty) — otherwise Ollama's own apply, as they would to the base model's GGUF."""
+    vocab = tokenizer.get_vocab()
+    stops = list(dict.fromkeys(t for t in ("<|im_end|>", "<|endoftext|>", tokenizer.eos_token) if t and t in vocab))
+    chatml = "<|im_start|>" in vocab and "<|im_end|>" in vocab
     lines = [f"FROM ./{gguf_file.name}", ""]
     if chatml:
         lines += ['TEMPLATE """' + chatml_tools_template() + '"""', ""]
+        if (system := template_system_default(tokenizer)) is not None:
+            lines += ['SYSTEM """' + system + '"""', ""]
     else:
         lines += ["# this model's chat template is not ChatML: add a TEMPLATE matching tokenizer_config.json's", ""]
     lines += [f'PARAMETER stop "{s}"' for s in stops]
-    lines += ["PARAMETER temperature 0.2", ""]
+    lines += [f"PARAMETER {name} {value}" for name, value in sampling_defaults(model_dir).items()]
     path = gguf_file.parent / "Modelfile"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def template_system_default(tokenizer) -> str | None:
+    """The system prompt a ChatML template puts before a conversation that has none, or None where it adds none."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    head = "<|im_start|>system\n"
+    if not text.startswith(head) or "<|im_end|>" not in text:
+        return None
+    return text[len(head):text.index("<|im_end|>")]
+
+
+OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+                   "repetition_penalty": "repeat_penalty"}
+
+
+def sampling_defaults(model_dir: Path) -> dict:
+    """Ollama ``PARAMETER``s for the sampling settings the model's ``generation_config.json`` sets."""
+    path = Path(model_dir) / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {ollama: config[hf] for hf, ollama in OLLAMA_SAMPLING.items() if config.get(hf) is not None}
 
 
 def chatml_tools_template() -> str:
     """ChatML as an Ollama Go template, with tools in the fallback's form (``data.tools``: definitions at the end
     of the system turn, calls as ``<tool_call>`` blocks, consecutive results merged in one user turn of
-    ``<tool_response>`` blocks), so Ollama's ``tools=`` asks in the form training taught. Ollama writes the JSON
+    ``<tool_response>`` blocks), so Ollama's ``tools=`` asks in the form training taught. The Modelfile's ``SYSTEM``
+    default stands in only when there are no tools: with tools, slmtune's own rendering opens the conversation with
+    a system turn of the definitions alone, so the model's template adds no default there either. Ollama writes the JSON
     inside (definitions, arguments) compactly and in its own key order; the prose and layout are the same."""
     head, tail = FALLBACK_PROMPT.split("{tools}")
     return (
         "{{- $system := \"\" }}{{- range .Messages }}{{- if eq .Role \"system\" }}{{ $system = .Content }}{{ end }}"
-        "{{- end }}{{- if not $system }}{{ $system = .System }}{{ end }}\n"
+        "{{- end }}{{- if and (not $system) (not .Tools) }}{{ $system = .System }}{{ end }}\n"
         "{{- if or $system .Tools }}<|im_start|>system\n"
         "{{- if $system }}\n{{ $system }}{{ if .Tools }}\n\n{{ end }}{{ else }}\n{{ end }}"
         "{{- if .Tools }}" + head + "{{ range $i, $t := .Tools }}{{ if $i }}\n{{ end }}{{ json $t }}{{ end }}"

