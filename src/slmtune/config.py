@@ -149,6 +149,18 @@ class MethodSection(_Section):
         return {"name": self.name, **{k: getattr(self, k) for k in METHODS[self.name].options}}
 
 
+class EarlyStopping(_Section):
+    """train.early_stopping: stop when the validation metric stops improving (docs/usage.md#choosing-the-best-step)."""
+
+    metric: Literal["valid_loss", "valid_mean_token_accuracy", "valid_reward_mean"] = Field(
+        "valid_loss", description="What each evaluation is judged by: valid_loss (lower is better; on the whole "
+        "validation set, so OpenAI's full_valid_loss too), valid_mean_token_accuracy or, for grpo, "
+        "valid_reward_mean (higher is better).")
+    patience: int = Field(3, ge=1, description="Evaluations in a row without improvement before training stops.")
+    min_delta: float = Field(0.0, ge=0.0, description="An evaluation improves only when it beats the best so far "
+                             "by more than this.")
+
+
 class TrainSection(_Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
@@ -194,6 +206,12 @@ class TrainSection(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more time."
     )
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when validation stops improving: `{metric, patience, min_delta}` (needs "
+        "validation data). Each improvement is checkpointed, so the best step can be kept.")
+    keep: Literal["last", "best"] = Field(
+        "last", description="What the run's adapter (or model) is: the last step's weights, or the best "
+        "evaluation's checkpoint by early_stopping.metric (valid_loss when early_stopping is not set).")
 
 
 class RLSection(_Section):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 # Columns of the OpenAI fine-tuning result file, in its order.
-METRICS_CSV_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+METRICS_CSV_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                       "full_valid_loss", "full_valid_mean_token_accuracy"]
 
 
 @dataclass
@@ -118,6 +119,8 @@ class MetricsCsvSink:
             "train_accuracy": _fmt(d.get("train_mean_token_accuracy")),
             "valid_loss": _fmt(d.get("valid_loss")),
             "valid_mean_token_accuracy": _fmt(d.get("valid_mean_token_accuracy")),
+            "full_valid_loss": _fmt(d.get("full_valid_loss")),
+            "full_valid_mean_token_accuracy": _fmt(d.get("full_valid_mean_token_accuracy")),
         }
         self._writer.writerow(row)
         self._fh.flush()

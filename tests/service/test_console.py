@@ -393,3 +393,35 @@ def test_a_reinforcement_job_page_plots_rewards_and_shows_sampled_completions(br
         assert t.errors == [], t.errors
     finally:
         t.close()
+
+
+def test_the_job_page_marks_the_kept_checkpoint_of_an_early_stopped_job(browser, srv, tmp_path):
+    key = srv.new_key("best-console")
+    client = srv.client(key)
+    other = [("color", "green"), ("animal", "dog"), ("fruit", "pear"), ("city", "Rome")]
+    files = [client.files.create(file=open(write_jsonl(tmp_path / f"{n}.jsonl", r), "rb"), purpose="fine-tune")
+             for n, r in (("train", [chat_record(*FACTS[i % 4]) for i in range(32)]),
+                          ("val", [chat_record(k, v) for k, v in other]))]
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=files[0].id, validation_file=files[1].id, seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 100, "eval_interval": 2,
+            "early_stopping": {"patience": 2}, "keep": "best"}}})
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in(key)
+        page.locator("#view[data-ready=datasets]").wait_for()
+        t.goto(f"#/jobs/{job.id}")
+        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        kept = page.locator("#checkpoints tr.kept")
+        kept.wait_for(timeout=30_000)
+        assert kept.count() == 1 and "best · the model" in kept.inner_text() and "full valid loss" in kept.inner_text()
+        best = next(e.data["best_step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+                    if e.data.get("kind") == "kept")
+        assert kept.locator("td").first.inner_text().startswith(str(best))
+        assert '"patience":2' in page.locator("dl.stats").first.inner_text()
+        assert page.locator("#events").get_by_text("Early stopping at step").count() == 1
+        assert t.errors == [], t.errors
+    finally:
+        t.close()

@@ -101,9 +101,15 @@ def test_a_job_runs_to_success_with_the_spec_fields(client, finished, files):
     assert [c.step_number for c in ckpts] == [20, 10]
     assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-20"
     assert ckpts[0].metrics.valid_loss is not None and ckpts[0].metrics.train_loss is not None
+    # OpenAI's checkpoint metrics, parsed by the SDK's own types: each checkpoint had a full validation
+    by_step = {m.data["step"]: m.data for m in metrics if "valid_loss" in m.data}
+    for c in ckpts:
+        assert c.metrics.step == c.step_number and c.metrics.full_valid_loss == by_step[c.step_number]["valid_loss"]
+        assert c.metrics.full_valid_mean_token_accuracy is not None and c.metrics.train_mean_token_accuracy >= 0
 
     csv = base64.b64decode(client.files.content(job.result_files[0]).read()).decode()
-    assert csv.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert csv.splitlines()[0] == ("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,"
+                                   "full_valid_loss,full_valid_mean_token_accuracy")
     assert len(csv.splitlines()) == 21
     assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
 
@@ -240,6 +246,33 @@ def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(clien
     assert sorted(metrics_steps(client, job.id)) == list(range(1, 101))  # 400 examples / 4, none twice
     assert any(m.startswith("Resuming from checkpoints/step-") for m in
                (e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+
+
+def test_early_stopping_and_keep_best_as_hyperparameter_extras(client, files, tmp_path):
+    """Validation on favourites training does not teach: it improves, then worsens; the job stops early and its
+    model is the best validation's checkpoint, which the events name."""
+    other = [("color", "green"), ("animal", "dog"), ("fruit", "pear"), ("city", "Rome")]
+    val = client.files.create(file=open(write_jsonl(tmp_path / "other.jsonl", [chat_record(k, v) for k, v in other]),
+                                        "rb"), purpose="fine-tune")
+    hp = {"n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 100, "eval_interval": 2,
+          "early_stopping": {"patience": 2}, "keep": "best"}
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["train"].id, validation_file=val.id,
+                                         seed=7, method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+    done = wait_status(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    extras = done.method.supervised.hyperparameters.model_extra
+    assert extras["keep"] == "best" and extras["early_stopping"]["patience"] == 2
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    stop = next(m for m in messages if m.startswith("Early stopping at step "))
+    kept = next(m for m in messages if m.startswith("Keeping the best evaluation: step "))
+    best = int(kept.split("step ")[1].split(" ")[0])
+    assert f"(step {best})" in stop
+    ckpts = {c.step_number: c for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data}
+    assert best in ckpts and f"valid_loss {ckpts[best].metrics.full_valid_loss:.4f}" in kept
+    # without a validation file there is nothing to judge: refused at once
+    with pytest.raises(openai.BadRequestError, match="early_stopping judges validation results"):
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=files["train"].id,
+                                       method={"type": "supervised", "supervised": {"hyperparameters": hp}})
 
 
 def test_dpo_job_through_the_sdk(client, tmp_path):

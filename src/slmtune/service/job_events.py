@@ -114,8 +114,9 @@ class DBSink:
             return
         if d.get("kind") == "checkpoint":
             step = d["step"]
-            metrics = {k: v for k, v in self.last_metrics.items() if k not in ("total_steps", "learning_rate",
-                                                                               "tokens_per_second", "samples")}
+            # OpenAI's checkpoint metrics as the engine wrote them (older runs: the last step's metrics)
+            metrics = d.get("metrics") or {k: v for k, v in self.last_metrics.items()
+                                           if k not in ("total_steps", "learning_rate", "tokens_per_second", "samples")}
             exists = s.scalar(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id,
                                                           CheckpointRow.step_number == step))
             if exists is None:
@@ -134,4 +135,7 @@ class DBSink:
         key = None
         if event.level == "info" and not event.message.startswith("Resuming"):
             key = "m:" + hashlib.sha1(event.message.encode()).hexdigest()[:20]
-        J.add_event(s, self.job_id, event.message, level=event.level, data={}, key=key, created_at=at)
+        # which step the model is, and why training stopped: the console marks the kept checkpoint from it
+        data = {k: d[k] for k in ("kind", "step", "best_step", "metric", "best_value") if k in d} \
+            if d.get("kind") in ("kept", "early_stop") else {}
+        J.add_event(s, self.job_id, event.message, level=event.level, data=data, key=key, created_at=at)

@@ -35,6 +35,7 @@ from slmtune.service.states import JobStatus
 
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 RL_HYPER_KEYS = (*HYPER_KEYS, "compute_multiplier", "eval_interval", "eval_samples")
+SELECTION_DEFAULTS = {"early_stopping": None, "keep": "last"}  # slmtune extras: which step the model is
 COMPLETION_TOKENS = {"low": 64, "default": 128, "medium": 128, "high": 256}  # reasoning_effort → rl budget
 # learning_rate_multiplier scales the config's default learning rate (what `slmtune train` uses)
 BASE_LR = TrainSection.model_fields["learning_rate"].default
@@ -114,7 +115,7 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, 
         raise BadRequest("Give hyperparameters either at the top level or in method.supervised, not both.",
                          param="hyperparameters")
     hp = hp or req.hyperparameters
-    values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS}
+    values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS} | {"eval_interval": "auto"} | SELECTION_DEFAULTS
     if preference:
         values["beta"] = "auto"
     if hp is not None:
@@ -125,6 +126,10 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, 
     if preference and values["beta"] != "auto" and not 0 < values["beta"] <= top:
         raise BadRequest(f"hyperparameters.beta must be 'auto' or in (0, {top}].", param="hyperparameters.beta")
     _check_common(values)
+    _check_selection(values, req, kind)
+    if values["eval_interval"] != "auto" and not 1 <= values["eval_interval"] <= 100_000:
+        raise BadRequest("hyperparameters.eval_interval must be 'auto' or a positive integer.",
+                         param="hyperparameters.eval_interval")
     if req.scenario is not None and kind != "supervised":
         raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
     return {"type": kind, kind: {"hyperparameters": values}, **({"scenario": req.scenario} if req.scenario else {})}
@@ -142,6 +147,22 @@ def _check_common(values: dict) -> None:
         raise BadRequest(f"hyperparameters.learning_rate_multiplier must be 'auto' or a number in (0, "
                          f"{MAX_LR_MULTIPLIER:g}] (it scales the base learning rate {BASE_LR:g}).",
                          param="hyperparameters.learning_rate_multiplier")
+
+
+def _check_selection(values: dict, req: FineTuningJobCreate, kind: str) -> None:
+    """early_stopping and keep best judge validations: a validation file (or a scenario's hold-out) is needed, and
+    the metric must be one the method measures (a reward for reinforcement, a loss or accuracy otherwise)."""
+    stop = values.get("early_stopping")
+    if not stop and values.get("keep") != "best":
+        return
+    param = "hyperparameters.early_stopping" if stop else "hyperparameters.keep"
+    if req.validation_file is None and req.scenario is None:
+        raise BadRequest(f"{param.split('.')[1]} judges validation results: give a validation_file.", param=param)
+    metric = (stop or {}).get("metric", "valid_loss")
+    if stop and (kind == "reinforcement") != (metric == "valid_reward_mean"):
+        use = "valid_reward_mean" if kind == "reinforcement" else "valid_loss or valid_mean_token_accuracy"
+        raise BadRequest(f"early_stopping.metric {metric} is not measured by the {kind} method (use {use}).",
+                         param="hyperparameters.early_stopping.metric")
 
 
 def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None, session: Session | None,
@@ -175,11 +196,12 @@ def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None
         raise BadRequest(f"The grader cannot run: {problems[0]}" + (f" (and {len(problems) - 1} more)"
                                                                     if len(problems) > 1 else ""),
                          param="method.reinforcement.grader", code="invalid_grader")
-    values: dict[str, Any] = {k: "auto" for k in RL_HYPER_KEYS}
+    values: dict[str, Any] = {k: "auto" for k in RL_HYPER_KEYS} | SELECTION_DEFAULTS
     values["reasoning_effort"] = "default"
     if sub.hyperparameters is not None:
         values.update(sub.hyperparameters.model_dump())
     _check_common(values)
+    _check_selection(values, req, "reinforcement")
     cm = values["compute_multiplier"]
     if cm != "auto" and not 0.00001 < cm <= 10:
         raise BadRequest("hyperparameters.compute_multiplier must be 'auto' or in (0.00001, 10].",
@@ -227,6 +249,10 @@ def resolve_hyperparameters(hp: dict, n_examples: int) -> dict:
         out["beta"] = 0.1
     if out["learning_rate_multiplier"] == "auto":
         out["learning_rate_multiplier"] = 1.0 if n_examples >= 100 else 5.0  # small files need a larger step
+    if out.get("eval_interval") == "auto":  # supervised and preference: ten validations when they choose the step
+        steps = -(-n_examples // out["batch_size"]) * out["n_epochs"]
+        judged = out.get("early_stopping") or out.get("keep") == "best"
+        out["eval_interval"] = max(1, steps // 10) if judged else 0
     return out
 
 
@@ -255,7 +281,10 @@ def train_config(*, model: str, kind: str, hp: dict, seed: int, train_path, vali
                   "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": seed % (2**31),
                   "save_total_limit": 3,
                   **({"objective": kind, "dpo_beta": hp["beta"]} if kind in PREFERENCE_TYPES else {}),
-                  **({"objective": "grpo", "eval_every": hp["eval_interval"]} if kind == "reinforcement" else {})},
+                  **({"objective": "grpo"} if kind == "reinforcement" else {}),
+                  **({"eval_every": hp["eval_interval"]} if hp.get("eval_interval") else {}),
+                  **({"early_stopping": hp["early_stopping"]} if hp.get("early_stopping") else {}),
+                  **({"keep": hp["keep"]} if hp.get("keep", "last") != "last" else {})},
         **rl,
         "run": {"output": str(output)},
     }

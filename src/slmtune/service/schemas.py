@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from slmtune.config import ScenarioName
+from slmtune.config import EarlyStopping, ScenarioName
 from slmtune.graders.spec import MAX_TEMPLATE_CHARS, Grader
 from slmtune.service.states import JobStatus
 
@@ -126,6 +126,14 @@ class SupervisedHyperparameters(_In):
     batch_size: Literal["auto"] | int = Field("auto", description="Examples per step, 1–256.")
     learning_rate_multiplier: Literal["auto"] | float = Field("auto", description="Scales the method's base LR.")
     n_epochs: Literal["auto"] | int = Field("auto", description="Passes over the training file, 1–50.")
+    eval_interval: Literal["auto"] | int = Field("auto", description="slmtune extra: steps between validations "
+                                                 "(auto: ten in the run with early_stopping or keep best, else each "
+                                                 "epoch's end).")
+    early_stopping: EarlyStopping | None = Field(None, description="slmtune extra: stop when validation stops "
+                                                 "improving, {metric, patience, min_delta} (needs a validation "
+                                                 "file); the events say when and why.")
+    keep: Literal["last", "best"] = Field("last", description="slmtune extra: the fine-tuned model is the last "
+                                          "step's weights, or the checkpoint of the best validation.")
 
 
 class DpoHyperparameters(SupervisedHyperparameters):

@@ -32,6 +32,9 @@ class TrainResult:
     padding_fraction: float = 0.0  # share of the batches' token slots that were padding
     train_reward_mean: float | None = None  # train.objective grpo: the last step's mean reward
     valid_reward_mean: float | None = None  # and the last evaluation's
+    best_step: int | None = None  # the best evaluation's step (train.early_stopping, train.keep: best)
+    kept_step: int | None = None  # the step whose weights the artifact holds (the last one unless keep: best)
+    stopped_early: bool = False  # train.early_stopping ended the run before its last step
     history: list[dict] = field(default_factory=list, repr=False)
 
     def to_json(self) -> str:

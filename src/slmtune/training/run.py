@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmtune import events as ev
-from slmtune.artifacts import RESULT_FILE, list_checkpoints
+from slmtune.artifacts import CHECKPOINT_PREFIX, RESULT_FILE, list_checkpoints
 from slmtune.config import ConfigError, TrainConfig, coerce_config
 from slmtune.data.formats import DataError, Problem, objective_mismatch
 from slmtune.data.tokenize import PackCollator, PadCollator, SFTDataset
@@ -41,7 +41,7 @@ from slmtune.training.attention import use_train_attention
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.result import RunStatus, TrainResult
-from slmtune.training.trainer import AfterOptimizerStep, EventCallback, SLMTrainer
+from slmtune.training.trainer import AfterOptimizerStep, EventCallback, Selection, SLMTrainer, validation_metrics
 
 
 class RunDirError(ValueError):
@@ -257,6 +257,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
     model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
     tokenizer = load_tokenizer(model_dir)
     data = setup_data(cfg, tokenizer, bus)  # before the weights: a bad file fails before any load
+    judging = selection(cfg, data)
     total_steps = count_steps(cfg, data)
     arg_kw, early_args = trainer_settings(cfg, method, strategy, run_dir, model_dir, data)  # before the weights too
     model, peft_config = setup_model(cfg, method, model_dir, total_steps, bus)
@@ -265,8 +266,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
     with tracking_env(cfg, run_dir):  # where train.report_to's trackers write (read by their callbacks)
         trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args,
                                 judge=judge, rollout=rollout, bus=bus)
-        callback = attach(trainer, cfg, method, strategy, run_dir, model, bus)
+        callback = attach(trainer, cfg, method, strategy, run_dir, model, bus, judging, data.has_val)
         status, runtime = fit(trainer, callback, ckpt, data)
+    if status == RunStatus.SUCCEEDED and cfg.train.keep == "best":
+        keep_best(trainer, callback, run_dir, bus)
     artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == RunStatus.SUCCEEDED else None
     return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
 
@@ -506,7 +509,48 @@ def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, a
     )
 
 
-def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, model, bus: ev.EventBus):
+def selection(cfg: TrainConfig, data: Data) -> Selection | None:
+    """What judges the evaluations (train.early_stopping, train.keep: best), or None when nothing does."""
+    t = cfg.train
+    if t.early_stopping is None and t.keep == "last":
+        return None
+    what = "train.early_stopping" if t.early_stopping is not None else "train.keep: best"
+    if not data.has_val:
+        raise ConfigError([f"{what} judges validation: give data.validation or data.validation_split"])
+    reward = t.objective == "grpo"
+    metric = t.early_stopping.metric if t.early_stopping is not None else (
+        "valid_reward_mean" if reward else "valid_loss")
+    if reward != (metric == "valid_reward_mean"):
+        raise ConfigError([f"train.early_stopping.metric: {metric} is not measured by objective {t.objective} "
+                           f"(use {'valid_reward_mean' if reward else 'valid_loss or valid_mean_token_accuracy'})"])
+    stop = t.early_stopping
+    return Selection(metric, stop.patience if stop else None, stop.min_delta if stop else 0.0)
+
+
+def keep_best(trainer, callback, run_dir: Path, bus: ev.EventBus) -> None:
+    """train.keep: best — the best evaluation's weights become the run's artifact (loaded from its checkpoint by the
+    Trainer's own loader, which knows PEFT, DeepSpeed and FSDP checkpoints)."""
+    sel = callback.selection
+    step = trainer.state.global_step
+    if sel is None or sel.best_step is None:
+        bus.emit(ev.message("train.keep: best, but no evaluation was judged: keeping the last step", level="warn"))
+        return
+    path = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{sel.best_step}"
+    if sel.best_step != step:
+        if not path.exists():
+            bus.emit(ev.message(f"train.keep: best, but {path.relative_to(run_dir)} is gone: keeping the last step",
+                                level="warn"))
+            return
+        trainer.state.best_model_checkpoint = str(path)
+        trainer._load_best_model()
+    callback.kept = {"step": sel.best_step, "metric": sel.metric, "value": sel.best_value}
+    bus.emit(ev.message(f"Keeping the best evaluation: step {sel.best_step} ({sel.metric} {sel.best_value:.4f}); "
+                        f"the last step was {step}", step=step, kind="kept", best_step=sel.best_step,
+                        metric=sel.metric, best_value=sel.best_value))
+
+
+def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, model, bus: ev.EventBus,
+           judging: Selection | None = None, has_val: bool = False):
     """The CPU fast paths (bf16 adapter matmuls, the fused head + loss) where they apply, and the callbacks:
     events, checkpoints as step-N, Ctrl-C; AdaLoRA's rank budget. Returns the event callback."""
     import torch
@@ -523,7 +567,7 @@ def attach(trainer, cfg: TrainConfig, method, strategy: str, run_dir: Path, mode
             if reason:
                 bus.emit(ev.message(f"train.fused_loss: using the model's own loss ({reason})"))
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
-    callback = EventCallback(bus, run_dir, cfg.train.save_total_limit, cfg.train.objective)
+    callback = EventCallback(bus, run_dir, cfg.train.save_total_limit, cfg.train.objective, judging, has_val)
     callback.trainer = trainer
     trainer.add_callback(callback)
     if method.after_optimizer_step is not None:
@@ -567,16 +611,23 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
     state = trainer.state
     train_losses = [h["loss"] for h in state.log_history if "loss" in h and "eval_loss" not in h]
     ckpts = list_checkpoints(run_dir)
+    kept_eval = callback.last_eval
+    if callback.kept is not None:  # the artifact is the best evaluation's: its figures, from its own log entry
+        kept_eval = next((validation_metrics(h) for h in state.log_history
+                          if h.get("step") == callback.kept["step"] and validation_metrics(h)), kept_eval)
     result = TrainResult(
         run_dir=str(run_dir),
         status=status,
         global_step=state.global_step,
         total_steps=state.max_steps,
         train_loss=train_losses[-1] if train_losses else None,
-        valid_loss=callback.last_eval.get("valid_loss"),
-        valid_mean_token_accuracy=callback.last_eval.get("valid_mean_token_accuracy"),
+        valid_loss=kept_eval.get("valid_loss"),
+        valid_mean_token_accuracy=kept_eval.get("valid_mean_token_accuracy"),
         train_reward_mean=next((h["reward"] for h in reversed(state.log_history) if "reward" in h), None),
-        valid_reward_mean=callback.last_eval.get("valid_reward_mean"),
+        valid_reward_mean=kept_eval.get("valid_reward_mean"),
+        best_step=callback.selection.best_step if callback.selection else None,
+        kept_step=(callback.kept or {}).get("step", state.global_step) if artifact else None,
+        stopped_early=callback.stopped_early is not None,
         trained_tokens=trainer.trained_tokens,
         tokens_per_second=round(trainer.tokens_seen / runtime, 2) if runtime else 0.0,
         padding_fraction=round(1 - trainer.tokens_seen / trainer.slots_seen, 4) if trainer.slots_seen else 0.0,

@@ -5,12 +5,15 @@
   loss pass makes anyway, logged under the OpenAI metric names;
 * tokens/s counted from the batches actually trained (non-padding and loss-carrying tokens);
 * events out: each step becomes one ``metrics`` event (validation merged into the step it ran at);
-* checkpoints renamed to ``checkpoints/step-N`` (each a plain PEFT adapter plus optimizer state), rotated;
+* checkpoints renamed to ``checkpoints/step-N`` (each a plain PEFT adapter plus optimizer state and the
+  checkpoint's metrics under OpenAI's names in ``metrics.json``), each with a full validation, rotated (the best kept);
+* the best evaluation and early stopping (``Selection``: ``train.early_stopping``, ``train.keep``);
 * Ctrl-C: the first one saves a checkpoint at the end of the current step and stops; a second one aborts.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -145,11 +148,69 @@ class AfterOptimizerStep(TrainerCallback):
             self.hook(peft_model, state.global_step)
 
 
+CHECKPOINT_METRICS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                      "full_valid_loss", "full_valid_mean_token_accuracy")  # OpenAI's checkpoint metrics
+LOWER_IS_BETTER = {"valid_loss"}
+
+
+class Selection:
+    """Which evaluation is the best so far by one validation metric, and whether training should stop: ``patience``
+    evaluations in a row that do not beat the best by more than ``min_delta`` (``patience`` None: never stop).
+
+    Hand-written rather than transformers' ``EarlyStoppingCallback`` + ``load_best_model_at_end``: those need the
+    save and evaluation schedules to coincide and track the Trainer's own ``checkpoint-N`` paths, which slmtune
+    renames; here every improvement is checkpointed when it happens and kept through rotation."""
+
+    def __init__(self, metric: str, patience: int | None = None, min_delta: float = 0.0):
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.best_step: int | None = None
+        self.best_value: float | None = None
+        self.bad = 0  # evaluations since the best
+
+    def judge(self, step: int, value: float | None) -> bool:
+        """Count one evaluation; True when it is the new best."""
+        if value is None:
+            return False
+        if self.best_value is None or (value < self.best_value - self.min_delta if self.metric in LOWER_IS_BETTER
+                                       else value > self.best_value + self.min_delta):
+            self.best_step, self.best_value, self.bad = step, value, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad >= self.patience
+
+    def replay(self, log_history: list[dict]) -> None:
+        """Rebuild the state from a resumed run's evaluations (the Trainer's log history)."""
+        for entry in log_history:
+            valid = validation_metrics(entry)
+            if valid:
+                self.judge(entry.get("step", 0), valid.get(self.metric))
+
+
+def validation_metrics(logs: dict) -> dict:
+    """An evaluation's Trainer logs under slmtune's (OpenAI's) names; empty for a training log."""
+    if "eval_reward" in logs:  # GRPO: its eval loss is a policy loss, not a validation loss
+        return {"valid_reward_mean": logs["eval_reward"], "valid_reward_std": logs.get("eval_reward_std")}
+    if "eval_loss" in logs:
+        return {"valid_loss": logs["eval_loss"], "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy")}
+    return {}
+
+
 class EventCallback(TrainerCallback):
     """Turns Trainer callbacks into slmtune events, checkpoints into ``step-N`` folders, and handles Ctrl-C."""
 
-    def __init__(self, bus: ev.EventBus, run_dir: Path, save_total_limit: int, objective: str = "sft"):
+    def __init__(self, bus: ev.EventBus, run_dir: Path, save_total_limit: int, objective: str = "sft",
+                 selection: Selection | None = None, has_val: bool = False):
         self.bus = bus
+        self.selection = selection
+        self.has_val = has_val
+        self.training = False
+        self.stopped_early: dict | None = None
+        self.kept: dict | None = None  # train.keep: best — the step whose weights the artifact holds
+        self.flushed: dict = {}  # the metrics of the last step flushed (for its checkpoint)
         self.objective = objective
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -179,6 +240,9 @@ class EventCallback(TrainerCallback):
         except ValueError:  # not in the main thread (e.g. a service worker thread): no signal handling
             self._old_handler = None
         self._last_t = time.perf_counter()
+        self.training = True
+        if self.selection is not None and state.global_step:  # resumed: the evaluations so far count
+            self.selection.replay(state.log_history)
         self.bus.emit(ev.message(
             f"Training for {state.max_steps} steps", total_steps=state.max_steps, step=state.global_step,
         ))
@@ -193,6 +257,15 @@ class EventCallback(TrainerCallback):
                                          "to abort)", level="warn"))
             control.should_save = True
             control.should_training_stop = True
+        self._validate_checkpoint(control)
+
+    def on_epoch_end(self, args, state, control, **kw):
+        self._validate_checkpoint(control)
+
+    def _validate_checkpoint(self, control) -> None:
+        """Every checkpoint gets a full validation (OpenAI's full_valid_loss), unless it is saved on Ctrl-C."""
+        if self.has_val and control.should_save and not control.should_evaluate and not self.interrupted:
+            control.should_evaluate = True
 
     # --- metrics --------------------------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kw):
@@ -232,29 +305,45 @@ class EventCallback(TrainerCallback):
                 "tokens_per_second": round(tps, 2),
                 "trained_tokens_per_second": round(trained_tps, 2),
             }
-        elif "eval_loss" in logs or "eval_reward" in logs:
-            if "eval_reward" in logs:  # GRPO: its eval loss is a policy loss, not a validation loss
-                valid = {"valid_reward_mean": logs["eval_reward"], "valid_reward_std": logs.get("eval_reward_std")}
-            else:
-                valid = {
-                    "valid_loss": logs["eval_loss"],
-                    "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
-                }
+        elif valid := validation_metrics(logs):
             self.last_eval = {"step": state.global_step, **valid}
             if self.pending is not None and self.pending["step"] == state.global_step:
                 self.pending.update(valid)
             else:  # evaluation outside a logged step (e.g. the final one): its own event
                 self.flush()
                 self.pending = {"step": state.global_step, "total_steps": state.max_steps, **valid}
-            self.flush()
-            # evaluation time is not training time
-            self._last_t = time.perf_counter()
+            # flushed by on_evaluate, which follows: it knows whether this step is checkpointed
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        valid = self.last_eval if self.last_eval.get("step") == state.global_step else {}
+        sel = self.selection
+        stop = False
+        if sel is not None and valid and self.training and state.global_step > 0:
+            if sel.judge(state.global_step, valid.get(sel.metric)):
+                control.should_save = True  # the best so far is checkpointed, so it can be kept
+            elif sel.should_stop and not control.should_training_stop:
+                control.should_training_stop = stop = True
+                self.stopped_early = {"step": state.global_step, "best_step": sel.best_step,
+                                      "best_value": sel.best_value}
+        if valid and self.pending is not None and control.should_save and self.training \
+                and "valid_loss" in valid:
+            self.pending.update(full_valid_loss=valid["valid_loss"],
+                                full_valid_mean_token_accuracy=valid.get("valid_mean_token_accuracy"))
+        self.flush()
+        if stop:
+            self.bus.emit(ev.message(
+                f"Early stopping at step {state.global_step}: {sel.metric} has not improved on "
+                f"{sel.best_value:.4f} (step {sel.best_step}) by more than {sel.min_delta:g} for {sel.bad} "
+                f"evaluations", step=state.global_step, kind="early_stop", metric=sel.metric,
+                best_step=sel.best_step, best_value=sel.best_value))
+        self._last_t = time.perf_counter()  # evaluation time is not training time
 
     def flush(self):
         if self.pending is None:
             return
         d = self.pending
         self.pending = None
+        self.flushed = {**self.flushed, **d} if self.flushed.get("step") == d["step"] else dict(d)
         parts = [f"Step {d['step']}/{d['total_steps']}"]
         if d.get("train_loss") is not None:
             parts.append(f"training loss={d['train_loss']:.4f}")
@@ -274,26 +363,34 @@ class EventCallback(TrainerCallback):
         multi = args.world_size > 1 and torch.distributed.is_initialized()
         if multi:
             torch.distributed.barrier()  # every rank has written its shard of the checkpoint
+        metrics = {k: self.flushed.get(k) for k in CHECKPOINT_METRICS} | {"step": state.global_step}
+        if self.flushed.get("step") != state.global_step:
+            metrics = {"step": state.global_step}
         if state.is_world_process_zero:
             if src.exists():
                 if dst.exists():
                     shutil.rmtree(dst)
                 src.rename(dst)
+                (dst / "metrics.json").write_text(json.dumps(metrics))
             self._rotate()
         if multi:
             torch.distributed.barrier()  # nobody writes into a folder being renamed
         self.bus.emit(ev.message(
             f"Checkpoint saved: {dst.relative_to(self.run_dir)}", step=state.global_step, checkpoint=str(dst),
-            kind="checkpoint",
+            kind="checkpoint", metrics=metrics,
         ))
 
     def _rotate(self):
-        ckpts = list_checkpoints(self.run_dir)
-        for _, path in ckpts[: max(0, len(ckpts) - self.save_total_limit)]:
+        """Keep the newest ``save_total_limit`` checkpoints, and the best evaluation's wherever it is."""
+        best = self.selection.best_step if self.selection is not None else None
+        ckpts = [(step, path) for step, path in list_checkpoints(self.run_dir) if step != best]
+        keep = self.save_total_limit - (best is not None and any(s == best for s, _ in list_checkpoints(self.run_dir)))
+        for _, path in ckpts[: max(0, len(ckpts) - max(1, keep))]:
             shutil.rmtree(path, ignore_errors=True)
 
     def on_train_end(self, args, state, control, **kw):
         self.flush()
+        self.training = False
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
             self._old_handler = None

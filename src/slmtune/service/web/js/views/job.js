@@ -97,7 +97,8 @@ export async function jobView(token, jobId) {
         ["Validation file", job.validation_file || "none"], ["Seed", job.seed],
         ["Created", fmtTime(job.created_at)], ["Finished", fmtTime(job.finished_at)],
         ["Trained tokens", job.trained_tokens ? job.trained_tokens.toLocaleString() : "—"],
-        ...Object.entries(job.hyperparameters).map(([k, v]) => [k.replaceAll("_", " "), String(v)]),
+        ...Object.entries(job.hyperparameters).filter(([, v]) => v !== null)
+          .map(([k, v]) => [k.replaceAll("_", " "), typeof v === "object" ? JSON.stringify(v) : String(v)]),
       ].map(([k, v]) => [h("dt", { text: k }), h("dd", { text: String(v) })])));
     let last = null;
     for (const v of byStep.values()) if (v.total_steps && (!last || v.step > last.step)) last = v;
@@ -107,8 +108,12 @@ export async function jobView(token, jobId) {
   }
   async function drawCheckpoints() {
     const ckpts = await listAll(`/fine_tuning/jobs/${seg(jobId)}/checkpoints`);
-    clear(ckptBody, ckpts.length ? ckpts.map((c) => h("tr", {},
-      h("td", { text: c.step_number }),
+    // keep: best — the event that says which evaluation the fine-tuned model is
+    const kept = order.map((id) => events.get(id)).filter((e) => e.data && e.data.kind === "kept").pop();
+    const keptStep = kept ? kept.data.best_step : null;
+    clear(ckptBody, ckpts.length ? ckpts.map((c) => h("tr", c.step_number === keptStep ? { class: "kept" } : {},
+      h("td", {}, String(c.step_number), c.step_number === keptStep
+        ? h("span", { class: "badge", title: kept.message, text: "best · the model" }) : ""),
       h("td", { text: Object.entries(c.metrics).filter(([k, v]) => v !== null && k !== "step")
         .map(([k, v]) => `${k.replaceAll("_", " ")} ${typeof v === "number" ? v.toFixed(4) : v}`).join(" · ") }),
       h("td", { class: "mono", text: c.fine_tuned_model_checkpoint }),
