@@ -52,7 +52,8 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(stopped):
            f"{r.global_step}" in messages
     # the adapter is the best step's checkpoint, and its figures are that checkpoint's
     best = run / "checkpoints" / f"step-{r.best_step}"
-    kept, saved = load_file(run / "adapter" / "adapter_model.safetensors"), load_file(best / "adapter_model.safetensors")
+    kept = load_file(run / "adapter" / "adapter_model.safetensors")
+    saved = load_file(best / "adapter_model.safetensors")
     assert kept.keys() == saved.keys() and all((kept[k] == saved[k]).all() for k in kept)
     metrics = json.loads((best / "metrics.json").read_text())
     assert metrics["full_valid_loss"] == pytest.approx(r.valid_loss)
