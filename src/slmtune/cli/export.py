@@ -32,6 +32,42 @@ def export_merge(
     out_console.print(f"merged model written to {path} (load it with AutoModelForCausalLM.from_pretrained)")
 
 
+@app.command("merge-adapters")
+@handle_errors
+def export_merge_adapters(
+    targets: Annotated[list[str], typer.Argument(help="Two or more runs, adapter or checkpoint folders (LoRA, one "
+                                                 "base model).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the combined adapter (created).")],
+    method: Annotated[str, typer.Option("--method", help="PEFT's combination: linear, cat, svd, ties, ties_svd, "
+                                        "dare_linear, dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, "
+                                        "magnitude_prune_svd. cat (the default) averages the adapters' updates "
+                                        "exactly.")] = "cat",
+    weights: Annotated[str | None, typer.Option("--weights", help="Comma-separated, one per adapter. Default: 1/n "
+                                                "each for linear, cat and svd; 1 each for the rest.")] = None,
+    density: Annotated[float, typer.Option("--density", help="ties, dare_* and magnitude_prune: the share of each "
+                                           "update kept.")] = 0.5,
+) -> None:
+    """Combine LoRA adapters of one base model into one adapter (PEFT's add_weighted_adapter): TIES, DARE, linear
+    and the rest. The result is an ordinary adapter folder: chat with it, evaluate, serve or export it."""
+    from slmtune.export.merge import MergeError
+    from slmtune.export.merge_adapters import merge_adapters
+
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError:
+        fail(f"--weights {weights}: expected numbers separated by commas", 2)
+    try:
+        with err.status(f"merging {len(targets)} adapters") as status:
+            rep = merge_adapters(targets, out, method=method, weights=w, density=density,
+                                 log=lambda s: status.update(s))
+    except MergeError as e:
+        fail(str(e), 1)
+    Console(soft_wrap=True).print(
+        f"combined adapter ({rep['method']}, weights {', '.join(f'{x:g}' for x in rep['weights'])}"
+        + (f", density {rep['density']:g}" if rep["density"] is not None else "")
+        + f") written to {out}\nchat with it: slmtune chat {out}")
+
+
 @app.command("onnx")
 @handle_errors
 def export_onnx_cmd(
