@@ -130,6 +130,7 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, 
     if values["eval_interval"] != "auto" and not 1 <= values["eval_interval"] <= 100_000:
         raise BadRequest("hyperparameters.eval_interval must be 'auto' or a positive integer.",
                          param="hyperparameters.eval_interval")
+    _drop_unused_extras(values)
     if req.scenario is not None and kind != "supervised":
         raise BadRequest(f"A scenario trains with the supervised method, not {kind}.", param="scenario")
     return {"type": kind, kind: {"hyperparameters": values}, **({"scenario": req.scenario} if req.scenario else {})}
@@ -147,6 +148,18 @@ def _check_common(values: dict) -> None:
         raise BadRequest(f"hyperparameters.learning_rate_multiplier must be 'auto' or a number in (0, "
                          f"{MAX_LR_MULTIPLIER:g}] (it scales the base learning rate {BASE_LR:g}).",
                          param="hyperparameters.learning_rate_multiplier")
+
+
+def _drop_unused_extras(values: dict) -> None:
+    """slmtune's extras appear in a job's hyperparameters only when asked for: a job that does not use them has
+    exactly OpenAI's keys. eval_interval stays where the job chooses its step (and always for reinforcement)."""
+    if values.get("early_stopping") is None:
+        values.pop("early_stopping", None)
+    if values.get("keep") == "last":
+        values.pop("keep", None)
+    judged = "early_stopping" in values or "keep" in values
+    if values.get("eval_interval") == "auto" and not judged and "compute_multiplier" not in values:
+        values.pop("eval_interval")
 
 
 def _check_selection(values: dict, req: FineTuningJobCreate, kind: str) -> None:
@@ -202,6 +215,7 @@ def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None
         values.update(sub.hyperparameters.model_dump())
     _check_common(values)
     _check_selection(values, req, "reinforcement")
+    _drop_unused_extras(values)
     cm = values["compute_multiplier"]
     if cm != "auto" and not 0.00001 < cm <= 10:
         raise BadRequest("hyperparameters.compute_multiplier must be 'auto' or in (0.00001, 10].",

@@ -150,6 +150,7 @@ class AfterOptimizerStep(TrainerCallback):
 
 CHECKPOINT_METRICS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
                       "full_valid_loss", "full_valid_mean_token_accuracy")  # OpenAI's checkpoint metrics
+REWARD_METRICS = ("train_reward_mean", "train_reward_std", "valid_reward_mean", "valid_reward_std")
 LOWER_IS_BETTER = {"valid_loss"}
 
 
@@ -257,14 +258,16 @@ class EventCallback(TrainerCallback):
                                          "to abort)", level="warn"))
             control.should_save = True
             control.should_training_stop = True
-        self._validate_checkpoint(control)
+        self._validate_checkpoint(state, control)
 
     def on_epoch_end(self, args, state, control, **kw):
-        self._validate_checkpoint(control)
+        self._validate_checkpoint(state, control)
 
-    def _validate_checkpoint(self, control) -> None:
-        """Every checkpoint gets a full validation (OpenAI's full_valid_loss), unless it is saved on Ctrl-C."""
-        if self.has_val and control.should_save and not control.should_evaluate and not self.interrupted:
+    def _validate_checkpoint(self, state, control) -> None:
+        """Every checkpoint gets a full validation (OpenAI's full_valid_loss), unless it is saved on Ctrl-C or this
+        step was evaluated already (an evaluation step that is also an epoch's end)."""
+        if self.has_val and control.should_save and not control.should_evaluate and not self.interrupted \
+                and self.last_eval.get("step") != state.global_step:
             control.should_evaluate = True
 
     # --- metrics --------------------------------------------------------------------------------------------
@@ -366,6 +369,12 @@ class EventCallback(TrainerCallback):
         metrics = {k: self.flushed.get(k) for k in CHECKPOINT_METRICS} | {"step": state.global_step}
         if self.flushed.get("step") != state.global_step:
             metrics = {"step": state.global_step}
+        elif metrics["full_valid_loss"] is None and metrics["valid_loss"] is not None:
+            # evaluated (on the whole validation set) before the save was decided: that is the full validation
+            metrics["full_valid_loss"] = metrics["valid_loss"]
+            metrics["full_valid_mean_token_accuracy"] = metrics["valid_mean_token_accuracy"]
+        if self.flushed.get("step") == state.global_step:  # GRPO: its rewards too
+            metrics |= {k: self.flushed[k] for k in REWARD_METRICS if self.flushed.get(k) is not None}
         if state.is_world_process_zero:
             if src.exists():
                 if dst.exists():
