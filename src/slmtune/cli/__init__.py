@@ -1,8 +1,8 @@
 """The ``slmtune`` command: a thin layer that parses, builds a config, calls the library and renders events.
 
-One module per command group (``train`` holds train and plan, ``evaluate`` eval and report, ``chat``, ``models``,
-``data``, ``export``, ``service`` serve and worker, ``keys``, ``db``); ``common`` holds the consoles and the mapping of
-library errors to exit codes. Library imports inside the commands are deliberately lazy (see ``common``).
+One module per command group (``train`` holds train and plan, ``sweep``, ``evaluate`` eval and report, ``chat``,
+``models``, ``data``, ``export``, ``service`` serve and worker, ``keys``, ``db``); ``common`` holds the consoles and the
+mapping of library errors to exit codes. Library imports inside the commands are deliberately lazy (see ``common``).
 
 Exit codes: 0 success, 1 bad data / model not available / run failed, 2 bad usage or configuration,
 130 interrupted (a checkpoint was saved; resume with ``--resume``).
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from slmtune.cli import chat, data, db, evaluate, export, keys, models, service, train
+from slmtune.cli import chat, data, db, evaluate, export, keys, models, service, sweep, train
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -45,6 +45,7 @@ app.command("chat")(chat.chat)
 app.command("eval")(evaluate.eval_)
 app.command("report")(evaluate.report)
 app.command("plan")(train.plan_cmd)
+app.command("sweep")(sweep.sweep)
 app.add_typer(export.app, name="export")
 app.command("serve")(service.serve)
 app.command("worker")(service.worker)
