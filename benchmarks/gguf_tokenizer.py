@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -34,22 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(binary: Path, gguf: Path, port: int, log: Path, extra: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
-                             "-np", "1", "-t", str(os.cpu_count()), "--no-ui", *extra],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"llama-server did not start; log: {log}")
+def start(binary: Path, gguf: Path, port: int, log: Path, extra: list[str]):
+    from serving import start as start_server  # waits for /v1/models; the log's tail when it exits
+
+    return start_server([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
+                         "-np", "1", "-t", str(os.cpu_count()), "--no-ui", *extra], port, log)
 
 
 def tokenize(port: int, text: str) -> list[int]:

@@ -189,7 +189,8 @@ def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), sear
     build_config(config)  # the base config is valid before any trial starts
     for d in [*grid, *search]:
         build_config(apply_overrides(config, [f"{d.key}={json.dumps(d.values[0] if d.values else d.low)}"]))
-    out = Path(out)
+    config = absolute_paths(config)  # Ray runs trials in other working directories (and on other machines)
+    out = Path(out).resolve()
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError([f"{out}: not empty; run again with --resume to continue that sweep, or choose --out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +225,20 @@ def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), sear
         shutil.copy2(Path(best.run_dir) / "config.yaml", out / "best.yaml")
     _write(result)
     return result
+
+
+def absolute_paths(config: dict) -> dict:
+    """The config with its data files as absolute paths (relative ones are relative to this working directory, as
+    for `slmtune train`)."""
+    out = json.loads(json.dumps(config))
+    data = out.get("data") or {}
+    for key in ("train", "validation"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(Path(data[key]).resolve())
+    for source in data.get("mix") or []:
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source["path"] = str(Path(source["path"]).expanduser().resolve())
+    return out
 
 
 def _write(result: SweepResult) -> None:

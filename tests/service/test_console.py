@@ -82,6 +82,13 @@ class Page:
         self.page.set_input_files("input[type=file]", str(path))
         self.page.locator("#check h2", has_text=path.name).wait_for(timeout=120_000)
 
+    def finished_job(self, key: str, job_id: str):
+        """Sign in and open a job's page once the job has succeeded."""
+        self.sign_in(key)
+        self.page.locator("#view[data-ready=datasets]").wait_for()
+        self.goto(f"#/jobs/{job_id}")
+        self.page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+
     def nav(self, name: str, ready: str):
         """Click a link of the main navigation; wait until its page has rendered."""
         self.page.get_by_role("navigation").get_by_role("link", name=name).click()
@@ -380,10 +387,7 @@ def test_a_reinforcement_job_page_plots_rewards_and_shows_sampled_completions(br
     t = Page(browser, srv)
     page = t.page
     try:
-        t.sign_in(key)
-        page.locator("#view[data-ready=datasets]").wait_for()
-        t.goto(f"#/jobs/{job.id}")
-        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        t.finished_job(key, job.id)
         wait_for(lambda: int(page.locator("#reward-chart").get_attribute("data-points")) >= 3, timeout=30)
         assert page.locator("#acc-chart").is_hidden() and page.locator("#reward-chart").is_visible()
         samples = page.locator("#samples")
@@ -410,10 +414,7 @@ def test_the_job_page_marks_the_kept_checkpoint_of_an_early_stopped_job(browser,
     t = Page(browser, srv)
     page = t.page
     try:
-        t.sign_in(key)
-        page.locator("#view[data-ready=datasets]").wait_for()
-        t.goto(f"#/jobs/{job.id}")
-        page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+        t.finished_job(key, job.id)
         kept = page.locator("#checkpoints tr.kept")
         kept.wait_for(timeout=30_000)
         assert kept.count() == 1 and "best · the model" in kept.inner_text() and "full valid loss" in kept.inner_text()

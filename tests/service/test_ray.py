@@ -37,6 +37,9 @@ class Cluster:
         self.address = f"127.0.0.1:{self.port}"
         self.tmp = tmp
         self.groups: dict[str, int] = {}
+        # Ray's token authentication off for the nodes and this driver alike: a ~/.ray/auth_token left by an earlier
+        # local Ray (ray.init) turns it on for `ray start` only, and the joining node and the driver are then refused
+        os.environ["RAY_AUTH_MODE"] = "disabled"
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
     def start(self, name: str, resources: dict, head: bool = False) -> None:

@@ -76,7 +76,7 @@ def sweep(
                       t.status + (f": {t.error[:60]}" if t.error else ""),
                       "" if t.metric is None else f"{t.metric:.4f}", str(t.best_step or ""), str(t.global_step or ""),
                       "" if t.tokens_per_second is None else f"{t.tokens_per_second:.0f}")
-    out.print(table)
+    out.print(table, width=max(out.width, 110))  # a pipe's 80 columns would cut the values
     if result.best is None:
         err.print("[red]no trial finished with a figure for the metric[/]")
         raise typer.Exit(1)
