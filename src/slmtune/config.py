@@ -160,6 +160,15 @@ class EarlyStopping(_Section):
     min_delta: float = Field(0.0, ge=0.0, description="An evaluation improves only when it beats the best so far "
                              "by more than this.")
 
+    def unmeasured(self, objective: str) -> str | None:
+        """Why this metric cannot judge ``objective``'s evaluations (GRPO's measure a reward, the others a loss and
+        token accuracy), or None when it can."""
+        reward = objective in ("grpo", "reinforcement")
+        if reward == (self.metric == "valid_reward_mean"):
+            return None
+        use = "valid_reward_mean" if reward else "valid_loss or valid_mean_token_accuracy"
+        return f"{self.metric} is not measured by objective {objective} (use {use})"
+
 
 class TrainSection(_Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")

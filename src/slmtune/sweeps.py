@@ -20,6 +20,7 @@ sweep has to run where Ray is not installed.
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -135,16 +136,14 @@ def trial_config(raw: dict, overrides: dict, run_dir: Path) -> dict:
     return apply_overrides(raw, sets)
 
 
-def _finished(run_dir: Path) -> dict | None:
+def _result(run_dir: Path) -> dict | None:
     path = run_dir / "result.json"
-    if not path.exists():
-        return None
-    result = json.loads(path.read_text())
-    return result if result.get("status") == RunStatus.SUCCEEDED else None
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def _score(result: dict | None, metric: str) -> float | None:
-    return None if result is None else result.get(metric)
+def _finished(run_dir: Path) -> dict | None:
+    result = _result(run_dir)
+    return result if result is not None and result.get("status") == RunStatus.SUCCEEDED else None
 
 
 def run_trial(raw: dict, trial: Trial, metric: str, sinks=None, progress: bool = False) -> Trial:
@@ -161,13 +160,12 @@ def run_trial(raw: dict, trial: Trial, metric: str, sinks=None, progress: bool =
         except Exception as e:  # noqa: BLE001 - one trial's failure (a diverging rate, memory) is a result
             trial.status, trial.error = "failed", f"{type(e).__name__}: {e}"
             return trial
-        done = _finished(run_dir) or (json.loads((run_dir / "result.json").read_text())
-                                      if (run_dir / "result.json").exists() else None)
+        done = _result(run_dir)
     if done is None:
         trial.status = "interrupted"
         return trial
     trial.status = "succeeded" if done.get("status") == RunStatus.SUCCEEDED else "interrupted"
-    trial.metric = _score(done, metric)
+    trial.metric = done.get(metric)
     trial.best_step, trial.global_step = done.get("kept_step") or done.get("best_step"), done.get("global_step")
     trial.tokens_per_second = done.get("tokens_per_second")
     return trial
@@ -230,7 +228,7 @@ def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), sear
 def absolute_paths(config: dict) -> dict:
     """The config with its data files as absolute paths (relative ones are relative to this working directory, as
     for `slmtune train`)."""
-    out = json.loads(json.dumps(config))
+    out = copy.deepcopy(config)
     data = out.get("data") or {}
     for key in ("train", "validation"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():

@@ -128,10 +128,11 @@ def write_tokenizer(writer, tokenizer, model_dir: Path, pre_tokenizer: str | Non
     ``texts``."""
     import gguf
 
-    spec = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-    if spec["model"].get("type") != "BPE" or spec["model"].get("byte_fallback"):
-        raise ExportError(f"{model_dir}: tokenizer model {spec['model'].get('type')!r}"
-                          f"{' with byte fallback (SentencePiece-style)' if spec['model'].get('byte_fallback') else ''}"
+    model = tokenizer.backend_tokenizer.model
+    fallback = getattr(model, "byte_fallback", False)
+    if type(model).__name__ != "BPE" or fallback:
+        raise ExportError(f"{model_dir}: tokenizer model {type(model).__name__!r}"
+                          f"{' with byte fallback (SentencePiece-style)' if fallback else ''}"
                           ": GGUF export supports byte-level BPE tokenizers (SmolLM2, Llama 3, GPT-2 style)")
     vocab = tokenizer.get_vocab()
     size = max(len(vocab), max(vocab.values()) + 1)
@@ -140,7 +141,7 @@ def write_tokenizer(writer, tokenizer, model_dir: Path, pre_tokenizer: str | Non
     all_texts = CHECK_TEXTS + tuple(texts)
     if pre_tokenizer is None:
         try:
-            pre, _ = identify(tokenizer, tokens, types, special.merges, all_texts)
+            pre = identify(tokenizer, tokens, types, special.merges, all_texts)
         except Unidentified as e:
             raise ExportError(f"{model_dir}: {e}. Name the pre-tokenizer yourself with --pre-tokenizer NAME (one of "
                               "llama.cpp's tokenizer.ggml.pre names, e.g. from the base model's own GGUF file); it is "

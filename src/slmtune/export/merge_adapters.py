@@ -8,7 +8,7 @@ The inputs are runs, adapter folders or checkpoints, all of the same base model;
 
 The default is ``cat`` with weights ``1/n``: the adapters' ranks side by side, so the result is exactly the
 average of their updates (no approximation; its rank is the sum of theirs). Measured on two tiny-model tasks
-(tests/integration/test_merge_adapters.py; docs/methods.md) it kept 70% and 78% of each task's loss improvement,
+(tests/integration/test_merge_adapters.py; docs/usage.md) it kept 70% and 78% of each task's loss improvement,
 against 52-53%/70-71% for ``ties_svd`` and 46%/54% for ``ties`` (density 0.5). Weights: by default ``1/n`` for
 ``linear``, ``cat`` and ``svd`` and ``1`` for the TIES/DARE family (task arithmetic's convention: each task vector
 at full strength, the method resolving their conflicts). ``density`` is the share of each update TIES, DARE and
@@ -28,9 +28,8 @@ from slmtune.models.loading import load_base_model, load_tokenizer
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
-AVERAGED = ("linear", "cat", "svd")  # default weight 1/n; the rest 1 each
-NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
-                 "magnitude_prune", "magnitude_prune_svd")
+AVERAGED = ("linear", "cat", "svd")  # default weight 1/n; the rest 1 each, and they take a density
+NEEDS_DENSITY = tuple(c for c in COMBINATIONS if c not in AVERAGED)
 
 
 def merge_adapters(targets: list[str | Path], out: str | Path, *, method: str = "cat",
@@ -49,11 +48,13 @@ def merge_adapters(targets: list[str | Path], out: str | Path, *, method: str = 
     if not 0.0 < density <= 1.0:
         raise MergeError(f"--density {density}: must be in (0, 1]")
     sources = [locate(t) for t in targets]
+    configs = []
     for t, s in zip(targets, sources):
         if s.adapter_dir is None:
             raise MergeError(f"{t}: no adapter here (a base model or a fully fine-tuned model cannot be merged as an "
                              "adapter)")
         config = json.loads((s.adapter_dir / "adapter_config.json").read_text())
+        configs.append(config)
         if config.get("peft_type") != "LORA" or config.get("use_dora"):
             kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
             raise MergeError(f"{t}: a {kind} adapter; merge-adapters combines LoRA adapters (PEFT's "
@@ -62,7 +63,7 @@ def merge_adapters(targets: list[str | Path], out: str | Path, *, method: str = 
     if len(bases) > 1:
         raise MergeError("the adapters were trained on different base models: "
                          + ", ".join(f"{t} on {s.base}" for t, s in zip(targets, sources)))
-    ranks = {json.loads((s.adapter_dir / "adapter_config.json").read_text())["r"] for s in sources}
+    ranks = {c["r"] for c in configs}
     if method == "linear" and len(ranks) > 1:
         raise MergeError(f"--method linear needs adapters of one rank (these have {sorted(ranks)}): use cat, svd or "
                          "ties")

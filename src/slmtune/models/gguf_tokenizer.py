@@ -21,6 +21,7 @@ meets: SmolLM/SmolLM2, GPT-2-style byte-level BPE, Llama 3, Qwen2); the expressi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from gguf import TokenType
@@ -41,7 +42,6 @@ class PreTokenizer:
     name: str
     regexes: tuple[str, ...]
     ignore_merges: bool = False
-    family: str = ""
 
     def hf(self):
         """The ``tokenizers`` pre-tokenizer that cuts text the same way (what the model's own tokenizer.json holds)."""
@@ -59,10 +59,10 @@ class PreTokenizer:
 
 
 PRE_TOKENIZERS = {p.name: p for p in (
-    PreTokenizer("smollm", (r"\p{N}", GPT2_REGEX), family="SmolLM, SmolLM2 (digits one by one, then GPT-2's rule)"),
-    PreTokenizer("gpt-2", (GPT2_REGEX,), family="GPT-2-style byte-level BPE"),
-    PreTokenizer("llama-bpe", (LLAMA3_REGEX,), ignore_merges=True, family="Llama 3"),
-    PreTokenizer("qwen2", (QWEN2_REGEX,), family="Qwen2, Qwen2.5"),
+    PreTokenizer("smollm", (r"\p{N}", GPT2_REGEX)),  # SmolLM, SmolLM2: digits one by one, then GPT-2's rule
+    PreTokenizer("gpt-2", (GPT2_REGEX,)),  # GPT-2-style byte-level BPE
+    PreTokenizer("llama-bpe", (LLAMA3_REGEX,), ignore_merges=True),  # Llama 3
+    PreTokenizer("qwen2", (QWEN2_REGEX,)),  # Qwen2, Qwen2.5
 )}
 
 # Written for this check, not taken from llama.cpp's: each line is a case where pre-tokenizers disagree.
@@ -81,10 +81,17 @@ CHECK_TEXTS = (
 )
 
 
+@functools.cache
 def _byte_encoder() -> dict[int, str]:
     from gguf.vocab import bytes_to_unicode  # GPT-2's byte-to-character map, as llama.cpp's converter uses it
 
     return bytes_to_unicode()
+
+
+def byte_level(piece: str) -> str:
+    """A piece's UTF-8 bytes as byte-level BPE's characters (what vocabularies and merges are written in)."""
+    byte_map = _byte_encoder()
+    return "".join(byte_map[b] for b in piece.encode("utf-8"))
 
 
 def split(text: str, pre: PreTokenizer) -> list[str]:
@@ -120,7 +127,6 @@ class LlamaCppBPE:
         self.ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(merges)}
         self.specials = sorted((t for t, i in self.vocab.items() if types[i] in (TokenType.CONTROL,
                                 TokenType.USER_DEFINED)), key=len, reverse=True)
-        self.byte_map = _byte_encoder()
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
@@ -129,7 +135,7 @@ class LlamaCppBPE:
                 ids.append(self.vocab[part])
                 continue
             for piece in split(part, self.pre):
-                ids += self._bpe("".join(self.byte_map[b] for b in piece.encode("utf-8")))
+                ids += self._bpe(byte_level(piece))
         return ids
 
     def _partition(self, text: str):
@@ -152,7 +158,7 @@ class LlamaCppBPE:
             return [self.vocab[word]]
         symbols = list(word)
         while len(symbols) > 1:
-            best = min(((self.ranks.get((a, b), None), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))
+            best = min(((self.ranks[(a, b)], i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))
                         if (a, b) in self.ranks), default=None)
             if best is None:
                 break
@@ -214,8 +220,7 @@ def hf_pieces(tokenizer, text: str) -> list[str] | None:
 
 
 def llama_pieces(text: str, pre: PreTokenizer) -> list[str]:
-    byte_map = _byte_encoder()
-    return ["".join(byte_map[b] for b in p.encode("utf-8")) for p in split(text, pre)]
+    return [byte_level(p) for p in split(text, pre)]
 
 
 def compare(tokenizer, bpe: LlamaCppBPE, texts=CHECK_TEXTS) -> list[Mismatch]:
@@ -230,19 +235,20 @@ def compare(tokenizer, bpe: LlamaCppBPE, texts=CHECK_TEXTS) -> list[Mismatch]:
     return out
 
 
-def identify(tokenizer, tokens: list[str], types: list[int], merges: list[str],
-             texts=CHECK_TEXTS) -> tuple[PreTokenizer, list[Mismatch]]:
+def identify(tokenizer, tokens: list[str], types: list[int], merges: list[str], texts=CHECK_TEXTS) -> PreTokenizer:
     """The first :data:`PRE_TOKENIZERS` entry under which llama.cpp cuts ``texts`` into the same pieces as the
     model's tokenizer (any vocabulary) and gives the same ids; where the tokenizer's pieces cannot be read, the first
     that gives the same ids. Raises :class:`Unidentified` with each candidate's first difference otherwise."""
+    theirs = {t: hf_pieces(tokenizer, t) for t in texts}
     tried = []
     for pre in PRE_TOKENIZERS.values():
-        pieces_ok = all(hf_pieces(tokenizer, t) in (None, llama_pieces(t, pre)) for t in texts)
-        bad = compare(tokenizer, LlamaCppBPE(tokens, types, merges, pre), texts) if pieces_ok else None
-        if bad == []:
-            return pre, []
-        if bad is None:
-            t = next(t for t in texts if hf_pieces(tokenizer, t) != llama_pieces(t, pre))
-            bad = [Mismatch(t, hf_pieces(tokenizer, t), llama_pieces(t, pre))]
+        cut = next(((t, ours) for t, ours in theirs.items() if ours is not None and ours != llama_pieces(t, pre)),
+                   None)
+        if cut is not None:
+            tried.append(f"{pre.name}: {Mismatch(cut[0], cut[1], llama_pieces(cut[0], pre))}")
+            continue
+        bad = compare(tokenizer, LlamaCppBPE(tokens, types, merges, pre), texts)
+        if not bad:
+            return pre
         tried.append(f"{pre.name}: {bad[0]}")
     raise Unidentified("no llama.cpp pre-tokenizer reproduces this tokenizer (" + "; ".join(tried) + ")")

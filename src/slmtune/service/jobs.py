@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from slmtune.config import TrainSection
+from slmtune.config import EarlyStopping, TrainSection
 from slmtune.data.validate import check_file
 from slmtune.graders.grade import check_grader
 from slmtune.graders.spec import judge_models
@@ -35,7 +35,6 @@ from slmtune.service.states import JobStatus
 
 HYPER_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 RL_HYPER_KEYS = (*HYPER_KEYS, "compute_multiplier", "eval_interval", "eval_samples")
-SELECTION_DEFAULTS = {"early_stopping": None, "keep": "last"}  # slmtune extras: which step the model is
 COMPLETION_TOKENS = {"low": 64, "default": 128, "medium": 128, "high": 256}  # reasoning_effort → rl budget
 # learning_rate_multiplier scales the config's default learning rate (what `slmtune train` uses)
 BASE_LR = TrainSection.model_fields["learning_rate"].default
@@ -115,7 +114,7 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, 
         raise BadRequest("Give hyperparameters either at the top level or in method.supervised, not both.",
                          param="hyperparameters")
     hp = hp or req.hyperparameters
-    values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS} | {"eval_interval": "auto"} | SELECTION_DEFAULTS
+    values: dict[str, Any] = {k: "auto" for k in HYPER_KEYS}
     if preference:
         values["beta"] = "auto"
     if hp is not None:
@@ -127,7 +126,7 @@ def _method_dict(req: FineTuningJobCreate, settings: Settings | None = None, *, 
         raise BadRequest(f"hyperparameters.beta must be 'auto' or in (0, {top}].", param="hyperparameters.beta")
     _check_common(values)
     _check_selection(values, req, kind)
-    if values["eval_interval"] != "auto" and not 1 <= values["eval_interval"] <= 100_000:
+    if values.get("eval_interval", "auto") != "auto" and not 1 <= values["eval_interval"] <= 100_000:
         raise BadRequest("hyperparameters.eval_interval must be 'auto' or a positive integer.",
                          param="hyperparameters.eval_interval")
     _drop_unused_extras(values)
@@ -171,11 +170,8 @@ def _check_selection(values: dict, req: FineTuningJobCreate, kind: str) -> None:
     param = "hyperparameters.early_stopping" if stop else "hyperparameters.keep"
     if req.validation_file is None and req.scenario is None:
         raise BadRequest(f"{param.split('.')[1]} judges validation results: give a validation_file.", param=param)
-    metric = (stop or {}).get("metric", "valid_loss")
-    if stop and (kind == "reinforcement") != (metric == "valid_reward_mean"):
-        use = "valid_reward_mean" if kind == "reinforcement" else "valid_loss or valid_mean_token_accuracy"
-        raise BadRequest(f"early_stopping.metric {metric} is not measured by the {kind} method (use {use}).",
-                         param="hyperparameters.early_stopping.metric")
+    if stop and (why := EarlyStopping(**stop).unmeasured(kind)):
+        raise BadRequest(f"early_stopping.metric: {why}.", param="hyperparameters.early_stopping.metric")
 
 
 def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None, session: Session | None,
@@ -209,7 +205,7 @@ def _reinforcement_dict(req: FineTuningJobCreate, sub, settings: Settings | None
         raise BadRequest(f"The grader cannot run: {problems[0]}" + (f" (and {len(problems) - 1} more)"
                                                                     if len(problems) > 1 else ""),
                          param="method.reinforcement.grader", code="invalid_grader")
-    values: dict[str, Any] = {k: "auto" for k in RL_HYPER_KEYS} | SELECTION_DEFAULTS
+    values: dict[str, Any] = {k: "auto" for k in RL_HYPER_KEYS}
     values["reasoning_effort"] = "default"
     if sub.hyperparameters is not None:
         values.update(sub.hyperparameters.model_dump())

@@ -517,14 +517,12 @@ def selection(cfg: TrainConfig, data: Data) -> Selection | None:
     what = "train.early_stopping" if t.early_stopping is not None else "train.keep: best"
     if not data.has_val:
         raise ConfigError([f"{what} judges validation: give data.validation or data.validation_split"])
-    reward = t.objective == "grpo"
-    metric = t.early_stopping.metric if t.early_stopping is not None else (
-        "valid_reward_mean" if reward else "valid_loss")
-    if reward != (metric == "valid_reward_mean"):
-        raise ConfigError([f"train.early_stopping.metric: {metric} is not measured by objective {t.objective} "
-                           f"(use {'valid_reward_mean' if reward else 'valid_loss or valid_mean_token_accuracy'})"])
     stop = t.early_stopping
-    return Selection(metric, stop.patience if stop else None, stop.min_delta if stop else 0.0)
+    if stop is None:  # keep: best alone judges by the objective's own validation figure
+        return Selection("valid_reward_mean" if t.objective == "grpo" else "valid_loss")
+    if why := stop.unmeasured(t.objective):
+        raise ConfigError([f"train.early_stopping.metric: {why}"])
+    return Selection(stop.metric, stop.patience, stop.min_delta)
 
 
 def keep_best(trainer, callback, run_dir: Path, bus: ev.EventBus) -> None:
@@ -543,7 +541,7 @@ def keep_best(trainer, callback, run_dir: Path, bus: ev.EventBus) -> None:
             return
         trainer.state.best_model_checkpoint = str(path)
         trainer._load_best_model()
-    callback.kept = {"step": sel.best_step, "metric": sel.metric, "value": sel.best_value}
+    callback.kept_step = sel.best_step
     bus.emit(ev.message(f"Keeping the best evaluation: step {sel.best_step} ({sel.metric} {sel.best_value:.4f}); "
                         f"the last step was {step}", step=step, kind="kept", best_step=sel.best_step,
                         metric=sel.metric, best_value=sel.best_value))
@@ -612,9 +610,9 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
     train_losses = [h["loss"] for h in state.log_history if "loss" in h and "eval_loss" not in h]
     ckpts = list_checkpoints(run_dir)
     kept_eval = callback.last_eval
-    if callback.kept is not None:  # the artifact is the best evaluation's: its figures, from its own log entry
-        kept_eval = next((validation_metrics(h) for h in state.log_history
-                          if h.get("step") == callback.kept["step"] and validation_metrics(h)), kept_eval)
+    if callback.kept_step is not None:  # the artifact is the best evaluation's: its figures, from its own log entry
+        kept_eval = next((v for h in state.log_history
+                          if h.get("step") == callback.kept_step and (v := validation_metrics(h))), kept_eval)
     result = TrainResult(
         run_dir=str(run_dir),
         status=status,
@@ -626,8 +624,8 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
         train_reward_mean=next((h["reward"] for h in reversed(state.log_history) if "reward" in h), None),
         valid_reward_mean=kept_eval.get("valid_reward_mean"),
         best_step=callback.selection.best_step if callback.selection else None,
-        kept_step=(callback.kept or {}).get("step", state.global_step) if artifact else None,
-        stopped_early=callback.stopped_early is not None,
+        kept_step=(callback.kept_step or state.global_step) if artifact else None,
+        stopped_early=callback.stopped_early,
         trained_tokens=trainer.trained_tokens,
         tokens_per_second=round(trainer.tokens_seen / runtime, 2) if runtime else 0.0,
         padding_fraction=round(1 - trainer.tokens_seen / trainer.slots_seen, 4) if trainer.slots_seen else 0.0,

@@ -209,8 +209,8 @@ class EventCallback(TrainerCallback):
         self.selection = selection
         self.has_val = has_val
         self.training = False
-        self.stopped_early: dict | None = None
-        self.kept: dict | None = None  # train.keep: best — the step whose weights the artifact holds
+        self.stopped_early = False
+        self.kept_step: int | None = None  # train.keep: best — the step whose weights the artifact holds
         self.flushed: dict = {}  # the metrics of the last step flushed (for its checkpoint)
         self.objective = objective
         self.run_dir = run_dir
@@ -325,9 +325,7 @@ class EventCallback(TrainerCallback):
             if sel.judge(state.global_step, valid.get(sel.metric)):
                 control.should_save = True  # the best so far is checkpointed, so it can be kept
             elif sel.should_stop and not control.should_training_stop:
-                control.should_training_stop = stop = True
-                self.stopped_early = {"step": state.global_step, "best_step": sel.best_step,
-                                      "best_value": sel.best_value}
+                control.should_training_stop = stop = self.stopped_early = True
         if valid and self.pending is not None and control.should_save and self.training \
                 and "valid_loss" in valid:
             self.pending.update(full_valid_loss=valid["valid_loss"],
@@ -366,15 +364,13 @@ class EventCallback(TrainerCallback):
         multi = args.world_size > 1 and torch.distributed.is_initialized()
         if multi:
             torch.distributed.barrier()  # every rank has written its shard of the checkpoint
-        metrics = {k: self.flushed.get(k) for k in CHECKPOINT_METRICS} | {"step": state.global_step}
-        if self.flushed.get("step") != state.global_step:
-            metrics = {"step": state.global_step}
-        elif metrics["full_valid_loss"] is None and metrics["valid_loss"] is not None:
-            # evaluated (on the whole validation set) before the save was decided: that is the full validation
-            metrics["full_valid_loss"] = metrics["valid_loss"]
-            metrics["full_valid_mean_token_accuracy"] = metrics["valid_mean_token_accuracy"]
-        if self.flushed.get("step") == state.global_step:  # GRPO: its rewards too
-            metrics |= {k: self.flushed[k] for k in REWARD_METRICS if self.flushed.get(k) is not None}
+        metrics = {"step": state.global_step}
+        if self.flushed.get("step") == state.global_step:
+            metrics = {k: self.flushed.get(k) for k in CHECKPOINT_METRICS} | metrics
+            if metrics["full_valid_loss"] is None:  # evaluated (on the whole set) before the save was decided
+                metrics["full_valid_loss"] = metrics["valid_loss"]
+                metrics["full_valid_mean_token_accuracy"] = metrics["valid_mean_token_accuracy"]
+            metrics |= {k: self.flushed[k] for k in REWARD_METRICS if self.flushed.get(k) is not None}  # GRPO
         if state.is_world_process_zero:
             if src.exists():
                 if dst.exists():
@@ -392,9 +388,10 @@ class EventCallback(TrainerCallback):
     def _rotate(self):
         """Keep the newest ``save_total_limit`` checkpoints, and the best evaluation's wherever it is."""
         best = self.selection.best_step if self.selection is not None else None
-        ckpts = [(step, path) for step, path in list_checkpoints(self.run_dir) if step != best]
-        keep = self.save_total_limit - (best is not None and any(s == best for s, _ in list_checkpoints(self.run_dir)))
-        for _, path in ckpts[: max(0, len(ckpts) - max(1, keep))]:
+        ckpts = list_checkpoints(self.run_dir)
+        others = [(step, path) for step, path in ckpts if step != best]
+        room = max(1, self.save_total_limit - (len(others) < len(ckpts)))  # the best takes one place when present
+        for _, path in others[: max(0, len(others) - room)]:
             shutil.rmtree(path, ignore_errors=True)
 
     def on_train_end(self, args, state, control, **kw):

@@ -39,7 +39,7 @@ def test_the_names_disagree_where_the_issue_saw_llama_cpp_go_wrong():
 def test_identify_names_the_pre_tokenizer_a_tokenizer_was_built_with(name):
     tok = build_tokenizer()
     tok.backend_tokenizer.pre_tokenizer = g.PRE_TOKENIZERS[name].hf()
-    got, _ = g.identify(tok, *entries(tok))
+    got = g.identify(tok, *entries(tok))
     assert got.name == name
     # and under that name llama.cpp gives the model's own ids, chat markup included
     bpe = g.LlamaCppBPE(*entries(tok), got)
