@@ -152,22 +152,27 @@ class MethodSection(_Section):
 class EarlyStopping(_Section):
     """train.early_stopping: stop when the validation metric stops improving (docs/usage.md#choosing-the-best-step)."""
 
-    metric: Literal["valid_loss", "valid_mean_token_accuracy", "valid_reward_mean"] = Field(
-        "valid_loss", description="What each evaluation is judged by: valid_loss (lower is better; on the whole "
-        "validation set, so OpenAI's full_valid_loss too), valid_mean_token_accuracy or, for grpo, "
-        "valid_reward_mean (higher is better).")
+    metric: str = Field(
+        "valid_loss", pattern=r"^[a-z][a-z0-9_]*$", description="What each evaluation is judged by: valid_loss (lower "
+        "is better; on the whole validation set, so OpenAI's full_valid_loss too), valid_mean_token_accuracy or, for "
+        "grpo, valid_reward_mean (higher is better); in a scenario run also a metric the scenario scores by "
+        "generation on the held-out records at each evaluation: accuracy or macro_f1 (classification), f1 (ner), "
+        "chrf or bleu (translation), token_f1 or exact_match (qa), name_accuracy or call_accuracy (tools), …")
     patience: int = Field(3, ge=1, description="Evaluations in a row without improvement before training stops.")
     min_delta: float = Field(0.0, ge=0.0, description="An evaluation improves only when it beats the best so far "
                              "by more than this.")
 
-    def unmeasured(self, objective: str) -> str | None:
+    def unmeasured(self, objective: str, scored: tuple[str, ...] = ()) -> str | None:
         """Why this metric cannot judge ``objective``'s evaluations (GRPO's measure a reward, the others a loss and
-        token accuracy), or None when it can."""
+        token accuracy, plus ``scored``: what a scenario run scores by generation), or None when it can."""
         reward = objective in ("grpo", "reinforcement")
-        if reward == (self.metric == "valid_reward_mean"):
+        measured = ("valid_reward_mean",) if reward else ("valid_loss", "valid_mean_token_accuracy", *scored)
+        if self.metric in measured:
             return None
-        use = "valid_reward_mean" if reward else "valid_loss or valid_mean_token_accuracy"
-        return f"{self.metric} is not measured by objective {objective} (use {use})"
+        why = f"{self.metric} is not measured by objective {objective} (use {', '.join(measured)})"
+        if not reward and not scored:
+            why += "; a scenario run also scores its own metrics by generation, e.g. accuracy for classification"
+        return why
 
 
 class TrainSection(_Section):

@@ -33,6 +33,9 @@ from pathlib import Path
 import yaml
 
 from slmtune.config import ConfigError, apply_overrides, build_config
+from slmtune.scenarios.catalog import LOWER_IS_BETTER
+from slmtune.scenarios.catalog import get as get_scenario
+from slmtune.scenarios.evaluate import SCORES_FILE
 from slmtune.scenarios.run import fine_tune
 from slmtune.training.result import RunStatus
 
@@ -165,10 +168,23 @@ def run_trial(raw: dict, trial: Trial, metric: str, sinks=None, progress: bool =
         trial.status = "interrupted"
         return trial
     trial.status = "succeeded" if done.get("status") == RunStatus.SUCCEEDED else "interrupted"
-    trial.metric = done.get(metric)
+    trial.metric = done.get(metric) if metric in METRICS else scenario_score(run_dir, metric)
     trial.best_step, trial.global_step = done.get("kept_step") or done.get("best_step"), done.get("global_step")
     trial.tokens_per_second = done.get("tokens_per_second")
     return trial
+
+
+def metric_modes(config: dict) -> dict[str, str]:
+    """What a sweep over ``config`` can pick its best trial by, each with its direction: the run's own figures
+    (result.json) and, for a scenario run, the scenario's metrics as its after-training evaluation measured them on
+    the run's adapter (the kept step's with train.keep: best)."""
+    name = build_config(config).scenario.name
+    return METRICS | ({m: "min" if m in LOWER_IS_BETTER else "max" for m in get_scenario(name).metrics} if name else {})
+
+
+def scenario_score(run_dir: Path, metric: str) -> float | None:
+    path = run_dir / "scenario" / "tuned" / SCORES_FILE
+    return json.loads(path.read_text()).get(metric) if path.exists() else None
 
 
 def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), search: list[Dimension] = (),
@@ -177,9 +193,10 @@ def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), sear
               cpus_per_trial: float = 1.0, log=lambda s: None, sinks_for=None) -> SweepResult:
     """Run every trial (locally, or as Ray Tune trials) and write ``sweep.json``, ``trials.csv`` and ``best.yaml``
     into ``out``. ``sinks_for(trial)``: event sinks for a local trial (the CLI's progress display)."""
-    if metric not in METRICS:
-        raise ConfigError([f"--metric {metric}: choose one of {', '.join(METRICS)}"])
-    mode = mode or METRICS[metric]
+    modes = metric_modes(config)
+    if metric not in modes:
+        raise ConfigError([f"--metric {metric}: choose one of {', '.join(modes)}"])
+    mode = mode or modes[metric]
     if not grid and not search:
         raise ConfigError(["give at least one --grid or --search dimension"])
     if search and not trials:

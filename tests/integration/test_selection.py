@@ -90,3 +90,47 @@ def test_choosing_needs_validation_and_a_metric_the_objective_measures(data, tmp
         slmtune.train({**config(no_val, tmp_path / "b", keep="best"), "data": no_val})
     with pytest.raises(ConfigError, match="valid_reward_mean is not measured by objective sft"):
         slmtune.train(config(data, tmp_path / "c", early_stopping={"metric": "valid_reward_mean"}))
+    with pytest.raises(ConfigError, match="accuracy is not measured by objective sft .*a scenario run also scores"):
+        slmtune.train(config(data, tmp_path / "d", early_stopping={"metric": "accuracy"}))
+
+
+# --- a scenario's metric, scored by generation at each evaluation -------------------------------------------------
+SENTIMENT = [("great", "positive"), ("awful", "negative"), ("lovely", "positive"), ("boring", "negative"),
+             ("superb", "positive"), ("dull", "negative")]
+HELD_OUT = [("fine", "positive"), ("poor", "negative"), ("nice", "positive"), ("bad", "negative"),
+            ("brilliant", "positive"), ("weak", "negative")]  # words training never shows
+
+
+def classification(tmp_path, **train):
+    rows = lambda pairs: [{"text": f"{w} film, {w} acting", "label": lab} for w, lab in pairs]  # noqa: E731
+    return {"model": {"name": "tiny-llama", "precision": "fp32"}, "scenario": "classification",
+            "data": {"train": str(write_jsonl(tmp_path / "train.jsonl", rows(SENTIMENT * 4))),
+                     "validation": str(write_jsonl(tmp_path / "val.jsonl", rows(HELD_OUT)))},
+            "method": {"name": "lora", "r": 8, "alpha": 16},
+            "train": {"epochs": 12, "batch_size": 4, "learning_rate": 2e-2, "seed": 7, "eval_every": 4,
+                      "save_every": 100, **train},
+            "run": {"output": str(tmp_path / "run")}}
+
+
+def test_classification_stopping_on_accuracy_keeps_the_best_held_out_accuracy(tmp_path):
+    r = slmtune.train(classification(tmp_path, early_stopping={"metric": "accuracy", "patience": 3}, keep="best"))
+    run = tmp_path / "run"
+    evals = [e.data for e in read_events(run / "events.jsonl") if e.type == "metrics" and "valid_accuracy" in e.data]
+    accuracy = {d["step"]: d["valid_accuracy"] for d in evals}
+    best = max(accuracy.values())
+    first_best = min(step for step, a in accuracy.items() if a == best)  # a tie is not an improvement
+    assert r.stopped_early and r.global_step < r.total_steps and best >= 0.5
+    assert r.kept_step == r.best_step == first_best and r.valid_scored["valid_accuracy"] == best
+    assert f"validation accuracy={best:.4f}" in next(e.message for e in read_events(run / "events.jsonl")
+                                                   if e.type == "metrics" and e.data["step"] == first_best)
+    checkpoint = json.loads((run / "checkpoints" / f"step-{first_best}" / "metrics.json").read_text())
+    assert checkpoint["valid_accuracy"] == best and checkpoint["full_valid_loss"] is not None
+    # the after-training evaluation scores the kept adapter: the best evaluation's accuracy, not the last one's
+    assert json.loads((run / "scenario" / "tuned" / "scores.json").read_text())["accuracy"] == best
+
+
+def test_a_scenario_names_the_metrics_it_scores(tmp_path):
+    cfg = classification(tmp_path, early_stopping={"metric": "f1"})
+    with pytest.raises(ConfigError, match="f1 is not measured by objective sft \\(use valid_loss, "
+                                          "valid_mean_token_accuracy, accuracy, macro_f1"):
+        slmtune.train(cfg)

@@ -96,6 +96,24 @@ def test_dimensions_and_bad_requests():
         run_sweep({}, "/nonexistent", search=[lr])
 
 
+def test_a_scenario_sweep_picks_by_the_scenarios_own_metric(tmp_path):
+    from tests.integration.test_selection import classification
+
+    cfg = classification(tmp_path)
+    cfg["train"] |= {"epochs": 4, "eval_every": 0}
+    cfg.pop("run")
+    result = run_sweep(cfg, tmp_path / "sweep", grid=[parse_grid("train.learning_rate=0.0005,0.02")],
+                       metric="accuracy")
+    assert result.mode == "max" and all(t.status == "succeeded" for t in result.trials)
+    scores = [json.loads((tmp_path / "sweep" / f"trial-{i:03d}" / "scenario" / "tuned" / "scores.json").read_text())
+              for i in range(2)]
+    assert [t.metric for t in result.trials] == [s["accuracy"] for s in scores]  # the after-training evaluation's
+    assert result.best == max(range(2), key=lambda i: (scores[i]["accuracy"], -i))
+    with pytest.raises(ConfigError, match="--metric accuracy: choose one of valid_loss, valid_mean_token_accuracy"):
+        run_sweep({k: v for k, v in cfg.items() if k != "scenario"}, tmp_path / "other",
+                  grid=[parse_grid("method.r=4,8")], metric="accuracy")
+
+
 def test_the_cli_refuses_asha_without_ray_and_unknown_keys(base_config, tmp_path):
     r = run_cli("sweep", str(base_config), "--grid", "method.r=4,8", "--asha", "-o", str(tmp_path / "a"))
     assert r.returncode == 2 and "--asha stops trials early through Ray Tune" in r.stderr

@@ -50,9 +50,10 @@ def test_a_classification_job_trains_on_records_and_returns_its_before_after_rep
     assert plan.status_code == 200, plan.text
     assert plan.json()["steps"] == 6  # 12 records, 20% held out for the before/after → 10 → 3 steps × 2 epochs
 
+    hp = {"n_epochs": 2, "batch_size": 4, "early_stopping": {"metric": "accuracy", "patience": 10}}  # judged only
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=fid,
                                          extra_body={"scenario": "classification"},
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4})
+                                         method={"type": "supervised", "supervised": {"hyperparameters": hp}})
     assert job.method.to_dict().get("scenario") == "classification"
     done = wait_status(client, job.id, {"succeeded", "failed"}, timeout=300)
     assert done.status == "succeeded", done.error
@@ -63,6 +64,10 @@ def test_a_classification_job_trains_on_records_and_returns_its_before_after_rep
     assert client.files.content(files["loss.png"]).content.startswith(b"\x89PNG")
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200).data]
     assert any(m.startswith("Scenario classification:") and "→ tuned" in m for m in events)
+    # accuracy by generation at every evaluation: in the step events and beside OpenAI's checkpoint metrics
+    assert any(m.startswith("Step ") and "validation accuracy=" in m for m in events)
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts and all(0 <= c.metrics.model_extra["valid_accuracy"] <= 1 for c in ckpts)
 
 
 def test_scenario_records_with_a_bad_line_and_scenario_with_dpo_are_refused(srv):
@@ -83,6 +88,11 @@ def test_scenario_records_with_a_bad_line_and_scenario_with_dpo_are_refused(srv)
     r = httpx.post(f"{srv.url}/fine_tuning/jobs", headers=headers, json={
         "model": "tiny-llama", "training_file": bad, "scenario": "classification", "method": {"type": "dpo"}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "scenario"
+    r = httpx.post(f"{srv.url}/fine_tuning/jobs", headers=headers, json={  # entity F1 is ner's, not this one's
+        "model": "tiny-llama", "training_file": bad, "scenario": "classification", "method": {
+            "type": "supervised", "supervised": {"hyperparameters": {"early_stopping": {"metric": "f1"}}}}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.early_stopping.metric"
+    assert "(use valid_loss, valid_mean_token_accuracy, accuracy, macro_f1" in r.json()["error"]["message"]
     r = httpx.post(f"{srv.url}/fine_tuning/jobs", headers=headers, json={
         "model": "tiny-llama", "training_file": bad, "scenario": "poetry"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "scenario"

@@ -24,7 +24,9 @@ def sweep(
                       ] = None,
     metric: Annotated[str, typer.Option("--metric", help="What picks the best trial: valid_loss, "
                                         "valid_mean_token_accuracy, valid_reward_mean or train_loss (the kept step's "
-                                        "figure in each run's result.json).")] = "valid_loss",
+                                        "figure in each run's result.json); in a scenario run also the scenario's "
+                                        "metrics (accuracy, f1, chrf, …: its after-training evaluation).")
+                  ] = "valid_loss",
     mode: Annotated[str | None, typer.Option("--mode", help="min or max (default: min for losses, max otherwise).")
                     ] = None,
     output: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: trial-NNN/ run folders, sweep.json, "

@@ -47,6 +47,15 @@ class ChatModel:
         self.model = model
         self._matchers: Matchers | None = None  # the grammar engine, made on the first call with tools
 
+    @classmethod
+    def around(cls, model, tokenizer) -> ChatModel:
+        """A ChatModel over a model already in memory, loading nothing: a training run's, scored between steps
+        (its mode and weights are the caller's)."""
+        self = cls.__new__(cls)
+        self.source, self.tokenizer, self.model, self._matchers = None, tokenizer, model, None
+        self.device = next(model.parameters()).device
+        return self
+
     # --- generation -----------------------------------------------------------------------------------------
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
         return generation_kwargs(self.tokenizer, max_new_tokens, temperature, top_p, seed)

@@ -31,6 +31,14 @@ class Scenario:
     scored_by_loss: bool = False  # loss and perplexity of the reference text on held-out records
     generates: bool = True  # held-out prompts are answered and the answers scored
 
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """The metrics measured by generation: what train.early_stopping.metric may name beyond the losses."""
+        return tuple(m for m in self.metrics if m not in ("loss", "perplexity")) if self.generates else ()
+
+
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "unparseable"})  # every other scenario metric: higher is better
+
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("domain", "continued pre-training on raw text", '{"text"} or .txt', ("perplexity", "loss"),

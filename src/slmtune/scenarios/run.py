@@ -14,11 +14,13 @@ from slmtune import events as ev
 from slmtune.config import ConfigError
 from slmtune.display import ConsoleSink
 from slmtune.graders.spec import judge_models
+from slmtune.inference.generate import ChatModel
 from slmtune.inference.judge import EngineJudge
 from slmtune.inference.rollout import EngineRollout
 from slmtune.methods import get as get_method
 from slmtune.models.loading import resolve_precision
-from slmtune.scenarios.catalog import get
+from slmtune.scenarios.catalog import LOWER_IS_BETTER, get
+from slmtune.scenarios.evaluate import evaluate_scenario
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
 from slmtune.scenarios.report import write_report
 from slmtune.training import grpo
@@ -38,6 +40,7 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
     engine.check_config(cfg)
     run_dir = engine.prepare_run_dir(cfg, resume)
     notes = prepare(cfg, run_dir)  # records → chat examples in RUN/data/; cfg.data now points there
+    scorer = HeldOutScorer.for_run(cfg, run_dir)
     held = list(sinks or [])  # the engine closes its sinks when it ends; the evaluation still writes to these
     try:
         if notes:  # keys the records had beyond the scenario's: ignored, said once per file
@@ -46,7 +49,7 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
                 bus.emit(ev.message(note, level="warn"))
             bus.close()
         result = engine.train(cfg, resume=resume, sinks=[_KeepOpen(s) for s in held], progress=progress,
-                              run_dir_ready=True)
+                              run_dir_ready=True, scorer=scorer)
         if result is None or result.status != RunStatus.SUCCEEDED or not cfg.scenario.eval:
             return result
         bus, held = _bus(held, run_dir, progress, keep_open=False), []  # the bus closes them now
@@ -60,6 +63,32 @@ def fine_tune(config, *, resume: bool = False, sinks: list[ev.Sink] | None = Non
         return result
     finally:
         ev.EventBus(held).close()
+
+
+class HeldOutScorer:
+    """The engine's ``Scorer`` for a scenario run: the scenario's generated metrics (accuracy, entity F1, …) on
+    its held-out records (at most scenario.eval_max_records), scored with the model as it is at each evaluation —
+    what ``train.early_stopping.metric`` judges when it names one of them. The same code and prompts as the
+    after-training evaluation, so the kept step's figure is what that evaluation measures on its weights."""
+
+    def __init__(self, name: str, meta: dict, records: list):
+        sc = get(name)
+        self.name, self.meta, self.records = name, meta, records
+        self.metrics = sc.scored
+        self.lower = LOWER_IS_BETTER & frozenset(self.metrics)
+
+    @classmethod
+    def for_run(cls, cfg, run_dir: Path) -> HeldOutScorer | None:
+        """The run's scorer when it stops early and its scenario scores by generation, else None. The engine calls
+        it only when early_stopping.metric names one of its metrics, and lists them when the metric is unknown."""
+        if cfg.train.early_stopping is None or not get(cfg.scenario.name).scored:
+            return None
+        info = load_info(run_dir)
+        return cls(info["name"], info["meta"], heldout_records(run_dir)[: cfg.scenario.eval_max_records])
+
+    def __call__(self, model, tokenizer) -> dict[str, float]:
+        scores = evaluate_scenario(ChatModel.around(model, tokenizer), self.name, self.meta, self.records)
+        return {m: float(scores[m]) for m in self.metrics if m in scores}
 
 
 def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | None:

@@ -15,6 +15,7 @@ from slmtune.data.validate import check_file
 from slmtune.graders.grade import check_grader
 from slmtune.graders.spec import judge_models
 from slmtune.planner import plan
+from slmtune.scenarios import catalog as scenario_catalog
 from slmtune.scenarios.pipeline import records_as_examples
 from slmtune.service.db import CheckpointRow, EventRow, FileRow, JobRow, new_id, now
 from slmtune.service.errors import BadRequest, NotFound, NotImplementedYet, RateLimited
@@ -170,7 +171,8 @@ def _check_selection(values: dict, req: FineTuningJobCreate, kind: str) -> None:
     param = "hyperparameters.early_stopping" if stop else "hyperparameters.keep"
     if req.validation_file is None and req.scenario is None:
         raise BadRequest(f"{param.split('.')[1]} judges validation results: give a validation_file.", param=param)
-    if stop and (why := EarlyStopping(**stop).unmeasured(kind)):
+    scored = scenario_catalog.get(req.scenario).scored if req.scenario else ()
+    if stop and (why := EarlyStopping(**stop).unmeasured(kind, scored)):
         raise BadRequest(f"early_stopping.metric: {why}.", param="hyperparameters.early_stopping.metric")
 
 

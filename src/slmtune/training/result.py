@@ -35,6 +35,7 @@ class TrainResult:
     best_step: int | None = None  # the best evaluation's step (train.early_stopping, train.keep: best)
     kept_step: int | None = None  # the step whose weights the artifact holds (the last one unless keep: best)
     stopped_early: bool = False  # train.early_stopping ended the run before its last step
+    valid_scored: dict[str, float] = field(default_factory=dict)  # the kept evaluation's scored metrics (a scenario's)
     history: list[dict] = field(default_factory=list, repr=False)
 
     def to_json(self) -> str:

@@ -11,6 +11,7 @@ scenario's data preparation and before/after evaluation around it when the confi
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import os
@@ -41,7 +42,15 @@ from slmtune.training.attention import use_train_attention
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
 from slmtune.training.result import RunStatus, TrainResult
-from slmtune.training.trainer import AfterOptimizerStep, EventCallback, Selection, SLMTrainer, validation_metrics
+from slmtune.training.trainer import (
+    ENGINE_VALIDATION,
+    AfterOptimizerStep,
+    EventCallback,
+    Scorer,
+    Selection,
+    SLMTrainer,
+    validation_metrics,
+)
 
 
 class RunDirError(ValueError):
@@ -170,6 +179,7 @@ def train(
     run_dir_ready: bool = False,
     judge=None,
     rollout=None,
+    scorer: Scorer | None = None,
 ) -> TrainResult | None:
     """Fine-tune a model as ``config`` says; return a :class:`TrainResult` (None on a node other than 0 of a
     multi-node run: node 0 writes the run directory and holds the result).
@@ -181,6 +191,8 @@ def train(
     the training data into it; it is used as it is. The engine reads ``cfg.data`` and nothing of scenarios.
     ``judge`` and ``rollout`` (train.objective grpo): what a model grader calls, and what samples the completions
     instead of TRL's generate — both from the layers above (``scenarios.run.fine_tune`` gives the batching engine's).
+    ``scorer``: metrics scored by generation at each evaluation (a scenario's, which train.early_stopping.metric may
+    name); one process only.
     """
     cfg = coerce_config(config).model_copy(deep=True)  # resolved below; the caller's object stays as given
     check_config(cfg)
@@ -190,6 +202,10 @@ def train(
     else:
         run_dir = Path(cfg.run.output) if run_dir_ready else prepare_run_dir(cfg, resume)
         if distributed.world_size(cfg) > 1:
+            if scorer is not None and cfg.train.early_stopping.metric in scorer.metrics:
+                raise ConfigError([f"train.early_stopping.metric: {cfg.train.early_stopping.metric} is scored by "
+                                   "generation in one process; multi-process runs stop on valid_loss or "
+                                   "valid_mean_token_accuracy"])
             return distributed.launch(cfg, run_dir, resume, progress, sinks)
 
     ckpt = None
@@ -207,7 +223,7 @@ def train(
     if resume and not ckpt:
         bus.emit(ev.message(f"{run_dir} has no checkpoint yet: starting from step 0", level="warn"))
     try:
-        return _train(cfg, run_dir, ckpt, bus, judge=judge, rollout=rollout)
+        return _train(cfg, run_dir, ckpt, bus, judge=judge, rollout=rollout, scorer=scorer)
     except (DataError, ConfigError, RunDirError) as e:
         bus.emit(ev.message(str(e), level="error"))
         raise
@@ -251,13 +267,14 @@ class Data:
         return bool(self.val_set)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, rollout=None) -> TrainResult:
+def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, rollout=None,
+           scorer: Scorer | None = None) -> TrainResult:
     """One training run in this process (a rank of a multi-process run included)."""
     method, strategy = resolve_run(cfg, run_dir, ckpt, bus)
     model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
     tokenizer = load_tokenizer(model_dir)
     data = setup_data(cfg, tokenizer, bus)  # before the weights: a bad file fails before any load
-    judging = selection(cfg, data)
+    judging = selection(cfg, data, scorer)
     total_steps = count_steps(cfg, data)
     arg_kw, early_args = trainer_settings(cfg, method, strategy, run_dir, model_dir, data)  # before the weights too
     model, peft_config = setup_model(cfg, method, model_dir, total_steps, bus)
@@ -267,6 +284,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
         trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args,
                                 judge=judge, rollout=rollout, bus=bus)
         callback = attach(trainer, cfg, method, strategy, run_dir, model, bus, judging, data.has_val)
+        if scorer is not None and judging is not None and judging.metric.removeprefix("valid_") in scorer.metrics:
+            trainer.scorer = functools.partial(scorer, tokenizer=tokenizer)
         status, runtime = fit(trainer, callback, ckpt, data)
     if status == RunStatus.SUCCEEDED and cfg.train.keep == "best":
         keep_best(trainer, callback, run_dir, bus)
@@ -509,8 +528,9 @@ def setup_trainer(cfg: TrainConfig, model, peft_config, tokenizer, data: Data, a
     )
 
 
-def selection(cfg: TrainConfig, data: Data) -> Selection | None:
-    """What judges the evaluations (train.early_stopping, train.keep: best), or None when nothing does."""
+def selection(cfg: TrainConfig, data: Data, scorer: Scorer | None = None) -> Selection | None:
+    """What judges the evaluations (train.early_stopping, train.keep: best), or None when nothing does. A metric
+    the scorer measures is judged as valid_<metric>, in the scorer's direction."""
     t = cfg.train
     if t.early_stopping is None and t.keep == "last":
         return None
@@ -520,8 +540,10 @@ def selection(cfg: TrainConfig, data: Data) -> Selection | None:
     stop = t.early_stopping
     if stop is None:  # keep: best alone judges by the objective's own validation figure
         return Selection("valid_reward_mean" if t.objective == "grpo" else "valid_loss")
-    if why := stop.unmeasured(t.objective):
+    if why := stop.unmeasured(t.objective, scorer.metrics if scorer is not None else ()):
         raise ConfigError([f"train.early_stopping.metric: {why}"])
+    if scorer is not None and stop.metric in scorer.metrics:
+        return Selection("valid_" + stop.metric, stop.patience, stop.min_delta, lower=stop.metric in scorer.lower)
     return Selection(stop.metric, stop.patience, stop.min_delta)
 
 
@@ -623,6 +645,7 @@ def finish(cfg: TrainConfig, trainer, callback, run_dir: Path, status: str, runt
         valid_mean_token_accuracy=kept_eval.get("valid_mean_token_accuracy"),
         train_reward_mean=next((h["reward"] for h in reversed(state.log_history) if "reward" in h), None),
         valid_reward_mean=kept_eval.get("valid_reward_mean"),
+        valid_scored={k: v for k, v in kept_eval.items() if k.startswith("valid_") and k not in ENGINE_VALIDATION},
         best_step=callback.selection.best_step if callback.selection else None,
         kept_step=(callback.kept_step or state.global_step) if artifact else None,
         stopped_early=callback.stopped_early,

@@ -18,6 +18,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -51,8 +52,24 @@ class EpochLengthGroupedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
+SCORED_PREFIX = "eval_scored_"  # a Scorer's metrics in the Trainer's logs; valid_<name> in slmtune's events
+
+
+class Scorer(Protocol):
+    """Metrics scored on the validation set by generation, with the model as it is at an evaluation (a scenario
+    run's: accuracy, entity F1, …). The engine calls it; the layers above build it (``scenarios.run``)."""
+
+    metrics: tuple[str, ...]  # the names it returns
+    lower: frozenset[str]  # those of them where lower is better
+
+    def __call__(self, model, tokenizer) -> dict[str, float]: ...
+
+
 class TrainerMetricsMixin:
     """Counters and metric names shared by the SFT trainer and the DPO trainer."""
+
+    scorer = None  # (model) -> {name: value}: a Scorer bound to the run's tokenizer, called at each evaluation
+    autocast_dtype = None  # set by the recipe (model.adapter_autocast): adapters compute in this dtype
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,6 +89,8 @@ class TrainerMetricsMixin:
                 logs["eval_loss"] = s / n  # token-weighted, not a mean of batch means
             self._acc["eval"] = [0, 0]
             self._eval_loss = [0.0, 0]
+            if self.scorer is not None and "eval_loss" in logs:
+                logs |= {SCORED_PREFIX + k: v for k, v in self._score().items()}
         elif "loss" in logs:
             c, n = self._acc["train"]
             if n:
@@ -79,6 +98,20 @@ class TrainerMetricsMixin:
             self._acc["train"] = [0, 0]
         super().log(logs, start_time)
 
+    @torch.no_grad()
+    def _score(self) -> dict[str, float]:
+        """The scorer's metrics on the weights as they are now (eval mode, the training dtype; training resumes
+        in the mode it was in)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            if self.autocast_dtype is None:
+                return self.scorer(model)
+            with torch.autocast(self.args.device.type, dtype=self.autocast_dtype):
+                return self.scorer(model)
+        finally:
+            model.train(was_training)
 
 
 class SLMTrainer(TrainerMetricsMixin, Trainer):
@@ -90,7 +123,6 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
         return super()._get_train_sampler(train_dataset)
 
     fused_loss = False  # set by the recipe where head_loss.unsupported_reason(model) is None
-    autocast_dtype = None  # set by the recipe (model.adapter_autocast): adapters compute in this dtype
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.autocast_dtype is None:
@@ -152,6 +184,8 @@ CHECKPOINT_METRICS = ("step", "train_loss", "train_mean_token_accuracy", "valid_
                       "full_valid_loss", "full_valid_mean_token_accuracy")  # OpenAI's checkpoint metrics
 REWARD_METRICS = ("train_reward_mean", "train_reward_std", "valid_reward_mean", "valid_reward_std")
 LOWER_IS_BETTER = {"valid_loss"}
+# the engine's own validation metrics; a Scorer adds others (valid_accuracy, …)
+ENGINE_VALIDATION = {"valid_loss", "valid_mean_token_accuracy", "valid_reward_mean", "valid_reward_std"}
 
 
 class Selection:
@@ -162,8 +196,9 @@ class Selection:
     save and evaluation schedules to coincide and track the Trainer's own ``checkpoint-N`` paths, which slmtune
     renames; here every improvement is checkpointed when it happens and kept through rotation."""
 
-    def __init__(self, metric: str, patience: int | None = None, min_delta: float = 0.0):
+    def __init__(self, metric: str, patience: int | None = None, min_delta: float = 0.0, lower: bool | None = None):
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.lower = metric in LOWER_IS_BETTER if lower is None else lower
         self.best_step: int | None = None
         self.best_value: float | None = None
         self.bad = 0  # evaluations since the best
@@ -172,7 +207,7 @@ class Selection:
         """Count one evaluation; True when it is the new best."""
         if value is None:
             return False
-        if self.best_value is None or (value < self.best_value - self.min_delta if self.metric in LOWER_IS_BETTER
+        if self.best_value is None or (value < self.best_value - self.min_delta if self.lower
                                        else value > self.best_value + self.min_delta):
             self.best_step, self.best_value, self.bad = step, value, 0
             return True
@@ -196,8 +231,14 @@ def validation_metrics(logs: dict) -> dict:
     if "eval_reward" in logs:  # GRPO: its eval loss is a policy loss, not a validation loss
         return {"valid_reward_mean": logs["eval_reward"], "valid_reward_std": logs.get("eval_reward_std")}
     if "eval_loss" in logs:
-        return {"valid_loss": logs["eval_loss"], "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy")}
+        return {"valid_loss": logs["eval_loss"], "valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
+                **scored_metrics(logs)}
     return {}
+
+
+def scored_metrics(logs: dict) -> dict:
+    """A Scorer's metrics in an evaluation's logs, as valid_<name>."""
+    return {"valid_" + k.removeprefix(SCORED_PREFIX): v for k, v in logs.items() if k.startswith(SCORED_PREFIX)}
 
 
 class EventCallback(TrainerCallback):
@@ -354,6 +395,9 @@ class EventCallback(TrainerCallback):
             parts.append(f"reward={d['train_reward_mean']:.4f}")
         if d.get("valid_reward_mean") is not None:
             parts.append(f"validation reward={d['valid_reward_mean']:.4f}")
+        judged = self.selection.metric if self.selection is not None else None
+        if judged not in ENGINE_VALIDATION and d.get(judged) is not None:  # a scored metric early stopping judges
+            parts.append(f"validation {judged.removeprefix('valid_')}={d[judged]:.4f}")
         self.bus.emit(ev.metrics(": ".join([parts[0], ", ".join(parts[1:])]), **d))
 
     # --- checkpoints ---------------------------------------------------------------------------------------
@@ -371,6 +415,8 @@ class EventCallback(TrainerCallback):
                 metrics["full_valid_loss"] = metrics["valid_loss"]
                 metrics["full_valid_mean_token_accuracy"] = metrics["valid_mean_token_accuracy"]
             metrics |= {k: self.flushed[k] for k in REWARD_METRICS if self.flushed.get(k) is not None}  # GRPO
+            metrics |= {k: v for k, v in self.flushed.items()  # a scenario's scored metrics (valid_accuracy, …)
+                        if k.startswith("valid_") and k not in metrics and v is not None}
         if state.is_world_process_zero:
             if src.exists():
                 if dst.exists():
