@@ -1,7 +1,9 @@
 """Regenerate the screenshots in docs/console/: `.venv/bin/python docs/console/make_screenshots.py`.
 
 Starts `slmtune serve` (tiny test models, auth on) in a temporary directory, drives Debian's chromium through every
-page with Playwright, and writes each page as a small PNG (256-colour palette) next to this file.
+page with Playwright, and writes each page as a small PNG (256-colour palette) next to this file. The sweep page is
+shot on the real default model, smollm2-135m-instruct (`slmtune models fetch smollm2-135m-instruct` first; two short
+jobs, a few minutes on two cores); `--sweep-only` shoots just that page.
 """
 
 from __future__ import annotations
@@ -42,7 +44,29 @@ def save(page, name: str, full: bool = False) -> None:
     print(name, (OUT / f"{name}.png").stat().st_size, "bytes")
 
 
+def sweep(page, tmp: Path) -> None:
+    """Two learning rates on the default model as one sweep from the New job page, then the Sweeps page."""
+    page.goto(BASE + "/#/new")
+    page.locator("#view[data-ready=new]").wait_for()
+    page.get_by_label("Base model", exact=True).select_option("smollm2-135m-instruct")
+    pick = lambda label, name: page.get_by_label(label).select_option(label=next(  # noqa: E731
+        o for o in page.get_by_label(label).locator("option").all_inner_texts() if name in o))
+    pick("Training file", "facts-train")
+    pick("Validation file", "facts-valid")
+    page.get_by_label("Epochs", exact=True).fill("3")
+    page.get_by_label("Batch size").fill("4")
+    page.get_by_label("Sweep name").fill("facts-lr")
+    page.get_by_label("Sweep learning rate multipliers").fill("1, 10")
+    page.get_by_role("button", name="Create 2 jobs").click()
+    page.locator("#view[data-ready=sweep]").wait_for(timeout=60_000)
+    page.locator("#trials tbody tr .st-succeeded").nth(1).wait_for(timeout=1_800_000)
+    page.locator("#trials tr.best").wait_for(timeout=60_000)
+    time.sleep(1)
+    save(page, "sweep")
+
+
 def main() -> None:
+    only_sweep = "--sweep-only" in sys.argv
     tmp = Path(tempfile.mkdtemp(prefix="slmtune-shots-"))
     exe = Path(sys.executable).parent / "slmtune"
     db = f"sqlite:///{tmp / 'db.sqlite'}"
@@ -60,6 +84,8 @@ def main() -> None:
                 time.sleep(0.2)
         (tmp / "facts.jsonl").write_text("".join(json.dumps(chat(k, v)) + "\n" for k, v in FACTS * 3))
         (tmp / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in REVIEWS))
+        (tmp / "facts-train.jsonl").write_text("".join(json.dumps(chat(k, v)) + "\n" for k, v in FACTS * 6))
+        (tmp / "facts-valid.jsonl").write_text("".join(json.dumps(chat(k, v)) + "\n" for k, v in FACTS))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -72,6 +98,13 @@ def main() -> None:
             page.get_by_label("API key").fill(key)
             page.get_by_role("button", name="Sign in").click()
             page.locator("#view[data-ready=datasets]").wait_for()
+            for name in ("facts-train", "facts-valid"):
+                body = (f"{name}.jsonl", (tmp / f"{name}.jsonl").read_bytes())
+                httpx.post(BASE + "/v1/files", headers={"Authorization": f"Bearer {key}"},
+                           data={"purpose": "fine-tune"}, files={"file": body}).raise_for_status()
+            if only_sweep:
+                sweep(page, tmp)
+                return
             page.get_by_label("Check for base model").select_option("tiny-llama")
             page.set_input_files("input[type=file]", str(tmp / "facts.jsonl"))
             page.locator("#check h2").wait_for(timeout=120_000)
@@ -86,7 +119,7 @@ def main() -> None:
             page.get_by_label("Base model", exact=True).select_option("tiny-llama")
             page.get_by_label("Training file").select_option(label=next(
                 o for o in page.get_by_label("Training file").locator("option").all_inner_texts() if "facts" in o))
-            page.get_by_label("Epochs").fill("3")
+            page.get_by_label("Epochs", exact=True).fill("3")
             page.get_by_label("Batch size").fill("1")
             page.locator("#plan h2").wait_for(timeout=60_000)
             time.sleep(1)
@@ -110,7 +143,7 @@ def main() -> None:
             page.get_by_label("Scenario").select_option("classification")
             page.get_by_label("Training file").select_option(label=next(
                 o for o in page.get_by_label("Training file").locator("option").all_inner_texts() if "reviews" in o))
-            page.get_by_label("Epochs").fill("4")
+            page.get_by_label("Epochs", exact=True).fill("4")
             page.get_by_label("Batch size").fill("2")
             page.locator("#plan h2").wait_for(timeout=60_000)
             page.get_by_role("button", name="Create job").click()
@@ -131,6 +164,8 @@ def main() -> None:
             page.goto(BASE + "/#/datasets")
             page.locator("#view[data-ready=datasets]").wait_for()
             save(page, "datasets-800px")
+            page.set_viewport_size({"width": 1280, "height": 800})
+            sweep(page, tmp)
             browser.close()
     finally:
         server.terminate()

@@ -426,3 +426,50 @@ def test_the_job_page_marks_the_kept_checkpoint_of_an_early_stopped_job(browser,
         assert t.errors == [], t.errors
     finally:
         t.close()
+
+
+def test_a_sweep_from_the_new_job_page_is_compared_with_its_best_marked(browser, srv, tmp_path):
+    """Two learning rates as one sweep from the form: two jobs sharing metadata.sweep (listed by the SDK's metadata
+    filter), compared on the Sweeps page — the rate that differs, each model's validation loss, both curves on one
+    chart, the lower loss marked best."""
+    key = srv.new_key("sweep-console")
+    client = srv.client(key)
+    files = [client.files.create(file=open(write_jsonl(tmp_path / f"{n}.jsonl", rows), "rb"), purpose="fine-tune")
+             for n, rows in (("train", [chat_record(*FACTS[i % 4]) for i in range(16)]),
+                             ("val", [chat_record(k, v) for k, v in FACTS]))]
+    t = Page(browser, srv)
+    page = t.page
+    try:
+        t.sign_in(key)
+        t.nav("New job", "new")
+        page.get_by_label("Base model").select_option("tiny-llama")
+        page.get_by_label("Training file").select_option(files[0].id)
+        page.get_by_label("Validation file").select_option(files[1].id)
+        page.get_by_label("Batch size").fill("4")
+        page.get_by_label("Sweep name").fill("lr-grid")
+        page.get_by_label("Sweep learning rate multipliers").fill("1, 100")
+        page.get_by_label("Epochs", exact=True).fill("2")
+        page.get_by_role("button", name="Create 2 jobs").click()
+        page.locator("#view[data-ready=sweep]").wait_for(timeout=30_000)
+        jobs = client.fine_tuning.jobs.list(metadata={"sweep": "lr-grid"}).data
+        rates = {j.method.supervised.hyperparameters.learning_rate_multiplier for j in jobs}
+        assert len(jobs) == 2 and rates == {1, 100}
+        for j in jobs:
+            wait_for(lambda j=j: client.fine_tuning.jobs.retrieve(j.id).status == "succeeded", timeout=240)
+        final = {j.id: [e.data["valid_loss"] for e in client.fine_tuning.jobs.list_events(j.id, limit=1000).data
+                        if e.type == "metrics" and e.data.get("valid_loss") is not None][0] for j in jobs}
+        best = min(final, key=final.get)
+        page.locator("#trials tr.best").wait_for(timeout=30_000)  # polled until both end
+        page.locator("#trials tbody tr .st-succeeded").nth(1).wait_for(timeout=30_000)
+        rows = page.locator("#trials tbody tr")
+        assert rows.count() == 2 and page.locator("#trials tr.best").get_attribute("data-job") == best
+        assert "learning rate multiplier" in page.locator("#trials thead").inner_text()
+        assert page.locator("#trials tr.best td.metric").inner_text() == f"{final[best]:.4f}"
+        assert page.locator("#sweep-chart").get_attribute("data-series") == "2"
+        assert int(page.locator("#sweep-chart").get_attribute("data-points")) >= 2
+        assert best in page.locator("#sweep-best").inner_text()
+        t.nav("Sweeps", "sweeps")
+        assert "2 succeeded" in page.locator("#sweeps tr[data-sweep=lr-grid]").inner_text()
+        assert t.errors == [], t.errors
+    finally:
+        t.close()

@@ -9,12 +9,15 @@ import { jobsView } from "./views/jobs.js";
 import { modelsView } from "./views/models.js";
 import { newJobView } from "./views/new_job.js";
 import { playgroundView } from "./views/playground.js";
+import { sweepView, sweepsView } from "./views/sweeps.js";
 
 const ROUTES = [  // hash, view, its nav link, the name #view[data-ready] takes once it has rendered
   [/^#\/datasets$/, datasetsView, "datasets", "datasets"],
   [/^#\/new$/, newJobView, "new", "new"],
   [/^#\/jobs$/, jobsView, "jobs", "jobs"],
   [/^#\/jobs\/([^/?]+)$/, jobView, "jobs", "job"],
+  [/^#\/sweeps$/, sweepsView, "sweeps", "sweeps"],
+  [/^#\/sweeps\/([^/?]+)$/, sweepView, "sweeps", "sweep"],
   [/^#\/playground(?:\?(.*))?$/, playgroundView, "playground", "playground"],
   [/^#\/models$/, modelsView, "models", "models"],
 ];

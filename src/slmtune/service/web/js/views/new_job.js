@@ -26,12 +26,35 @@ export async function newJobView(token) {
     beta: h("input", { name: "beta", type: "number", min: 0.01, max: 2, step: "any", placeholder: "auto" }),
     suffix: h("input", { name: "suffix", maxlength: 64, pattern: "[A-Za-z0-9_\\-]+", placeholder: "optional" }),
     seed: h("input", { name: "seed", type: "number", min: 0, step: 1, placeholder: "random" }),
+    sweep: h("input", { name: "sweep", maxlength: 64, placeholder: "optional: one job per combination" }),
+    sweepLrm: h("input", { name: "sweep_lrm", placeholder: "e.g. 0.5, 1, 2" }),
+    sweepEpochs: h("input", { name: "sweep_epochs", placeholder: "e.g. 2, 4" }),
   };
+  const submit = h("button", { type: "submit", class: "primary", text: "Create job" });
   const betaField = field("DPO beta", el.beta, "auto = 0.1");
   const planPanel = h("section", { class: "card plan", id: "plan", "aria-live": "polite", "aria-label": "Plan" },
     h("p", { class: "muted", text: "Choose a training file to see the plan." }));
   const status = h("div", { "aria-live": "polite" });
 
+  // A sweep: the jobs of every combination of the listed values (the single fields' values elsewhere), each with
+  // metadata {"sweep": NAME}; the Sweeps page compares them.
+  function list(input, int) {
+    return input.value.split(",").map((x) => x.trim()).filter(Boolean).map((x) => (int ? parseInt(x, 10) : parseFloat(x)));
+  }
+  function grid() {
+    if (!el.sweep.value.trim()) return null;
+    let combos = [{}];
+    for (const [key, values] of [["learning_rate_multiplier", list(el.sweepLrm, false)], ["n_epochs", list(el.sweepEpochs, true)]]) {
+      if (values.some((v) => Number.isNaN(v))) throw new Error(`Sweep: ${key.replaceAll("_", " ")} must be numbers separated by commas`);
+      if (values.length) combos = combos.flatMap((c) => values.map((v) => ({ ...c, [key]: v })));
+    }
+    return combos;
+  }
+  function label() {
+    let n = null;
+    try { n = grid(); } catch { n = null; }
+    submit.textContent = n ? `Create ${n.length} job${n.length === 1 ? "" : "s"}` : "Create job";
+  }
   function body() {
     const hp = {};
     const num = (input, key, int) => { if (input.value !== "") hp[key] = int ? parseInt(input.value, 10) : parseFloat(input.value); };
@@ -62,13 +85,25 @@ export async function newJobView(token) {
   }
   const replan = () => { clearTimeout(debounce); debounce = setTimeout(plan, 350); };
   const form = h("form", { class: "card", id: "new-job", "aria-label": "New fine-tuning job",
-    oninput: replan, onchange: replan,
+    oninput: () => { label(); replan(); }, onchange: replan,
     onsubmit: async (e) => {
       e.preventDefault();
+      let combos;
+      try { combos = grid(); } catch (err) { clear(status, alertBox(err.message)); return; }
+      const created = [];
       try {
-        const job = await api("/fine_tuning/jobs", { method: "POST", json: body() });
-        location.hash = `#/jobs/${job.id}`;
-      } catch (err) { clear(status, alertBox(`Not created: ${err.message}`)); }
+        for (const combo of combos || [null]) {
+          const b = body();
+          if (combo) {
+            Object.assign(b.method[b.method.type].hyperparameters, combo);
+            b.metadata = { sweep: el.sweep.value.trim() };
+          }
+          created.push((await api("/fine_tuning/jobs", { method: "POST", json: b })).id);
+        }
+        location.hash = combos ? `#/sweeps/${encodeURIComponent(el.sweep.value.trim())}` : `#/jobs/${created[0]}`;
+      } catch (err) {
+        clear(status, alertBox(`Not created: ${err.message}` + (created.length ? ` (created before it: ${created.join(", ")})` : "")));
+      }
     } },
     h("fieldset", {}, h("legend", { text: "Model and data" }),
       field("Base model", el.model), field("Method", el.method),
@@ -80,9 +115,13 @@ export async function newJobView(token) {
       field("Learning rate multiplier", el.lrm, "× 2e-4; auto = 1, or 5 under 100 examples"),
       betaField,
       field("Suffix", el.suffix, "part of the model name"), field("Seed", el.seed)),
-    status,
-    h("button", { type: "submit", class: "primary", text: "Create job" }));
+    h("fieldset", {}, h("legend", { text: "Sweep (optional)" }),
+      field("Sweep name", el.sweep, "the jobs share metadata.sweep; the Sweeps page compares them"),
+      field("Sweep learning rate multipliers", el.sweepLrm, "comma-separated; replaces the single value"),
+      field("Sweep epochs", el.sweepEpochs, "comma-separated; every combination is one job")),
+    status, submit);
   betaField.hidden = true;
+  label();
   clear(view(), h("h1", { text: "New fine-tuning job" }), h("div", { class: "split" }, form, planPanel));
 }
 
