@@ -64,10 +64,10 @@ function figure(trial, metric) {
 
 export async function sweepView(token, name) {
   const table = h("table", { class: "grid", id: "trials" });
-  const chart = makeOverlay("Validation", "sweep-chart");
+  const chart = makeOverlay("Curves", "sweep-chart");
   const metricSelect = h("select", { id: "sweep-metric", "aria-label": "Metric" });
   const summary = h("p", { id: "sweep-best", "aria-live": "polite" });
-  let trials = [], jobs = [];
+  let trials = [], jobs = [], picked = null;  // picked: the metric the user chose (else valid_loss when there is one)
 
   function draw() {
     const metrics = new Set();
@@ -75,7 +75,7 @@ export async function sweepView(token, name) {
       if ((k.startsWith("valid_") || k.startsWith("full_valid_") || k === "train_loss") && typeof d[k] === "number") metrics.add(k);
     }
     const names = [...metrics].sort((a, b) => (a === "valid_loss" ? -1 : b === "valid_loss" ? 1 : a.localeCompare(b)));
-    const chosen = names.includes(metricSelect.value) ? metricSelect.value : names[0] || "valid_loss";
+    const chosen = names.includes(picked) ? picked : names[0] || "valid_loss";
     clear(metricSelect, names.map((m) => h("option", { value: m, text: m.replaceAll("_", " "), selected: m === chosen })));
     const lower = lowerIsBetter(chosen);
     const figures = trials.map((t) => (t.job.status === "succeeded" ? figure(t, chosen) : null));
@@ -119,7 +119,7 @@ export async function sweepView(token, name) {
   }
   await refresh();
   if (!isCurrent(token)) return;
-  metricSelect.addEventListener("change", draw);
+  metricSelect.addEventListener("change", () => { picked = metricSelect.value; draw(); });
   clear(view(), h("div", { class: "titlebar" }, h("h1", {}, "Sweep ", h("span", { class: "mono", text: name })),
     h("label", {}, "Metric ", metricSelect)),
   jobs.length ? null : h("p", { class: "muted", text: "No job has this sweep name (metadata.sweep)." }),
