@@ -56,7 +56,7 @@ def sweep(page, tmp: Path) -> None:
     page.get_by_label("Epochs", exact=True).fill("3")
     page.get_by_label("Batch size").fill("4")
     page.get_by_label("Sweep name").fill("facts-lr")
-    page.get_by_label("Sweep learning rate multipliers").fill("1, 10")
+    page.get_by_label("Multipliers to try").fill("1, 10")
     page.get_by_role("button", name="Create 2 jobs").click()
     page.locator("#view[data-ready=sweep]").wait_for(timeout=60_000)
     page.locator("#trials tbody tr .st-succeeded").nth(1).wait_for(timeout=1_800_000)

@@ -447,7 +447,7 @@ def test_a_sweep_from_the_new_job_page_is_compared_with_its_best_marked(browser,
         page.get_by_label("Validation file").select_option(files[1].id)
         page.get_by_label("Batch size").fill("4")
         page.get_by_label("Sweep name").fill("lr-grid")
-        page.get_by_label("Sweep learning rate multipliers").fill("1, 100")
+        page.get_by_label("Multipliers to try").fill("1, 100")
         page.get_by_label("Epochs", exact=True).fill("2")
         page.get_by_role("button", name="Create 2 jobs").click()
         page.locator("#view[data-ready=sweep]").wait_for(timeout=30_000)

@@ -274,6 +274,19 @@ def test_odd_chat_fields_are_400s_not_500s(srv, body, needle):
     assert r.status_code == 400 and needle in (r.json()["error"]["param"] or ""), r.text
 
 
+@pytest.mark.parametrize("path", ["/fine_tuning/jobs/{job}/checkpoints?after=c%00x", "/fine_tuning/jobs/ftjob-%00",
+                                  "/fine_tuning/jobs/{job}/events?after=%00", "/files/file-%00x", "/models/ft:%00"])
+def test_a_nul_in_an_id_or_a_cursor_is_a_4xx_not_a_500(srv, path):
+    """Found by the fuzzer on PostgreSQL, whose text columns refuse NUL: such an id can name nothing."""
+    key = srv.new_key("nul")
+    client = srv.client(key)
+    body = "".join(json.dumps(chat_record(*FACTS[i % 4])) + "\n" for i in range(12)).encode()
+    f = client.files.create(file=("t.jsonl", body), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id)  # no worker: it stays queued
+    r = httpx.get(srv.url + path.format(job=job.id), headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert r.status_code in (400, 404) and r.json()["error"]["message"], r.text
+
+
 def test_api_docs_pages_are_off_by_default(srv):
     base = srv.url.removesuffix("/v1")
     assert httpx.get(base + "/docs").status_code == 404 and httpx.get(base + "/redoc").status_code == 404

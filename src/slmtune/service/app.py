@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmtune import __version__
@@ -215,6 +216,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers["allow"] = ", ".join(_allowed_methods(app, request.scope))
         return envelope(exc.status_code, f"{msg} ({request.method} {request.url.path})", headers=headers,
                         code=getattr(exc, "code", None), param=getattr(exc, "param", None))
+
+    @app.exception_handler(SQLAlchemyDataError)
+    async def unstorable_value(request: Request, exc: SQLAlchemyDataError):
+        # a value the database cannot hold or compare, sent by the client (a NUL character in an id or a cursor:
+        # PostgreSQL text refuses it; SQLite merely finds nothing): the request's fault, not the server's
+        return envelope(400, f"Invalid value in the request: {str(exc.orig).strip() or type(exc.orig).__name__}.",
+                        code="invalid_request_error", headers={"x-should-retry": "false"})
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):

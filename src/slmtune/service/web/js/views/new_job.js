@@ -117,8 +117,8 @@ export async function newJobView(token) {
       field("Suffix", el.suffix, "part of the model name"), field("Seed", el.seed)),
     h("fieldset", {}, h("legend", { text: "Sweep (optional)" }),
       field("Sweep name", el.sweep, "the jobs share metadata.sweep; the Sweeps page compares them"),
-      field("Sweep learning rate multipliers", el.sweepLrm, "comma-separated; replaces the single value"),
-      field("Sweep epochs", el.sweepEpochs, "comma-separated; every combination is one job")),
+      field("Multipliers to try", el.sweepLrm, "learning-rate multipliers, comma-separated; replace the single value"),
+      field("Epoch counts to try", el.sweepEpochs, "comma-separated; every combination is one job")),
     status, submit);
   betaField.hidden = true;
   label();
