@@ -1,9 +1,9 @@
 """Regenerate the screenshots in docs/console/: `.venv/bin/python docs/console/make_screenshots.py`.
 
-Starts `slmtune serve` (tiny test models, auth on) in a temporary directory, drives Debian's chromium through every
-page with Playwright, and writes each page as a small PNG (256-colour palette) next to this file. The sweep page is
-shot on the real default model, smollm2-135m-instruct (`slmtune models fetch smollm2-135m-instruct` first; two short
-jobs, a few minutes on two cores); `--sweep-only` shoots just that page.
+Starts `slmtune serve` (auth on) in a temporary directory, drives Debian's chromium through every page with
+Playwright, and writes each page as a small PNG (256-colour palette) next to this file. Every page shows the real
+default model, smollm2-135m-instruct (`slmtune models fetch smollm2-135m-instruct` first): four short training jobs,
+about ten minutes on two cores. `--sweep-only` shoots just the sweep page.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from playwright.sync_api import sync_playwright
 
 OUT = Path(__file__).parent
 PORT = 8790
+MODEL = "smollm2-135m-instruct"  # the default model, as a user first sees it
 BASE = f"http://127.0.0.1:{PORT}"
 REVIEWS = [{"text": f"{w} film, {w} acting", "label": lab}
            for w, lab in [("great", "positive"), ("awful", "negative"), ("lovely", "positive"),
@@ -48,7 +49,7 @@ def sweep(page, tmp: Path) -> None:
     """Two learning rates on the default model as one sweep from the New job page, then the Sweeps page."""
     page.goto(BASE + "/#/new")
     page.locator("#view[data-ready=new]").wait_for()
-    page.get_by_label("Base model", exact=True).select_option("smollm2-135m-instruct")
+    page.get_by_label("Base model", exact=True).select_option(MODEL)
     pick = lambda label, name: page.get_by_label(label).select_option(label=next(  # noqa: E731
         o for o in page.get_by_label(label).locator("option").all_inner_texts() if name in o))
     pick("Training file", "facts-train")
@@ -70,7 +71,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slmtune-shots-"))
     exe = Path(sys.executable).parent / "slmtune"
     db = f"sqlite:///{tmp / 'db.sqlite'}"
-    env = {**os.environ, "SLMTUNE_TEST_MODELS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "SLMTUNE_TEST_MODELS"}  # the real models only
     key = subprocess.run([str(exe), "keys", "create", "--project", "demo", "--db", db], env=env, check=True,
                          capture_output=True, text=True).stdout.split()[-1]
     server = subprocess.Popen([str(exe), "serve", "--port", str(PORT), "--db", db, "--data-dir", str(tmp / "data")],
@@ -105,7 +106,7 @@ def main() -> None:
             if only_sweep:
                 sweep(page, tmp)
                 return
-            page.get_by_label("Check for base model").select_option("tiny-llama")
+            page.get_by_label("Check for base model").select_option(MODEL)
             page.set_input_files("input[type=file]", str(tmp / "facts.jsonl"))
             page.locator("#check h2").wait_for(timeout=120_000)
             page.locator("#check h3").scroll_into_view_if_needed()
@@ -116,7 +117,7 @@ def main() -> None:
 
             page.goto(BASE + "/#/new")
             page.locator("#view[data-ready=new]").wait_for()
-            page.get_by_label("Base model", exact=True).select_option("tiny-llama")
+            page.get_by_label("Base model", exact=True).select_option(MODEL)
             page.get_by_label("Training file").select_option(label=next(
                 o for o in page.get_by_label("Training file").locator("option").all_inner_texts() if "facts" in o))
             page.get_by_label("Epochs", exact=True).fill("3")
@@ -125,7 +126,7 @@ def main() -> None:
             time.sleep(1)
             save(page, "new-job")
             page.get_by_role("button", name="Create job").click()
-            page.locator("#job-status .st-succeeded").wait_for(timeout=240_000)
+            page.locator("#job-status .st-succeeded").wait_for(timeout=900_000)
             time.sleep(1)
             save(page, "job")
 
@@ -139,7 +140,7 @@ def main() -> None:
 
             page.goto(BASE + "/#/new")
             page.locator("#view[data-ready=new]").wait_for()
-            page.get_by_label("Base model", exact=True).select_option("tiny-llama")
+            page.get_by_label("Base model", exact=True).select_option(MODEL)
             page.get_by_label("Scenario").select_option("classification")
             page.get_by_label("Training file").select_option(label=next(
                 o for o in page.get_by_label("Training file").locator("option").all_inner_texts() if "reviews" in o))
@@ -147,7 +148,7 @@ def main() -> None:
             page.get_by_label("Batch size").fill("2")
             page.locator("#plan h2").wait_for(timeout=60_000)
             page.get_by_role("button", name="Create job").click()
-            page.locator("#job-status .st-succeeded").wait_for(timeout=300_000)
+            page.locator("#job-status .st-succeeded").wait_for(timeout=900_000)
             page.locator("#report img").first.wait_for(timeout=60_000)
             time.sleep(1)
             page.locator("#report").scroll_into_view_if_needed()
