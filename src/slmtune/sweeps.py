@@ -35,7 +35,7 @@ import yaml
 from slmtune.config import ConfigError, apply_overrides, build_config
 from slmtune.scenarios.catalog import LOWER_IS_BETTER
 from slmtune.scenarios.catalog import get as get_scenario
-from slmtune.scenarios.evaluate import SCORES_FILE
+from slmtune.scenarios.pipeline import read_scores
 from slmtune.scenarios.run import fine_tune
 from slmtune.training.result import RunStatus
 
@@ -168,7 +168,7 @@ def run_trial(raw: dict, trial: Trial, metric: str, sinks=None, progress: bool =
         trial.status = "interrupted"
         return trial
     trial.status = "succeeded" if done.get("status") == RunStatus.SUCCEEDED else "interrupted"
-    trial.metric = done.get(metric) if metric in METRICS else scenario_score(run_dir, metric)
+    trial.metric = done.get(metric) if metric in METRICS else read_scores(run_dir).get("tuned", {}).get(metric)
     trial.best_step, trial.global_step = done.get("kept_step") or done.get("best_step"), done.get("global_step")
     trial.tokens_per_second = done.get("tokens_per_second")
     return trial
@@ -180,11 +180,6 @@ def metric_modes(config: dict) -> dict[str, str]:
     the run's adapter (the kept step's with train.keep: best)."""
     name = build_config(config).scenario.name
     return METRICS | ({m: "min" if m in LOWER_IS_BETTER else "max" for m in get_scenario(name).metrics} if name else {})
-
-
-def scenario_score(run_dir: Path, metric: str) -> float | None:
-    path = run_dir / "scenario" / "tuned" / SCORES_FILE
-    return json.loads(path.read_text()).get(metric) if path.exists() else None
 
 
 def run_sweep(config: dict, out: str | Path, *, grid: list[Dimension] = (), search: list[Dimension] = (),
@@ -282,13 +277,15 @@ def _run_on_ray(config: dict, result: SweepResult, address: str | None, asha: bo
     ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=False,
              **({"include_dashboard": False} if address is None else {}))
     metric, mode = result.metric, result.mode
+    # a scenario metric is in the events as valid_<metric> when early stopping scores it at each evaluation
+    event_key = metric if metric in METRICS else "valid_" + metric
 
     def trainable(params):
         trial = Trial(**params["trial"])
 
         def report(event):  # a sink in the trial's training: each evaluation's figure goes to Tune
-            if event.type == "metrics" and event.data.get(metric) is not None:
-                tune.report({metric: event.data[metric], "step": event.data["step"]})
+            if event.type == "metrics" and event.data.get(event_key) is not None:
+                tune.report({metric: event.data[event_key], "step": event.data["step"]})
 
         done = run_trial(config, trial, metric, sinks=[report])
         done.node = ray.get_runtime_context().get_node_id()

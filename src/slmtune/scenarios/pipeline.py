@@ -18,7 +18,7 @@ from pathlib import Path
 from slmtune.data.formats import DataError, Problem, Reading
 from slmtune.inference.generate import ChatModel, Source, locate
 from slmtune.scenarios.catalog import build_meta, to_example
-from slmtune.scenarios.evaluate import evaluate_scenario
+from slmtune.scenarios.evaluate import SCORES_FILE, evaluate_scenario
 from slmtune.scenarios.records import Record, load_records, read_records
 from slmtune.training.run import holdout_split
 
@@ -85,6 +85,17 @@ def heldout_records(run_dir: str | Path) -> list[Record]:
     return [r for r in load_records(info["train"], info["name"]) if r.line in lines]
 
 
+def scored_dir(run_dir: str | Path, kind: str) -> Path:
+    """Where a scenario run keeps the ``kind`` ("base" or "tuned") model's scores.json and outputs.jsonl."""
+    return Path(run_dir) / "scenario" / kind
+
+
+def read_scores(run_dir: str | Path) -> dict:
+    """The scores each model of a scenario run was given, by kind ("base", "tuned"); those not scored are absent."""
+    files = {kind: scored_dir(run_dir, kind) / SCORES_FILE for kind in ("base", "tuned")}
+    return {kind: json.loads(f.read_text()) for kind, f in files.items() if f.exists()}
+
+
 def evaluate_models(run_dir: str | Path, name: str, meta: dict, records: list[Record], which: tuple[str, ...],
                     max_records: int | None = None, progress: bool = False, log=print) -> dict:
     """Score the base and/or tuned model of a run on ``records``; results under RUN/scenario/{base,tuned}/."""
@@ -95,6 +106,6 @@ def evaluate_models(run_dir: str | Path, name: str, meta: dict, records: list[Re
     for kind in which:
         model = ChatModel(src) if kind == "tuned" else ChatModel(Source(src.base, src.base_dir))
         log(f"Scenario {name}: scoring the {kind} model on {len(records)} held-out records")
-        out[kind] = evaluate_scenario(model, name, meta, records, run_dir / "scenario" / kind, progress=progress)
+        out[kind] = evaluate_scenario(model, name, meta, records, scored_dir(run_dir, kind), progress=progress)
         del model
     return out

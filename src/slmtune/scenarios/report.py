@@ -7,18 +7,10 @@ import json
 from pathlib import Path
 
 from slmtune.scenarios.catalog import get
-from slmtune.scenarios.evaluate import OUTPUTS_FILE, SCORES_FILE
+from slmtune.scenarios.evaluate import OUTPUTS_FILE
+from slmtune.scenarios.pipeline import read_scores, scored_dir
 
 PLOTS = "plots"
-
-
-def _read_scores(run_dir: Path) -> dict:
-    out = {}
-    for kind in ("base", "tuned"):
-        f = run_dir / "scenario" / kind / SCORES_FILE
-        if f.exists():
-            out[kind] = json.loads(f.read_text())
-    return out
 
 
 def _loss_curves(run_dir: Path) -> tuple[list, list, list, list]:
@@ -46,7 +38,7 @@ def write_report(run_dir: str | Path) -> Path:
     if not (run_dir / "metrics.csv").exists() and not (run_dir / "scenario").exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no metrics.csv, no scenario/ results)")
     info = json.loads((run_dir / "scenario.json").read_text()) if (run_dir / "scenario.json").exists() else None
-    scores = _read_scores(run_dir)
+    scores = read_scores(run_dir)
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
     lines = _summary(run_dir, info) + _loss_section(run_dir, plots)
@@ -155,7 +147,7 @@ def _outputs_section(run_dir: Path, scores: dict) -> list[str]:
     """Where every output is, with the first three per model quoted."""
     lines = ["## Outputs", ""]
     for kind in scores:
-        f = run_dir / "scenario" / kind / OUTPUTS_FILE
+        f = scored_dir(run_dir, kind) / OUTPUTS_FILE
         if f.exists():
             lines.append(f"- {kind}: `scenario/{kind}/{OUTPUTS_FILE}` (every prompt, reference and output)")
             for row in [json.loads(x) for x in f.read_text().splitlines()[:3]]:

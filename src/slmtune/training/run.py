@@ -49,6 +49,7 @@ from slmtune.training.trainer import (
     Scorer,
     Selection,
     SLMTrainer,
+    scores_early_stopping,
     validation_metrics,
 )
 
@@ -202,7 +203,7 @@ def train(
     else:
         run_dir = Path(cfg.run.output) if run_dir_ready else prepare_run_dir(cfg, resume)
         if distributed.world_size(cfg) > 1:
-            if scorer is not None and cfg.train.early_stopping.metric in scorer.metrics:
+            if scores_early_stopping(cfg, scorer):
                 raise ConfigError([f"train.early_stopping.metric: {cfg.train.early_stopping.metric} is scored by "
                                    "generation in one process; multi-process runs stop on valid_loss or "
                                    "valid_mean_token_accuracy"])
@@ -284,7 +285,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
         trainer = setup_trainer(cfg, model, peft_config, tokenizer, data, arg_kw, early_args,
                                 judge=judge, rollout=rollout, bus=bus)
         callback = attach(trainer, cfg, method, strategy, run_dir, model, bus, judging, data.has_val)
-        if scorer is not None and judging is not None and judging.metric.removeprefix("valid_") in scorer.metrics:
+        if scores_early_stopping(cfg, scorer):
             trainer.scorer = functools.partial(scorer, tokenizer=tokenizer)
         status, runtime = fit(trainer, callback, ckpt, data)
     if status == RunStatus.SUCCEEDED and cfg.train.keep == "best":
@@ -542,7 +543,7 @@ def selection(cfg: TrainConfig, data: Data, scorer: Scorer | None = None) -> Sel
         return Selection("valid_reward_mean" if t.objective == "grpo" else "valid_loss")
     if why := stop.unmeasured(t.objective, scorer.metrics if scorer is not None else ()):
         raise ConfigError([f"train.early_stopping.metric: {why}"])
-    if scorer is not None and stop.metric in scorer.metrics:
+    if scores_early_stopping(cfg, scorer):
         return Selection("valid_" + stop.metric, stop.patience, stop.min_delta, lower=stop.metric in scorer.lower)
     return Selection(stop.metric, stop.patience, stop.min_delta)
 

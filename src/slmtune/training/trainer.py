@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -65,6 +66,13 @@ class Scorer(Protocol):
     def __call__(self, model, tokenizer) -> dict[str, float]: ...
 
 
+def scores_early_stopping(cfg, scorer: Scorer | None) -> bool:
+    """Whether train.early_stopping names one of the scorer's metrics: then the scorer runs at each evaluation (in
+    one process) and the selection judges valid_<metric> in its direction."""
+    stop = cfg.train.early_stopping
+    return scorer is not None and stop is not None and stop.metric in scorer.metrics
+
+
 class TrainerMetricsMixin:
     """Counters and metric names shared by the SFT trainer and the DPO trainer."""
 
@@ -106,12 +114,16 @@ class TrainerMetricsMixin:
         was_training = model.training
         model.eval()
         try:
-            if self.autocast_dtype is None:
-                return self.scorer(model)
-            with torch.autocast(self.args.device.type, dtype=self.autocast_dtype):
+            with self.compute_dtype():
                 return self.scorer(model)
         finally:
             model.train(was_training)
+
+    def compute_dtype(self):
+        """The dtype the adapters compute in: autocast to ``autocast_dtype`` when the recipe set one."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.args.device.type, dtype=self.autocast_dtype)
 
 
 class SLMTrainer(TrainerMetricsMixin, Trainer):
@@ -125,9 +137,7 @@ class SLMTrainer(TrainerMetricsMixin, Trainer):
     fused_loss = False  # set by the recipe where head_loss.unsupported_reason(model) is None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.autocast_dtype is None:
-            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        with torch.autocast(self.args.device.type, dtype=self.autocast_dtype):
+        with self.compute_dtype():
             return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

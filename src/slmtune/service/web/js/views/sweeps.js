@@ -68,6 +68,7 @@ export async function sweepView(token, name) {
   const metricSelect = h("select", { id: "sweep-metric", "aria-label": "Metric" });
   const summary = h("p", { id: "sweep-best", "aria-live": "polite" });
   let trials = [], jobs = [], picked = null;  // picked: the metric the user chose (else valid_loss when there is one)
+  const ended = new Map();  // job id → its trial, once the job has ended (its events no longer change)
 
   function draw() {
     const metrics = new Set();
@@ -112,7 +113,8 @@ export async function sweepView(token, name) {
   }
   async function refresh() {
     jobs = await listAll(sweepPath(name));
-    const fresh = await Promise.all(jobs.map(trialOf));
+    const fresh = await Promise.all(jobs.map((j) => ended.get(j.id) || trialOf(j)));
+    for (const t of fresh) if (TERMINAL.has(t.job.status)) ended.set(t.job.id, t);
     if (!isCurrent(token)) return;
     trials = fresh.reverse();  // oldest first: the order they were created in
     draw();
