@@ -126,10 +126,9 @@ def measure(backend: str, clients: int, seconds: float) -> tuple[LoadResult, dic
         job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
                                         hyperparameters={"n_epochs": 10, "batch_size": 4})  # outlasts the load
         deadline = time.time() + 300
-        while c.fine_tuning.jobs.retrieve(job.id).status != "running":
-            assert time.time() < deadline, "the job did not start"
+        while not (steps_before := _steps(c, job.id)):  # training, not just claimed: the load meets a live step
+            assert time.time() < deadline, "the job did not start training"
             time.sleep(0.5)
-        steps_before = _steps(c, job.id)
         res = run_load(srv.url, [key], job.id, f.id, clients, seconds)
         job_after = c.fine_tuning.jobs.retrieve(job.id)
         info = {"job_status": job_after.status, "steps_during_load": _steps(c, job.id) - steps_before}
@@ -140,7 +139,7 @@ def measure(backend: str, clients: int, seconds: float) -> tuple[LoadResult, dic
 
 
 def _steps(client, job_id: str) -> int:
-    events = client.fine_tuning.jobs.list_events(job_id, limit=1).data
+    events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # the newest; a message may come between
     return max((e.data.get("step", 0) for e in events if e.type == "metrics"), default=0)
 
 

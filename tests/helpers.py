@@ -30,13 +30,17 @@ OWN_PROCESS = ("serve", "worker")
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600, input: str | None = None,
-            process: bool = False) -> subprocess.CompletedProcess:
+            process: bool | None = None) -> subprocess.CompletedProcess:
     """Run `slmtune ARGS` as a user would and return its exit code, stdout and stderr.
 
     In this process through Typer's runner (the same app object the entry point calls: the same parsing, output and
-    exit codes, without a Python start-up and the torch/transformers imports, seconds each) unless ``process`` or
-    the command serves (``OWN_PROCESS``): then the installed entry point in a subprocess, under ``timeout``."""
-    if process or (args[:1] and args[0] in OWN_PROCESS and "--help" not in args):
+    exit codes, without a Python start-up and the torch/transformers imports, seconds each) unless ``process`` or,
+    with ``process`` unset, the command serves (``OWN_PROCESS``): then the installed entry point in a subprocess,
+    under ``timeout``. ``process=False`` runs a serving command here too, for one that must refuse before serving
+    (its test then carries a ``timeout`` mark)."""
+    if process is None:
+        process = bool(args[:1]) and args[0] in OWN_PROCESS and "--help" not in args
+    if process:
         exe = Path(sys.executable).parent / "slmtune"
         return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, input=input,
                               env={**os.environ, **(env or {})})

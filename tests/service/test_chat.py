@@ -4,6 +4,7 @@ while chats are in flight, and /metrics."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -178,8 +179,6 @@ ASK = [{"role": "user", "content": "weather in Paris for two days?"}]
 
 
 def _valid(call) -> bool:
-    import json
-
     import jsonschema
 
     schema = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, ADD)}[call.function.name]
@@ -200,6 +199,11 @@ def test_required_and_named_tool_choice_always_give_calls_that_validate(srv):
                                            parallel_tool_calls=False, n=2, temperature=1.0, seed=4)
     assert all(c.message.tool_calls[0].function.name == "add" and _valid(c.message.tool_calls[0])
                for c in named.choices)
+    # a function that declares no "parameters" takes none (found by the fuzzer: this was a 500)
+    bare = client.chat.completions.create(model="tiny-llama", messages=ASK, tools=[{"type": "function", "function": {
+        "name": "ping"}}], tool_choice="required", parallel_tool_calls=False, max_tokens=64)
+    call = bare.choices[0].message.tool_calls[0]
+    assert call.function.name == "ping" and json.loads(call.function.arguments) == {}
     free = client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=8)  # no tools: no calls
     assert free.choices[0].message.tool_calls is None
 
@@ -226,8 +230,6 @@ def test_response_format_json_schema_through_parse_and_json_object(srv):
     obj = client.chat.completions.create(model="tiny-llama", messages=ASK, max_tokens=48,
                                          response_format={"type": "json_object"}, temperature=0.7, seed=6)
     if obj.choices[0].finish_reason == "stop":
-        import json
-
         assert isinstance(json.loads(obj.choices[0].message.content), dict)
 
 

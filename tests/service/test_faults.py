@@ -56,6 +56,9 @@ def handed_back_at(client, job_id: str) -> list[int]:
 
 
 def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and_it_finishes(backend, tmp_path):
+    if backend != "sqlite":
+        pytest.skip("one backend is enough: the hand-back is the process's; PostgreSQL's own faults are the restart "
+                    "and the four racing workers below")
     db = make_db_url(backend, tmp_path)
     srv = ServeProcess(db, tmp_path / "data", "--no-auth")
     again = worker = last = None

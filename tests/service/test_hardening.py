@@ -190,10 +190,12 @@ def test_false_content_lengths_get_4xx_and_the_server_stays_up(srv, length, body
     assert httpx.get(srv.url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
 
 
-def test_a_big_file_is_checked_and_planned_in_bounded_memory(srv, tmp_path):
+def test_a_big_file_is_checked_and_planned_in_bounded_memory(srv, backend, tmp_path):
     """A 40 MB upload (10,000 long examples): the check keeps its preview and counts the rest, stopping one past the
     most examples a job may have (2,000 on this server); the plan counts without tokenizing. Before, the check read
     the whole file and every encoding into memory (+962 MB for 40 MB)."""
+    if backend != "sqlite":
+        pytest.skip("one backend is enough: the file and its check live on disk, the database holds one row")
     key = srv.new_key("bigfile")
     client = srv.client(key)
     rec = chat_record("color", "blue " * 780)  # ~4 KB a line

@@ -90,6 +90,7 @@ def api_snapshot(base: str, key: str) -> dict:
     return snap
 
 
+@pytest.mark.timeout(600)  # serve and worker run in this process: were the refusal gone, they would serve on
 def test_upgrade_in_place_keeps_every_row_and_every_answer(url, tmp_path):
     settings = Settings(db_url=url, data_dir=tmp_path / "data", lease_seconds=3.0)
     srv = Server(settings, workers=1).start()
@@ -111,7 +112,7 @@ def test_upgrade_in_place_keeps_every_row_and_every_answer(url, tmp_path):
     assert "expires_at" not in columns(url)["api_keys"] and "claims" not in columns(url)["jobs"]
     # an older schema stops serve and worker with the command to run, and changes nothing
     for cmd in (["serve", "--no-worker", "--port", "1"], ["worker"]):
-        r = run_cli(*cmd, "--db", url, "--data-dir", str(tmp_path / "data"), timeout=120)
+        r = run_cli(*cmd, "--db", url, "--data-dir", str(tmp_path / "data"), process=False)
         assert r.returncode == 2 and "slmtune db upgrade" in r.stderr and "--migrate" in r.stderr, r.stderr
     assert sql(url, "SELECT version_num FROM alembic_version") == [("0001",)]
 

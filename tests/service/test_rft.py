@@ -73,7 +73,9 @@ def test_a_reinforcement_job_through_the_sdk(client, tuned):
     assert reply.choices[0].message.content is not None
 
 
-def test_a_fine_tuned_model_judges_a_reinforcement_job(client, rl_files, tuned):
+def test_a_fine_tuned_model_judges_a_reinforcement_job(client, backend, rl_files, tuned):
+    if backend != "sqlite":
+        pytest.skip("one backend is enough: the judge is served like any fine-tuned model; storage is the SDK test's")
     judge = {"type": "score_model", "name": "judge", "model": tuned.fine_tuned_model, "range": [0, 1],
              "input": [{"role": "user", "content": "Does this name the fruit {{ item.topic }}? " + OUT}]}
     job = client.fine_tuning.jobs.create(

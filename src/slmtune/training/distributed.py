@@ -137,7 +137,24 @@ def deepspeed_args(cfg, strategy: str, run_dir: Path, model_dir) -> dict:
     ds = deepspeed_config(cfg, strategy, hidden)
     if rank() == 0:
         (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
+    skip_shared_memory_allreduce()
     return {"ddp_backend": backend(), "deepspeed": ds}
+
+
+def skip_shared_memory_allreduce() -> None:
+    """On CPU, DeepSpeed's communication backend compiles a C++ shared-memory all-reduce at start-up
+    (``deepspeed_shm_comm``: ~35 s on 2 cores the first time on a machine, and a hard failure without a C++
+    compiler). Only its inference all-reduce (tensor-parallel serving) calls it; ZeRO training reduces through
+    torch.distributed (gloo). So the build is skipped: DeepSpeed then treats the op as unavailable, as it does where
+    it cannot be built. No setting of DeepSpeed's turns it off, hence the replaced builder."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import importlib
+
+    # by module name: ``import deepspeed.comm.torch as m`` would give the real torch, which deepspeed.comm re-exports
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def fsdp_config(cfg, model) -> dict:

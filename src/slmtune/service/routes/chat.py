@@ -51,7 +51,8 @@ def _tools(req: ChatCompletionRequest) -> list[dict] | None:
     tools = req.tool_list()
     if tools:
         problems: list[tuple[str, str]] = []
-        check_tools(tools, lambda path, msg: problems.append((path, msg)))
+        # the checked list: a function without "parameters" takes none (an empty object schema), as on OpenAI
+        tools = check_tools(tools, lambda path, msg: problems.append((path, msg)))
         if problems:
             path, msg = problems[0]
             raise BadRequest(f"Invalid value for '{path}': {msg}", param=path)
