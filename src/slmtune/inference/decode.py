@@ -150,16 +150,17 @@ class _FusedLoRA:
     matmuls: their ``A``s stacked (all slots) and their ``B``s placed block-diagonally at each layer's output
     columns, both packed like the base weights. Per row the result is each layer's own ``B @ A @ x × scale``
     (the other slots' and layers' blocks add zeros). Measured on the default model at one row: q/k/v's three
-    unpacked pairs 111 µs, fused and packed 31 µs a layer. Built again when an adapter loads or unloads."""
+    unpacked pairs 111 µs, fused and packed 31 µs a layer. Built again when an adapter loads or unloads, over the
+    slots up to the highest one loaded (``slots``), not the whole cache."""
 
-    def __init__(self, layers: list[tuple[object, int, int]], out_width: int):
+    def __init__(self, layers: list[tuple[object, int, int]], out_width: int, slots: int):
         self.ranks = [layer.rank for layer, _, _ in layers]
-        a = torch.cat([layer.A for layer, _, _ in layers])  # [Σ slots × rank, in]
+        a = torch.cat([layer.A[:slots * layer.rank] for layer, _, _ in layers])  # [Σ slots × rank, in]
         b = a.new_zeros((a.shape[0], out_width))
         row = 0
         for layer, start, width in layers:
-            n = layer.A.shape[0]
-            b[row:row + n, start:start + width] = layer.B
+            n = slots * layer.rank
+            b[row:row + n, start:start + width] = layer.B[:n]
             row += n
         self.a = _Projection(a, None, "model")  # x @ Aᵀ
         self.b = _Projection(b.t().contiguous(), None, "model")  # h @ B
@@ -241,6 +242,7 @@ class LeanDecoder:
         self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
         self._fused: list[dict] = []
         self._fused_version = -1
+        self._used = 0  # adapter slots the fused copies cover
 
     def refresh(self) -> None:
         """The model's weights changed in place (the rollout engine merged a new adapter step): pack them again."""
@@ -251,8 +253,10 @@ class LeanDecoder:
 
     def _adapters(self, lora) -> tuple[list[dict], dict[int, torch.Tensor]]:
         """This step's fused adapters per block (rebuilt when the loaded set changed) and each rank's row mask
-        over all slots (``[rows, 1, slots × rank]``)."""
+        over the slots up to the highest one loaded (``[rows, 1, slots × rank]``): with one adapter in a cache of 8
+        the matmuls are an eighth of the cache's width."""
         if self._fused_version != lora.version:
+            self._used = max(lora.slots.values(), default=-1) + 1
             self._fused = []
             for b in self.blocks:
                 per: dict = {}
@@ -260,14 +264,14 @@ class LeanDecoder:
                     layers = [(lora.layers[p], start, width) for p, start, width in parts
                               if p in lora.layers and lora.layers[p].rank]
                     width = sum(w for _, _, w in parts)
-                    per[key] = _FusedLoRA(layers, width) if layers else None
+                    per[key] = _FusedLoRA(layers, width, self._used) if layers and self._used else None
                 self._fused.append(per)
             self._fused_version = lora.version
         slots = lora.row_slots
         dtype = self.embed.dtype
         masks = {}
         for r in {layer.rank for layer in lora.layers.values() if layer.rank}:
-            cols = torch.arange(lora.capacity * r, device=slots.device) // r
+            cols = torch.arange(self._used * r, device=slots.device) // r
             masks[r] = (cols[None, :] == slots[:, None]).to(dtype)[:, None, :]
         return self._fused, masks
 
