@@ -209,8 +209,9 @@ class _Block:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The Llama RMS norm in ATen's fused kernel, one operation (fp32 inside). transformers rounds the normalised
-    value to bf16 before the weight's product: in bf16 the two differ in the last bit now and then."""
+    """The Llama RMS norm in one ``torch.rms_norm`` call (fp32 inside; on CPU ATen runs it as ~12 operations, not
+    one kernel: ~20 µs at ``[1, 576]`` on an AMX Xeon). transformers rounds the normalised value to bf16 before the
+    weight's product: in bf16 the two differ in the last bit now and then."""
     return torch.rms_norm(x, (x.shape[-1],), weight, eps)
 
 

@@ -1,0 +1,96 @@
+"""One decode step of the lean path (``LeanDecoder.forward``), timed in this process without a server: the base
+model at 1, 8 and 32 rows, and 8 rows on one adapter and on four adapters mixed with the base.
+
+    .venv/bin/python benchmarks/decode_step.py [--model smollm2-135m-instruct] [--precision bf16] [--profile]
+
+Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in a cache of 8 slots, as
+`slmtune serve` keeps them. Each figure is the median of 40 steps after 40 warm-up steps, at ~60 cached positions;
+``--profile`` prints torch's operator table for 10 steps of 8 rows on one adapter. The CPU is printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def cpu() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
+    isa = [f for f in flags if f.startswith(("avx512_bf16", "amx")) or f in ("avx512f", "avx2")]
+    return f"{name} ({', '.join(isa)}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def random_adapter(model, rank: int = 16) -> dict[str, torch.Tensor]:
+    weights = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            weights[f"base_model.model.{name}.lora_A.weight"] = torch.randn(rank, module.in_features) * 0.02
+            weights[f"base_model.model.{name}.lora_B.weight"] = torch.randn(module.out_features, rank) * 0.02
+    return weights
+
+
+def main() -> None:
+    from slmtune.inference.decode import LeanDecoder
+    from slmtune.inference.kv_slots import SlotCache
+    from slmtune.inference.lora_batch import BatchedLoRA
+    from slmtune.models.loading import load_base_model
+    from slmtune.models.registry import resolve
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = load_base_model(resolve(args.model), args.precision)
+    lean = LeanDecoder(model)
+    layers = model.config.num_hidden_layers
+    lora = BatchedLoRA(model, 8)
+    for i in range(4):
+        lora.load(f"a{i}", {"r": 16, "lora_alpha": 32, "peft_type": "LORA"}, random_adapter(model))
+    cpu_dev = torch.device("cpu")
+
+    def steps(rows: list[str | None], n: int, warm: int = 40) -> list[float]:
+        cache = SlotCache(layers, 32, 2048, cpu_dev, dtype=torch.float32 if args.precision == "bf16" else None)
+        tokens = torch.randint(0, 1000, (len(rows), 1))
+        times = []
+        with torch.inference_mode():
+            for step in range(warm + n):
+                pos = torch.full((len(rows), 1), step)
+                cache.plan(0, pos)
+                lora.plan(rows, cpu_dev)
+                t = time.perf_counter()
+                lean.forward(tokens, pos, cache, None, lora if any(rows) else None)
+                times.append(time.perf_counter() - t)
+        return times[warm:]
+
+    print(cpu(), f"; {args.model} in {args.precision}\n")
+    print("| rows | adapters | ms a step | tokens/s |")
+    print("|---|---|---|---|")
+    cases = [("1", [None]), ("8", [None] * 8), ("32", [None] * 32), ("8", ["a0"] * 8),
+             ("8", [None, "a0", "a1", "a2", "a3", None, "a0", "a1"])]
+    for label, rows in cases:
+        ms = statistics.median(steps(rows, 40)) * 1e3
+        used = sorted({r for r in rows if r})
+        print(f"| {label} | {', '.join(used) + (' + base' if None in rows and used else '') or 'none'} "
+              f"| {ms:.2f} | {len(rows) / ms * 1e3:.0f} |")
+    if args.profile:
+        from torch.profiler import profile
+
+        with profile() as prof:
+            steps(["a0"] * 8, 10, warm=0)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
