@@ -140,7 +140,8 @@ def make_adapters(out: Path, k: int = 4) -> list[Path]:
 def table(rows: list[dict]) -> str:
     head = ("| server | clients | requests | aggregate tok/s | TTFT p50 s | TTFT p99 s | latency p50 s | "
             "latency p99 s |\n|---|---|---|---|---|---|---|---|\n")
-    return head + "".join(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['tok_s']:.1f} | "
+    return head + "".join(f"| {r['server']} | {r['error']} | | | | | | |\n" if "error" in r else
+                          f"| {r['server']} | {r['clients']} | {r['requests']} | {r['tok_s']:.1f} | "
                           f"{r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['lat_p50']:.2f} | {r['lat_p99']:.2f} |\n"
                           for r in rows)
 
@@ -200,7 +201,12 @@ def main() -> None:
                 "-t", str(os.cpu_count()), "-np", str(slots), "-c", str(1024 * slots), "--no-ui"],
                 port, "model", False))
     for label, cmd, port, model, keepalive in servers:
-        proc = start(cmd, port, tmp / f"{port}.log")
+        try:
+            proc = start(cmd, port, tmp / f"{port}.log")
+        except RuntimeError as e:  # one server that cannot start (llama-server's q8_0 on some CPUs) ends no run
+            print(f"{label}: did not start ({str(e).splitlines()[0]}; its log: {tmp / f'{port}.log'})", flush=True)
+            rows.append({"server": label, "error": "did not start"})
+            continue
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         try:
             asyncio.run(level(url, [model], 2, 1, 8, keepalive))  # warm-up: loads the model
