@@ -74,7 +74,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
         return times[warm:]
 
-    print(cpu(), f"; {args.model} in {args.precision}\n")
+    print(f"{cpu()}; {args.model} in {args.precision}\n")
     print("| rows | adapters | ms a step | tokens/s |")
     print("|---|---|---|---|")
     cases = [("1", [None]), ("8", [None] * 8), ("32", [None] * 32), ("8", ["a0"] * 8),
