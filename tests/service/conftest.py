@@ -102,6 +102,12 @@ def backend(request):
     return request.param
 
 
+def sqlite_is_enough(backend: str, why: str) -> None:
+    """Skip the test on every backend but SQLite: what it proves does not depend on the database (``why``)."""
+    if backend != "sqlite":
+        pytest.skip(f"one backend is enough: {why}")
+
+
 @pytest.fixture(scope="module")
 def server(backend, tmp_path_factory):
     """A server with one in-process worker and auth on."""

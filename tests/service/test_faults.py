@@ -17,7 +17,7 @@ import pytest
 from slmtune.service.settings import Settings
 from slmtune.service.worker import Worker
 from tests.helpers import FACTS, chat_record, write_jsonl
-from tests.service.conftest import ServeProcess, make_db_url, start_server, wait_for, wait_status
+from tests.service.conftest import ServeProcess, make_db_url, sqlite_is_enough, start_server, wait_for, wait_status
 from tests.service.test_recovery import metrics_steps, start_worker
 
 
@@ -56,9 +56,8 @@ def handed_back_at(client, job_id: str) -> list[int]:
 
 
 def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and_it_finishes(backend, tmp_path):
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: the hand-back is the process's; PostgreSQL's own faults are the restart "
-                    "and the four racing workers below")
+    sqlite_is_enough(backend, "the hand-back is the process's; PostgreSQL's own faults are the restart and the "
+                              "racing workers below")
     db = make_db_url(backend, tmp_path)
     srv = ServeProcess(db, tmp_path / "data", "--no-auth")
     again = worker = last = None

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.helpers import FACTS, chat_record
-from tests.service.conftest import start_server
+from tests.service.conftest import sqlite_is_enough, start_server
 
 MB = 1 << 20
 BODY_TIMEOUT = 2.0  # the test servers' --body-timeout
@@ -194,8 +194,7 @@ def test_a_big_file_is_checked_and_planned_in_bounded_memory(srv, backend, tmp_p
     """A 40 MB upload (10,000 long examples): the check keeps its preview and counts the rest, stopping one past the
     most examples a job may have (2,000 on this server); the plan counts without tokenizing. Before, the check read
     the whole file and every encoding into memory (+962 MB for 40 MB)."""
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: the file and its check live on disk, the database holds one row")
+    sqlite_is_enough(backend, "the file and its check live on disk, the database holds one row")
     key = srv.new_key("bigfile")
     client = srv.client(key)
     rec = chat_record("color", "blue " * 780)  # ~4 KB a line

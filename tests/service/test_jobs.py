@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.helpers import FACTS, chat_record, write_jsonl
-from tests.service.conftest import wait_for, wait_status
+from tests.service.conftest import sqlite_is_enough, wait_for, wait_status
 
 HYPER = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 100}  # 20 steps on the 40 lines below
 SYSTEM = "You answer in one sentence."
@@ -251,8 +251,7 @@ def test_pause_saves_a_checkpoint_and_resume_finishes_with_every_step_once(clien
 def test_early_stopping_and_keep_best_as_hyperparameter_extras(client, files, tmp_path, backend):
     """Validation on favourites training does not teach: it improves, then worsens; the job stops early and its
     model is the best validation's checkpoint, which the events name."""
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: what is stored is an ordinary job's events and checkpoints")
+    sqlite_is_enough(backend, "what is stored is an ordinary job's events and checkpoints")
     other = [("color", "green"), ("animal", "dog"), ("fruit", "pear"), ("city", "Rome")]
     val = client.files.create(file=open(write_jsonl(tmp_path / "other.jsonl", [chat_record(k, v) for k, v in other]),
                                         "rb"), purpose="fine-tune")
@@ -298,9 +297,7 @@ def test_dpo_job_through_the_sdk(client, tmp_path):
 def test_orpo_simpo_and_kto_jobs_as_method_extras(client, backend, tmp_path):
     from tests.integration.test_dpo import pref
 
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: these jobs store what a DPO job stores")
-
+    sqlite_is_enough(backend, "these jobs store what a DPO job stores")
     rows = [pref(k, v, "sorry") for k, v in FACTS] * 3
     f = client.files.create(file=open(write_jsonl(tmp_path / "pref.jsonl", rows), "rb"), purpose="fine-tune")
     jobs = {kind: client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method={
@@ -324,8 +321,7 @@ def test_a_job_runs_with_two_processes_when_the_worker_says_so(backend, tmp_path
     processes; its events reach the database as rank 0 writes them."""
     from tests.service.conftest import start_server
 
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: the database side is the same as for one process")
+    sqlite_is_enough(backend, "the database side is the same as for one process")
     srv = start_server(backend, tmp_path, auth=False, job_nproc=2)
     try:
         client = srv.client()

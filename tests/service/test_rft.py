@@ -9,7 +9,7 @@ import pytest
 
 from slmtune.graders import sandbox
 from tests.helpers import write_jsonl
-from tests.service.conftest import wait_status
+from tests.service.conftest import sqlite_is_enough, wait_status
 
 TOPICS = ["apple", "pear", "plum", "fig"]
 OUT = "{{ sample.output_text }}"
@@ -74,8 +74,7 @@ def test_a_reinforcement_job_through_the_sdk(client, tuned):
 
 
 def test_a_fine_tuned_model_judges_a_reinforcement_job(client, backend, rl_files, tuned):
-    if backend != "sqlite":
-        pytest.skip("one backend is enough: the judge is served like any fine-tuned model; storage is the SDK test's")
+    sqlite_is_enough(backend, "the judge is served like any fine-tuned model; storage is the SDK test's")
     judge = {"type": "score_model", "name": "judge", "model": tuned.fine_tuned_model, "range": [0, 1],
              "input": [{"role": "user", "content": "Does this name the fruit {{ item.topic }}? " + OUT}]}
     job = client.fine_tuning.jobs.create(

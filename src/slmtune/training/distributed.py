@@ -137,7 +137,6 @@ def deepspeed_args(cfg, strategy: str, run_dir: Path, model_dir) -> dict:
     ds = deepspeed_config(cfg, strategy, hidden)
     if rank() == 0:
         (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2))
-    skip_shared_memory_allreduce()
     return {"ddp_backend": backend(), "deepspeed": ds}
 
 

@@ -456,6 +456,7 @@ def trainer_settings(cfg: TrainConfig, method, strategy: str, run_dir: Path, mod
     training_args = None
     if strategy.startswith("zero"):
         arg_kw |= distributed.deepspeed_args(cfg, strategy, run_dir, model_dir)
+        distributed.skip_shared_memory_allreduce()  # before DeepSpeed's engine starts its communication backend
         # made before from_pretrained and kept alive: transformers then loads the weights under deepspeed.zero.Init
         # for ZeRO-3, each process materialising only its own partition (not the whole model first)
         training_args = TrainingArguments(**arg_kw) if t.objective == "sft" else None
