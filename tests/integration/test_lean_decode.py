@@ -1,7 +1,7 @@
 """The lean decode step (inference/decode.py) against transformers' forward, on the tiny seeded models: the same
 greedy tokens and log-probabilities in fp32 (plain, with per-row LoRA, Phi-3's fused layers), oneDNN-packed bf16
-projections bit-identical to ``F.linear``, the int8 weights close, weight changes in place followed, and models it
-does not cover left to transformers."""
+projections bit-identical to ``F.linear`` (and with the adapters' ``A`` packed into them), the int8 weights close,
+weight changes in place followed, and models it does not cover left to transformers."""
 
 from __future__ import annotations
 
@@ -183,6 +183,54 @@ def test_bf16_weights_changed_in_place_are_followed():
 
 
 @pytest.mark.skipif(int8_available() is not None, reason="no int8 weight kernel in this torch build")
+def _random_lora(model, r: int, seed: int, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"base_model.model.{name}.lora_{ab}.weight": torch.randn(*shape, generator=g) * 0.05
+            for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.endswith(targets)
+            for ab, shape in (("A", (r, m.in_features)), ("B", (m.out_features, r)))}
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+def test_bf16_adapters_ride_in_the_base_matmul_with_the_same_bits(monkeypatch):
+    """In bf16 the stacked LoRA ``A`` matrices are packed after the base weights (one matmul gives both): every
+    step's logits are the same bits as with ``A`` multiplied apart — rows with adapters of two ranks, base rows
+    beside them, steps of base rows only, and steps after an adapter unloaded (the packed copy narrows to the slots
+    still in use)."""
+    from slmtune.inference.kv_slots import SlotCache
+    from slmtune.inference.lora_batch import BatchedLoRA
+
+    plan = [[None, "a0", "a1", "a0"]] * 3 + [[None] * 4] + [["a0", None, "a0", "a0"]] * 2
+
+    def decode() -> tuple[list[torch.Tensor], LeanDecoder, list[int]]:
+        model = load_base_model(resolve("tiny-llama"), "bf16")
+        lean, lora = LeanDecoder(model), BatchedLoRA(model, 4)
+        lora.load("a0", {"r": 4, "lora_alpha": 8, "peft_type": "LORA"}, _random_lora(model, 4, 1, ("q_proj", "o_proj")))
+        lora.load("a1", {"r": 8, "lora_alpha": 8, "peft_type": "LORA"},
+                  _random_lora(model, 8, 2, ("v_proj", "up_proj", "down_proj")))
+        cache = SlotCache(model.config.num_hidden_layers, 4, 64, torch.device("cpu"), dtype=torch.float32)
+        tokens, out, widths = torch.tensor([[5], [17], [33], [60]]), [], []
+        with torch.inference_mode():
+            for step, rows in enumerate(plan):
+                if step == 4:
+                    lora.unload("a1")
+                pos = torch.full((4, 1), step)
+                cache.plan(0, pos)
+                lora.plan(rows, torch.device("cpu"))
+                out.append(lean.forward(tokens, pos, cache, None, lora))
+                widths.append(lean.blocks[0].proj["qkv"].extra)
+        return out, lean, widths
+
+    with monkeypatch.context() as m:
+        m.setattr(_Projection, "widenable", lambda self: False)
+        apart, plain, _ = decode()
+    joint, lean, widths = decode()
+    assert all(torch.equal(x, y) for x, y in zip(apart, joint))
+    assert not any(p.extra for b in plain.blocks for p in b.proj.values())
+    # q (rank 4) and v (rank 8) over two slots, then over a0's slot alone
+    assert widths == [24, 24, 24, 24, 12, 12]
+    assert lean.blocks[0].proj["o"].extra == 4
+
+
 def test_int8_weights_stay_close_to_bf16():
     """int8 weights (one scale per output channel), one request at a time (the int8 kernel serves steps of few
     rows): the decoded tokens' log-probabilities within a small distance of the bf16 step's, the same tokens for
