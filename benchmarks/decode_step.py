@@ -2,10 +2,13 @@
 model at 1, 8 and 32 rows, and 8 rows on one adapter and on four adapters mixed with the base.
 
     .venv/bin/python benchmarks/decode_step.py [--model smollm2-135m-instruct] [--precision bf16] [--profile]
+    .venv/bin/python benchmarks/decode_step.py --apart     # adapters' A in the base matmul against A apart
 
 Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in a cache of 8 slots, as
 `slmtune serve` keeps them. Each figure is the median of 40 steps after 40 warm-up steps, at ~60 cached positions;
-``--profile`` prints torch's operator table for 10 steps of 8 rows on one adapter. The CPU is printed first.
+``--profile`` prints torch's operator table for 10 steps of 8 rows on one adapter. ``--apart`` times two decoders
+in one process, step by step in turn over the same rows: the adapters' stacked ``A`` packed into the base
+projections (the default) and multiplied apart (the step before 2026-12-07). The CPU is printed first.
 """
 
 from __future__ import annotations
@@ -39,25 +42,68 @@ def random_adapter(model, rank: int = 16) -> dict[str, torch.Tensor]:
     return weights
 
 
-def main() -> None:
+def decoder(args, widen: bool = True):
+    """The model, its lean decode step and 4 random adapters loaded (r 16, every linear layer, a cache of 8)."""
     from slmtune.inference.decode import LeanDecoder
-    from slmtune.inference.kv_slots import SlotCache
     from slmtune.inference.lora_batch import BatchedLoRA
     from slmtune.models.loading import load_base_model
     from slmtune.models.registry import resolve
+
+    torch.manual_seed(0)
+    model = load_base_model(resolve(args.model), args.precision)
+    lean = LeanDecoder(model)
+    if not widen:
+        for block in lean.blocks:
+            for proj in block.proj.values():
+                proj.widenable = lambda: False
+    lora = BatchedLoRA(model, 8)
+    for i in range(4):
+        lora.load(f"a{i}", {"r": 16, "lora_alpha": 32, "peft_type": "LORA"}, random_adapter(model))
+    return model, lean, lora
+
+
+def apart(args) -> None:
+    from slmtune.inference.kv_slots import SlotCache
+
+    cpu_dev = torch.device("cpu")
+    pair = {"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)}
+    print(f"{cpu()}; {args.model} in {args.precision}\n")
+    print(f"| rows | adapters | {' | '.join(pair)} |")
+    print("|---|---|---|---|")
+    cases = [("8", ["a0"] * 8), ("8", [None, "a0", "a1", "a2", "a3", None, "a0", "a1"]), ("1", ["a0"]),
+             ("32", ["a0"] * 32), ("8", [None] * 8)]
+    for label, rows in cases:
+        caches = {k: SlotCache(m.config.num_hidden_layers, 32, 2048, cpu_dev, dtype=torch.float32
+                               if args.precision == "bf16" else None) for k, (m, _, _) in pair.items()}
+        tokens = torch.randint(0, 1000, (len(rows), 1))
+        times: dict[str, list[float]] = {k: [] for k in pair}
+        with torch.inference_mode():
+            for step in range(80):
+                for k, (_, lean, lora) in pair.items():
+                    pos = torch.full((len(rows), 1), step)
+                    caches[k].plan(0, pos)
+                    lora.plan(rows, cpu_dev)
+                    t = time.perf_counter()
+                    lean.forward(tokens, pos, caches[k], None, lora if any(rows) else None)
+                    times[k].append(time.perf_counter() - t)
+        used = sorted({r for r in rows if r})
+        ms = " | ".join(f"{statistics.median(v[30:]) * 1e3:.2f} ms" for v in times.values())
+        print(f"| {label} | {', '.join(used) + (' + base' if None in rows and used else '') or 'none'} | {ms} |")
+
+
+def main() -> None:
+    from slmtune.inference.kv_slots import SlotCache
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--apart", action="store_true", help="A in the base matmul against A apart, interleaved")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = load_base_model(resolve(args.model), args.precision)
-    lean = LeanDecoder(model)
+    if args.apart:
+        return apart(args)
+    model, lean, lora = decoder(args)
     layers = model.config.num_hidden_layers
-    lora = BatchedLoRA(model, 8)
-    for i in range(4):
-        lora.load(f"a{i}", {"r": 16, "lora_alpha": 32, "peft_type": "LORA"}, random_adapter(model))
     cpu_dev = torch.device("cpu")
 
     def steps(rows: list[str | None], n: int, warm: int = 40) -> list[float]:

@@ -185,9 +185,9 @@ class _FusedLoRA:
 
     Where the base projection is packed bf16, the stacked ``A`` goes into it (``_Projection.widen``): one matmul
     gives the projection and ``A x`` together, so an adapted projection costs one small matmul more than the base
-    instead of two. At these sizes a matmul call costs ~30 µs whatever its width, and 8 rows of the default model on
-    one adapter took 35.6 ms a step against 40.9 with ``A`` apart (base 28.8; AMD EPYC, 2 cores). The products are
-    the same bits either way."""
+    instead of two. At these sizes a matmul call costs ~30 µs whatever its width: 8 rows of the default model on one
+    adapter took 37.9 ms a step against 41.9 with ``A`` apart (base ~29; AMD EPYC, 2 cores;
+    ``benchmarks/decode_step.py --apart``). The products are the same bits either way."""
 
     def __init__(self, layers: list[tuple[object, int, int]], base: _Projection, slots: int):
         self.ranks = [layer.rank for layer, _, _ in layers]
