@@ -182,7 +182,6 @@ def test_bf16_weights_changed_in_place_are_followed():
         fresh.shutdown()
 
 
-@pytest.mark.skipif(int8_available() is not None, reason="no int8 weight kernel in this torch build")
 def _random_lora(model, r: int, seed: int, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {f"base_model.model.{name}.lora_{ab}.weight": torch.randn(*shape, generator=g) * 0.05
@@ -231,6 +230,7 @@ def test_bf16_adapters_ride_in_the_base_matmul_with_the_same_bits(monkeypatch):
     assert lean.blocks[0].proj["o"].extra == 4
 
 
+@pytest.mark.skipif(int8_available() is not None, reason="no int8 weight kernel in this torch build")
 def test_int8_weights_stay_close_to_bf16():
     """int8 weights (one scale per output channel), one request at a time (the int8 kernel serves steps of few
     rows): the decoded tokens' log-probabilities within a small distance of the bf16 step's, the same tokens for
