@@ -62,79 +62,63 @@ def decoder(args, widen: bool = True):
     return model, lean, lora
 
 
-def apart(args) -> None:
+CASES = [("1", [None]), ("8", [None] * 8), ("32", [None] * 32), ("8", ["a0"] * 8),
+         ("8", [None, "a0", "a1", "a2", "a3", None, "a0", "a1"])]
+
+
+def timed(decoders: dict, rows: list[str | None], n: int, warm: int, precision: str) -> dict[str, list[float]]:
+    """Seconds of each decoder's ``forward`` over the same rows, ``warm + n`` steps, the decoders in turn at every
+    step (so a machine that slows down slows all of them alike); the last ``n`` of each."""
     from slmtune.inference.kv_slots import SlotCache
 
     cpu_dev = torch.device("cpu")
-    pair = {"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)}
-    print(f"{cpu()}; {args.model} in {args.precision}\n")
-    print(f"| rows | adapters | {' | '.join(pair)} |")
-    print("|---|---|---|---|")
-    cases = [("8", ["a0"] * 8), ("8", [None, "a0", "a1", "a2", "a3", None, "a0", "a1"]), ("1", ["a0"]),
-             ("32", ["a0"] * 32), ("8", [None] * 8)]
-    for label, rows in cases:
-        caches = {k: SlotCache(m.config.num_hidden_layers, 32, 2048, cpu_dev, dtype=torch.float32
-                               if args.precision == "bf16" else None) for k, (m, _, _) in pair.items()}
-        tokens = torch.randint(0, 1000, (len(rows), 1))
-        times: dict[str, list[float]] = {k: [] for k in pair}
-        with torch.inference_mode():
-            for step in range(80):
-                for k, (_, lean, lora) in pair.items():
-                    pos = torch.full((len(rows), 1), step)
-                    caches[k].plan(0, pos)
-                    lora.plan(rows, cpu_dev)
-                    t = time.perf_counter()
-                    lean.forward(tokens, pos, caches[k], None, lora if any(rows) else None)
-                    times[k].append(time.perf_counter() - t)
-        used = sorted({r for r in rows if r})
-        ms = " | ".join(f"{statistics.median(v[30:]) * 1e3:.2f} ms" for v in times.values())
-        print(f"| {label} | {', '.join(used) + (' + base' if None in rows and used else '') or 'none'} | {ms} |")
+    caches = {k: SlotCache(m.config.num_hidden_layers, 32, 2048, cpu_dev,
+                           dtype=torch.float32 if precision == "bf16" else None) for k, (m, _, _) in decoders.items()}
+    tokens = torch.randint(0, 1000, (len(rows), 1))
+    times: dict[str, list[float]] = {k: [] for k in decoders}
+    with torch.inference_mode():
+        for step in range(warm + n):
+            for k, (_, lean, lora) in decoders.items():
+                pos = torch.full((len(rows), 1), step)
+                caches[k].plan(0, pos)
+                lora.plan(rows, cpu_dev)
+                t = time.perf_counter()
+                lean.forward(tokens, pos, caches[k], None, lora if any(rows) else None)
+                times[k].append(time.perf_counter() - t)
+    return {k: v[warm:] for k, v in times.items()}
+
+
+def adapters(rows: list[str | None]) -> str:
+    used = sorted({r for r in rows if r})
+    return ", ".join(used) + (" + base" if None in rows and used else "") or "none"
 
 
 def main() -> None:
-    from slmtune.inference.kv_slots import SlotCache
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--apart", action="store_true", help="A in the base matmul against A apart, interleaved")
     args = ap.parse_args()
-    if args.apart:
-        return apart(args)
-    model, lean, lora = decoder(args)
-    layers = model.config.num_hidden_layers
-    cpu_dev = torch.device("cpu")
-
-    def steps(rows: list[str | None], n: int, warm: int = 40) -> list[float]:
-        cache = SlotCache(layers, 32, 2048, cpu_dev, dtype=torch.float32 if args.precision == "bf16" else None)
-        tokens = torch.randint(0, 1000, (len(rows), 1))
-        times = []
-        with torch.inference_mode():
-            for step in range(warm + n):
-                pos = torch.full((len(rows), 1), step)
-                cache.plan(0, pos)
-                lora.plan(rows, cpu_dev)
-                t = time.perf_counter()
-                lean.forward(tokens, pos, cache, None, lora if any(rows) else None)
-                times.append(time.perf_counter() - t)
-        return times[warm:]
-
     print(f"{cpu()}; {args.model} in {args.precision}\n")
-    print("| rows | adapters | ms a step | tokens/s |")
-    print("|---|---|---|---|")
-    cases = [("1", [None]), ("8", [None] * 8), ("32", [None] * 32), ("8", ["a0"] * 8),
-             ("8", [None, "a0", "a1", "a2", "a3", None, "a0", "a1"])]
-    for label, rows in cases:
-        ms = statistics.median(steps(rows, 40)) * 1e3
-        used = sorted({r for r in rows if r})
-        print(f"| {label} | {', '.join(used) + (' + base' if None in rows and used else '') or 'none'} "
-              f"| {ms:.2f} | {len(rows) / ms * 1e3:.0f} |")
+    if args.apart:
+        pair = {"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)}
+        print(f"| rows | adapters | {' | '.join(pair)} |\n|---|---|---|---|")
+        for label, rows in CASES[3:] + [("1", ["a0"]), ("32", ["a0"] * 32), CASES[1]]:
+            times = timed(pair, rows, 50, 30, args.precision)
+            ms = " | ".join(f"{statistics.median(v) * 1e3:.2f} ms" for v in times.values())
+            print(f"| {label} | {adapters(rows)} | {ms} |")
+        return
+    one = {"": decoder(args)}
+    print("| rows | adapters | ms a step | tokens/s |\n|---|---|---|---|")
+    for label, rows in CASES:
+        ms = statistics.median(timed(one, rows, 40, 40, args.precision)[""]) * 1e3
+        print(f"| {label} | {adapters(rows)} | {ms:.2f} | {len(rows) / ms * 1e3:.0f} |")
     if args.profile:
         from torch.profiler import profile
 
         with profile() as prof:
-            steps(["a0"] * 8, 10, warm=0)
+            timed(one, ["a0"] * 8, 10, 0, args.precision)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -119,8 +119,8 @@ class _Projection:
     def refresh(self) -> None:
         """Derive the multiplied form again from the weight (after it changed in place); drops any widening."""
         w = self.weight.detach()
-        self.packed = self.q = self.scale = self.wide_bias = None
-        self.extra = 0
+        self.packed = self.q = self.scale = None
+        self.packed_bias, self.extra = self.bias, 0  # the bias of the packed product (widened: + zeros)
         if self.mode == "int8":
             wf = w.float()
             scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
@@ -136,8 +136,7 @@ class _Projection:
             out = out.reshape(*shape[:-1], out.shape[-1]).to(x.dtype)
             return out if self.bias is None else out + self.bias
         if self.packed is not None:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias if not self.extra else self.wide_bias,
-                                                     "none", [], "")
+            out = self.wide(x)
             return out[..., :self.out_features] if self.extra else out
         return F.linear(x, self.weight, self.bias)
 
@@ -152,12 +151,12 @@ class _Projection:
         self.packed = None  # the old packed copy goes before the new one is made
         self.packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([w, a.to(w.dtype)]).contiguous(), 1)
         self.extra = a.shape[0]
-        self.wide_bias = None if self.bias is None else torch.cat([self.bias.detach(),
-                                                                    self.bias.new_zeros(self.extra)])
+        self.packed_bias = None if self.bias is None else torch.cat([self.bias.detach(),
+                                                                      self.bias.new_zeros(self.extra)])
 
     def wide(self, x: torch.Tensor) -> torch.Tensor:
-        """The widened product: ``[..., out_features + extra]``."""
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.wide_bias, "none", [], "")
+        """The packed product, widened or not: ``[..., out_features + extra]``."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
 
 
 def packing_available() -> bool:
@@ -289,7 +288,6 @@ class LeanDecoder:
         self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
         self._fused: list[dict] = []
         self._fused_version = -1
-        self._used = 0  # adapter slots the fused copies cover
 
     def refresh(self) -> None:
         """The model's weights changed in place (the rollout engine merged a new adapter step): pack them again
@@ -300,28 +298,20 @@ class LeanDecoder:
         self.head_proj.refresh()
         self._fused_version = -1
 
-    def _adapters(self, lora) -> tuple[list[dict], dict[int, torch.Tensor]]:
-        """This step's fused adapters per block (rebuilt when the loaded set changed) and each rank's row mask
-        over the slots up to the highest one loaded (``[rows, 1, slots × rank]``): with one adapter in a cache of 8
-        the matmuls are an eighth of the cache's width."""
+    def _adapters(self, lora) -> list[dict]:
+        """This step's fused adapters per block, rebuilt when the loaded set changed, over the slots up to the
+        highest one loaded (``lora.used``, the width of ``lora.masks``)."""
         if self._fused_version != lora.version:
-            self._used = max(lora.slots.values(), default=-1) + 1
             self._fused = []
             for b in self.blocks:
                 per: dict = {}
                 for key, parts in b.parts.items():
                     layers = [(lora.layers[p], start, width) for p, start, width in parts
                               if p in lora.layers and lora.layers[p].rank]
-                    per[key] = _FusedLoRA(layers, b.proj[key], self._used) if layers and self._used else None
+                    per[key] = _FusedLoRA(layers, b.proj[key], lora.used) if layers and lora.used else None
                 self._fused.append(per)
             self._fused_version = lora.version
-        slots = lora.row_slots
-        dtype = self.embed.dtype
-        masks = {}
-        for r in {layer.rank for layer in lora.layers.values() if layer.rank}:
-            cols = torch.arange(self._used * r, device=slots.device) // r
-            masks[r] = (cols[None, :] == slots[:, None]).to(dtype)[:, None, :]
-        return self._fused, masks
+        return self._fused
 
     @staticmethod
     def _project(b: _Block, adapters: dict | None, key: str, masks, x: torch.Tensor) -> torch.Tensor:
@@ -343,7 +333,8 @@ class LeanDecoder:
         partial = cos.shape[-1] != dim
         qn, kn, _ = self.blocks[0].splits if self.blocks else (0, 0, 0)
         groups = heads // kv_heads
-        fused, masks = self._adapters(lora) if lora is not None and lora.masks is not None else (None, None)
+        fused, masks = (self._adapters(lora), lora.masks) if lora is not None and lora.masks is not None \
+            else (None, None)
         for b in self.blocks:
             adapters = fused[b.index] if fused is not None else None
             h = _rms_norm(x, b.norm1, b.eps1)

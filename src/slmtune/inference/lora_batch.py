@@ -96,8 +96,8 @@ class BatchedLoRA:
         self.capacity = max(1, capacity)
         self.layers: dict[str, _Layer] = {}
         self.slots: dict[str, int] = {}
-        self.masks: dict[int, torch.Tensor] | None = None  # rank → [rows, 1, slots * rank], for this step
-        self.row_slots: torch.Tensor | None = None  # each row's slot this step (-1: the plain base)
+        # rank → [rows, 1, used × rank] for this step: row r's columns are those of its adapter's slot
+        self.masks: dict[int, torch.Tensor] | None = None
         self.version = 0  # bumped whenever an adapter loads or unloads (the lean step rebuilds its fused copy)
 
     def __contains__(self, name: str) -> bool:
@@ -150,16 +150,20 @@ class BatchedLoRA:
             layer.put(slot, None, None, 0.0)
         self.version += 1
 
+    @property
+    def used(self) -> int:
+        """Slots up to the highest one loaded: what the masks and the lean step's fused adapters cover (one adapter
+        in a cache of 8: an eighth of the cache's width)."""
+        return max(self.slots.values(), default=-1) + 1
+
     def plan(self, rows: list[str | None], device) -> None:
         """Before a forward: row i uses adapter ``rows[i]`` (None: the plain base)."""
         if not any(rows):
-            self.masks = self.row_slots = None
+            self.masks = None
             return
-        slots = [self.slots[n] if n else -1 for n in rows]
-        slot = self.row_slots = torch.tensor(slots, device=device)
-        width = max(slots) + 1
+        slot = torch.tensor([self.slots[n] if n else -1 for n in rows], device=device)
         dtype = next(iter(self.layers.values())).A.dtype
         self.masks = {}
         for r in {layer.rank for layer in self.layers.values() if layer.rank}:
-            cols = torch.arange(width * r, device=device) // r
+            cols = torch.arange(self.used * r, device=device) // r
             self.masks[r] = (cols[None, :] == slot[:, None]).to(dtype)[:, None, :]
