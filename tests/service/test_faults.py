@@ -63,7 +63,7 @@ def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and
     again = worker = last = None
     try:
         c = srv.client()
-        job = training_job(c, tmp_path, n_epochs=2, past_step=10)  # 120 steps
+        job = training_job(c, tmp_path, n_epochs=3, past_step=10)  # 180 steps
         srv.proc.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends on a restart
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "terminated by SIGTERM"
         assert srv.proc.wait(120) in (0, -signal.SIGTERM), srv.output()
@@ -72,7 +72,7 @@ def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and
         again = ServeProcess(db, tmp_path / "data", "--no-auth", "--no-worker")
         c = again.client()
         first = handed_back_at(c, job.id)
-        assert len(first) == 1 and 10 <= first[0] < 120, first  # checkpointed when the signal came
+        assert len(first) == 1 and 10 <= first[0] < 180, first  # checkpointed when the signal came
         assert c.fine_tuning.jobs.retrieve(job.id).status == "queued"
 
         worker = start_worker(db, tmp_path / "data")
@@ -80,12 +80,12 @@ def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and
         worker.send_signal(signal.SIGTERM)  # `slmtune worker` the same way
         assert worker.wait(120) == 0, worker.stderr.read().decode()[-3000:]
         second = handed_back_at(c, job.id)
-        assert len(second) == 2 and first[0] < second[1] < 120, second
+        assert len(second) == 2 and first[0] < second[1] < 180, second
 
         last = start_worker(db, tmp_path / "data")
         done = wait_status(c, job.id, ("succeeded", "failed"), timeout=400)
         assert done.status == "succeeded", done.error
-        assert_every_step_once(c, job.id, 120)
+        assert_every_step_once(c, job.id, 180)
         text = " ".join(messages(c, job.id))
         assert all(f"Resuming from checkpoints/step-{s}" in text for s in second)
         run_dir = tmp_path / "data" / "runs" / job.id
