@@ -3,12 +3,15 @@ model at 1, 8 and 32 rows, and 8 rows on one adapter and on four adapters mixed 
 
     .venv/bin/python benchmarks/decode_step.py [--model smollm2-135m-instruct] [--precision bf16] [--profile]
     .venv/bin/python benchmarks/decode_step.py --apart     # adapters' A in the base matmul against A apart
+    .venv/bin/python benchmarks/decode_step.py --unpacked --precision fp32   # packed weights against F.linear
 
 Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in a cache of 8 slots, as
 `slmtune serve` keeps them. Each figure is the median of 40 steps after 40 warm-up steps, at ~60 cached positions;
 ``--profile`` prints torch's operator table for 10 steps of 8 rows on one adapter. ``--apart`` times two decoders
 in one process, step by step in turn over the same rows: the adapters' stacked ``A`` packed into the base
-projections (the default) and multiplied apart (the step before 2026-12-07). The CPU is printed first.
+projections (the default) and multiplied apart (the step before 2026-12-07); ``--unpacked`` the same way the
+packed weights against the model's own through ``F.linear`` (fp32 on a CPU without fast bf16: the step before
+2026-12-07, second session). ``--decode int8`` times the int8 weights. The CPU is printed first.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def random_adapter(model, rank: int = 16) -> dict[str, torch.Tensor]:
     return weights
 
 
-def decoder(args, widen: bool = True):
+def decoder(args, widen: bool = True, pack: bool | None = None):
     """The model, its lean decode step and 4 random adapters loaded (r 16, every linear layer, a cache of 8)."""
     from slmtune.inference.decode import LeanDecoder
     from slmtune.inference.lora_batch import BatchedLoRA
@@ -51,7 +54,7 @@ def decoder(args, widen: bool = True):
 
     torch.manual_seed(0)
     model = load_base_model(resolve(args.model), args.precision)
-    lean = LeanDecoder(model)
+    lean = LeanDecoder(model, weights="int8" if args.decode == "int8" else "model", pack=pack)
     if not widen:
         for block in lean.blocks:
             for proj in block.proj.values():
@@ -98,13 +101,17 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--decode", choices=["auto", "int8"], default="auto", help="int8: the int8 weights")
     ap.add_argument("--apart", action="store_true", help="A in the base matmul against A apart, interleaved")
+    ap.add_argument("--unpacked", action="store_true", help="packed weights against F.linear, interleaved")
     args = ap.parse_args()
-    print(f"{cpu()}; {args.model} in {args.precision}\n")
-    if args.apart:
-        pair = {"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)}
+    print(f"{cpu()}; {args.model} in {args.precision}{', int8 weights' if args.decode == 'int8' else ''}\n")
+    if args.apart or args.unpacked:
+        pair = ({"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)} if args.apart else
+                {"F.linear": decoder(args, pack=False), "packed": decoder(args)})
         print(f"| rows | adapters | {' | '.join(pair)} |\n|---|---|---|---|")
-        for label, rows in CASES[3:] + [("1", ["a0"]), ("32", ["a0"] * 32), CASES[1]]:
+        cases = CASES[3:] + [("1", ["a0"]), ("32", ["a0"] * 32), CASES[1]] if args.apart else CASES
+        for label, rows in cases:
             times = timed(pair, rows, 50, 30, args.precision)
             ms = " | ".join(f"{statistics.median(v) * 1e3:.2f} ms" for v in times.values())
             print(f"| {label} | {adapters(rows)} | {ms} |")

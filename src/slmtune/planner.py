@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,13 @@ from slmtune.config import TrainConfig, coerce_config
 from slmtune.data.sources import stream_source
 from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, BuildContext, Method, get
-from slmtune.models.loading import linear_names, load_tokenizer, quiet_transformers, resolve_precision
+from slmtune.models.loading import (
+    available_memory_mb,
+    linear_names,
+    load_tokenizer,
+    quiet_transformers,
+    resolve_precision,
+)
 from slmtune.models.registry import resolve
 from slmtune.training.head_loss import CHUNK_ROWS
 
@@ -113,16 +118,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def available_memory_mb() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / MB
 
 
 # --- model and data facts -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from slmtune.inference.decode import (
     _Projection,
     int8_available,
     lean_decoder,
-    packing_available,
+    packs,
     unsupported,
 )
 from slmtune.inference.request import Finished
@@ -142,7 +142,7 @@ def test_fused_projections_share_the_models_weights():
     assert sum(p.numel() for p in model.parameters()) == before
 
 
-@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+@pytest.mark.skipif(not packs(torch.bfloat16), reason="no oneDNN packed bf16 linear here (torch build or CPU)")
 def test_packed_bf16_projection_is_bit_identical_to_linear():
     torch.manual_seed(0)
     w, bias = torch.randn(96, 64, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
@@ -151,6 +151,19 @@ def test_packed_bf16_projection_is_bit_identical_to_linear():
     for shape in [(1, 1, 64), (5, 1, 64), (3, 7, 64)]:
         x = torch.randn(*shape, dtype=torch.bfloat16)
         assert torch.equal(proj(x), torch.nn.functional.linear(x, w, bias))
+
+
+@pytest.mark.skipif(not packs(torch.float32), reason="fp32 weights are packed only on CPUs without fast bf16")
+def test_packed_fp32_projection_stays_within_rounding_of_linear():
+    """fp32 weights packed for oneDNN (CPUs without fast bf16): within float rounding of ``F.linear``'s products
+    (not bit for bit: MKL and oneDNN sum in different orders), at the row counts a decode step has."""
+    torch.manual_seed(0)
+    w, bias = torch.randn(96, 64), torch.randn(96)
+    proj = _Projection(w, bias, "model")
+    assert proj.packed is not None and _Projection(w, bias, "model", pack=False).packed is None
+    for shape in [(1, 1, 64), (8, 1, 64), (32, 1, 64), (3, 7, 64)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(proj(x), torch.nn.functional.linear(x, w, bias), rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_weights_changed_in_place_are_followed():
@@ -189,19 +202,21 @@ def _random_lora(model, r: int, seed: int, targets: tuple[str, ...]) -> dict[str
             for ab, shape in (("A", (r, m.in_features)), ("B", (m.out_features, r)))}
 
 
-@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
-def test_bf16_adapters_ride_in_the_base_matmul_with_the_same_bits(monkeypatch):
-    """In bf16 the stacked LoRA ``A`` matrices are packed after the base weights (one matmul gives both): every
-    step's logits are the same bits as with ``A`` multiplied apart — rows with adapters of two ranks, base rows
-    beside them, steps of base rows only, and steps after an adapter unloaded (the packed copy narrows to the slots
-    still in use)."""
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_adapters_ride_in_the_packed_base_matmul_with_the_same_bits(monkeypatch, precision):
+    """Where the weights are packed (bf16 on CPUs with fast bf16, fp32 on the others) the stacked LoRA ``A``
+    matrices are packed after the base weights (one matmul gives both): every step's logits are the same bits as
+    with ``A`` multiplied apart — rows with adapters of two ranks, base rows beside them, steps of base rows only,
+    and steps after an adapter unloaded (the packed copy narrows to the slots still in use)."""
+    if not packs(torch.bfloat16 if precision == "bf16" else torch.float32):
+        pytest.skip(f"{precision} weights are not packed on this CPU")
     from slmtune.inference.kv_slots import SlotCache
     from slmtune.inference.lora_batch import BatchedLoRA
 
     plan = [[None, "a0", "a1", "a0"]] * 3 + [[None] * 4] + [["a0", None, "a0", "a0"]] * 2
 
     def decode() -> tuple[list[torch.Tensor], LeanDecoder, list[int]]:
-        model = load_base_model(resolve("tiny-llama"), "bf16")
+        model = load_base_model(resolve("tiny-llama"), precision)
         lean, lora = LeanDecoder(model), BatchedLoRA(model, 4)
         lora.load("a0", {"r": 4, "lora_alpha": 8, "peft_type": "LORA"}, _random_lora(model, 4, 1, ("q_proj", "o_proj")))
         lora.load("a1", {"r": 8, "lora_alpha": 8, "peft_type": "LORA"},

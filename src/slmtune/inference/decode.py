@@ -11,8 +11,9 @@ SiLU x up, the down projection. Prefill (many queries per row) stays on transfor
 The fused weights are not a copy: each model's own ``q_proj.weight`` / ``k_proj`` / ``v_proj`` (``gate_proj`` /
 ``up_proj``) becomes a view into the fused tensor, so prefill, decode and anything that changes the weights in
 place (the rollout engine's adapter merge, followed by ``refresh``) see one set of numbers. Phi-3 arrives fused.
-bf16 projections multiply by a copy in oneDNN's packed layout (``_Projection``); per-row LoRA adapters
-(``lora_batch``) are added per projection group by one packed pair of matmuls (``_FusedLoRA``).
+Projections multiply by a copy in oneDNN's packed layout (``_Projection``): bf16 ones where the CPU has fast bf16,
+fp32 ones where it has not (AVX2-only CPUs, where ``auto`` serves fp32). Per-row LoRA adapters (``lora_batch``) are
+added per projection group by one packed pair of matmuls (``_FusedLoRA``).
 
 int8 weights (``weights="int8"``, ``slmtune serve --decode int8``): each projection and the output head also as
 int8 with one bf16 scale per output channel, multiplied by ``torch._weight_int8pack_mm`` in steps of few rows. A
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slmtune.models.loading import fast_bf16
+from slmtune.models.loading import available_memory_mb, cpu_bf16
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 
@@ -89,27 +90,37 @@ def lean_decoder(model, decode: str = "auto") -> LeanDecoder | None:
     return LeanDecoder(model, weights="int8")
 
 
+# The most rows a step multiplies by the int8 weights; larger steps use the other form. Packed bf16 weights
+# (AVX512-BF16 / AMX) win from 8 rows; against fp32 ones (AVX2-only CPUs, where oneDNN has no bf16) the int8 kernel
+# stays ahead up to 16 rows (8 rows of the default model: 65 ms a step against 84 packed fp32; docs/serving.md).
 INT8_MAX_ROWS = 4
+INT8_MAX_ROWS_FP32 = 16
+# fp32 weights are packed only where the copy takes at most this share of the memory available when the lean step is
+# built (the default model's copy is 540 MB; Phi-3-mini's, 15 GB, would not fit beside its own weights on 24 GB).
+FP32_PACK_SHARE = 0.5
 
 
 class _Projection:
     """One (fused) projection of the lean step: the model's own weight, and the form the step multiplies by.
 
-    ``model``: bf16 weights in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
-    CPU backend packs with): the same products as ``F.linear`` (checked bit for bit in the tests), 1.6× faster on
-    30 layers of the default model at one row, because the unpacked call reorders the weight on every call. fp32
-    weights stay as they are (``F.linear``'s MKL path, so fp32 decode equals PyTorch's). ``int8``: one bf16 scale
-    per output channel, ``torch._weight_int8pack_mm``, for steps of up to ``INT8_MAX_ROWS`` rows; its kernel is
-    built for few rows (at 32 clients it served 432 tokens/s against the packed bf16 weights' 609), so larger steps
-    use the packed weights, kept beside the int8 ones.
+    ``model``: the weights in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
+    CPU backend packs with) where :func:`packs` says so and ``pack`` allows. bf16: the same products as
+    ``F.linear`` (checked bit for bit in the tests), 1.6× faster on 30 layers of the default model at one row,
+    because the unpacked call reorders the weight on every call. fp32 (CPUs without fast bf16): within rounding of
+    ``F.linear``'s MKL products (not the same bits; greedy tokens and log-probabilities checked against
+    transformers in the tests) and 1.2–1.4× faster at 1–32 rows on an AVX2-only AMD EPYC, where MKL's small-row
+    kernels are slow. Unpacked weights go through ``F.linear``. ``int8``: one bf16 scale per output channel,
+    ``torch._weight_int8pack_mm``, for steps of up to ``int8_rows`` rows; its kernel is built for few rows (at 32
+    clients it served 432 tokens/s against the packed bf16 weights' 609), so larger steps use the packed (or the
+    model's own) weights, kept beside the int8 ones; against fp32 ones it stays ahead up to ``INT8_MAX_ROWS_FP32``.
 
     ``widen(a)``: the packed copy then also holds the rows of ``a`` (the stacked LoRA ``A`` matrices that read the
     same input) after the weight's own, so one call gives both the projection and every adapter's ``A x``
     (:meth:`wide`); plain calls return the projection's columns of that product (bit-identical to the narrow
     one: oneDNN computes each output column the same way whatever the width, checked in the tests)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str):
-        self.weight, self.bias, self.mode = weight, bias, mode
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, pack: bool = True):
+        self.weight, self.bias, self.mode, self.pack = weight, bias, mode, pack
         self.refresh()
 
     @property
@@ -126,11 +137,12 @@ class _Projection:
             scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
             self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
-        if w.dtype == torch.bfloat16 and w.device.type == "cpu" and packing_available():
+        if self.pack and w.device.type == "cpu" and packs(w.dtype):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+        self.int8_rows = INT8_MAX_ROWS if self.packed is not None and w.dtype == torch.bfloat16 else INT8_MAX_ROWS_FP32
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.q is not None and x.numel() <= INT8_MAX_ROWS * x.shape[-1]:
+        if self.q is not None and x.numel() <= self.int8_rows * x.shape[-1]:
             shape = x.shape
             out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.q, self.scale)
             out = out.reshape(*shape[:-1], out.shape[-1]).to(x.dtype)
@@ -141,7 +153,7 @@ class _Projection:
         return F.linear(x, self.weight, self.bias)
 
     def widenable(self) -> bool:
-        """Whether the weight is multiplied packed in bf16 (what :meth:`widen` extends)."""
+        """Whether the weight is multiplied packed (what :meth:`widen` extends)."""
         return self.packed is not None and self.mode == "model"
 
     def widen(self, a: torch.Tensor) -> None:
@@ -159,10 +171,13 @@ class _Projection:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
 
 
-def packing_available() -> bool:
-    """Whether oneDNN's packed bf16 linear kernels run here: the torch build has them (x86 builds do) and the CPU
-    does bf16 in oneDNN (``fast_bf16``: AVX512-BF16 or AMX; on AVX2 alone oneDNN refuses bf16)."""
-    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and fast_bf16()
+def packs(dtype: torch.dtype) -> bool:
+    """Whether the lean step multiplies CPU weights of ``dtype`` packed for oneDNN here: the torch build has the
+    packed linear kernels (x86 builds do), and bf16 where the CPU does bf16 in oneDNN (``cpu_bf16``: AVX512-BF16 or
+    AMX), fp32 where it does not (AVX2-only CPUs, where fp32 is what ``auto`` serves)."""
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    return cpu_bf16() if dtype == torch.bfloat16 else dtype == torch.float32 and not cpu_bf16()
 
 
 def int8_available() -> str | None:
@@ -182,7 +197,7 @@ class _FusedLoRA:
     packed 31 µs a layer. Built again when an adapter loads or unloads, over the slots up to the highest one loaded
     (``slots``), not the whole cache.
 
-    Where the base projection is packed bf16, the stacked ``A`` goes into it (``_Projection.widen``): one matmul
+    Where the base projection is packed, the stacked ``A`` goes into it (``_Projection.widen``): one matmul
     gives the projection and ``A x`` together, so an adapted projection costs one small matmul more than the base
     instead of two. At these sizes a matmul call costs ~30 µs whatever its width: 8 rows of the default model on one
     adapter took 37.9 ms a step against 41.9 with ``A`` apart (base ~29; AMD EPYC, 2 cores;
@@ -201,9 +216,9 @@ class _FusedLoRA:
         self.a = None
         if base.widenable():
             base.widen(a)
-        else:  # fp32 weights (F.linear) or int8 ones: A apart
-            self.a = _Projection(a, None, "model")  # x @ Aᵀ
-        self.b = _Projection(b.t().contiguous(), None, "model")  # h @ B
+        else:  # unpacked weights (F.linear) or int8 ones: A apart
+            self.a = _Projection(a, None, "model", base.pack)  # x @ Aᵀ
+        self.b = _Projection(b.t().contiguous(), None, "model", base.pack)  # h @ B
 
     def __call__(self, x: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:
         """The projection of ``x`` with each row's adapter added."""
@@ -218,7 +233,7 @@ class _FusedLoRA:
 class _Block:
     """One decoder layer's tensors for the lean step."""
 
-    def __init__(self, layer, index: int, heads: int, kv_heads: int, head_dim: int, mode: str):
+    def __init__(self, layer, index: int, heads: int, kv_heads: int, head_dim: int, mode: str, pack: bool):
         attn, mlp = layer.self_attn, layer.mlp
         self.index = index
         self.prefix = f"model.layers.{index}."
@@ -248,9 +263,10 @@ class _Block:
         self.splits = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         self.inter = self.gu_w.shape[0] // 2
         self.scaling = getattr(attn, "scaling", head_dim ** -0.5)
-        self.proj = {"qkv": _Projection(self.qkv_w, self.qkv_b, mode), "gu": _Projection(self.gu_w, self.gu_b, mode),
-                     "o": _Projection(self.o.weight, self.o.bias, mode),
-                     "down": _Projection(self.down.weight, self.down.bias, mode)}
+        self.proj = {"qkv": _Projection(self.qkv_w, self.qkv_b, mode, pack),
+                     "gu": _Projection(self.gu_w, self.gu_b, mode, pack),
+                     "o": _Projection(self.o.weight, self.o.bias, mode, pack),
+                     "down": _Projection(self.down.weight, self.down.bias, mode, pack)}
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -260,10 +276,23 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return torch.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
+def _copy_fits(model) -> bool:
+    """Whether a packed copy of ``model``'s linear weights may be made: always for bf16 ones (half of fp32's bytes;
+    what serving bf16 has always cost), for fp32 ones where it takes at most ``FP32_PACK_SHARE`` of the memory
+    available now."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not weights or weights[0].dtype != torch.float32:
+        return True
+    size = sum(w.numel() * w.element_size() for w in weights)
+    return size <= FP32_PACK_SHARE * available_memory_mb() * 1024 * 1024
+
+
 class LeanDecoder:
     """The decode forward of one Llama-style model over a :class:`~slmtune.inference.kv_slots.SlotCache`."""
 
-    def __init__(self, model, *, weights: str = "model"):
+    def __init__(self, model, *, weights: str = "model", pack: bool | None = None):
+        """``pack``: make the packed copies where this CPU packs the weights' dtype (None: where the copy fits,
+        ``_copy_fits``), or never (False: ``F.linear`` on the model's own weights)."""
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the lean decode path does not cover {reason}")
@@ -283,9 +312,10 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         mode = "int8" if weights == "int8" else "model"
         self.weights = weights
-        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode)
+        self.pack = _copy_fits(model) if pack is None else pack
+        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode, self.pack)
                        for i, layer in enumerate(inner.layers)]
-        self.head_proj = _Projection(self.head.weight, self.head.bias, mode)
+        self.head_proj = _Projection(self.head.weight, self.head.bias, mode, self.pack)
         self._fused: list[dict] = []
         self._fused_version = -1
 

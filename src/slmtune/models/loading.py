@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,14 +22,30 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def fast_bf16() -> bool:
-    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+def cpu_bf16() -> bool:
+    """True where the CPU does bf16 matmuls in oneDNN: AMX or AVX512-BF16 (on AVX2 alone oneDNN refuses bf16)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def fast_bf16() -> bool:
+    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_bf16()
+
+
+def available_memory_mb() -> float:
+    """Memory the kernel could hand out now (MemAvailable), in MiB; the machine's total where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / (1024 * 1024)
 
 
 def resolve_precision(precision: str, supported: tuple[str, ...] = ("fp32", "bf16")) -> str:
