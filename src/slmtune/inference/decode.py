@@ -92,9 +92,10 @@ def lean_decoder(model, decode: str = "auto") -> LeanDecoder | None:
 
 # The most rows a step multiplies by the int8 weights; larger steps use the other form. Packed bf16 weights
 # (AVX512-BF16 / AMX) win from 8 rows; against fp32 ones (AVX2-only CPUs, where oneDNN has no bf16) the int8 kernel
-# stays ahead up to 16 rows (8 rows of the default model: 65 ms a step against 84 packed fp32; docs/serving.md).
+# stays ahead up to 8 rows (the default model on an AVX2-only EPYC, a step: 8 rows 58 ms against 66 packed fp32,
+# 16 rows 104 against 82; docs/serving.md).
 INT8_MAX_ROWS = 4
-INT8_MAX_ROWS_FP32 = 16
+INT8_MAX_ROWS_FP32 = 8
 # fp32 weights are packed only where the copy takes at most this share of the memory available when the lean step is
 # built (the default model's copy is 540 MB; Phi-3-mini's, 15 GB, would not fit beside its own weights on 24 GB).
 FP32_PACK_SHARE = 0.5
@@ -138,7 +139,7 @@ class _Projection:
             self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
         if self.pack and w.device.type == "cpu" and packs(w.dtype):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+            self.packed = _pack(w)
         self.int8_rows = INT8_MAX_ROWS if self.packed is not None and w.dtype == torch.bfloat16 else INT8_MAX_ROWS_FP32
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +162,7 @@ class _Projection:
         ``a`` alone)."""
         w = self.weight.detach()
         self.packed = None  # the old packed copy goes before the new one is made
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([w, a.to(w.dtype)]).contiguous(), 1)
+        self.packed = _pack(torch.cat([w, a.to(w.dtype)]))
         self.extra = a.shape[0]
         self.packed_bias = None if self.bias is None else torch.cat([self.bias.detach(),
                                                                       self.bias.new_zeros(self.extra)])
@@ -169,6 +170,17 @@ class _Projection:
     def wide(self, x: torch.Tensor) -> torch.Tensor:
         """The packed product, widened or not: ``[..., out_features + extra]``."""
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
+
+
+def _pack(w: torch.Tensor) -> torch.Tensor:
+    """``w`` in oneDNN's blocked layout. The layout depends on the batch size it is packed for: bf16 weights are
+    packed for one row (17–20 GB/s at every shape of the default model whatever the hint, on AVX512-BF16); fp32 ones
+    with no hint, which on an AVX2-only EPYC took 30 layers' matmuls at 8 rows from 64–66 ms (packed for one row) to
+    43–49 ms and was no slower at one row (28–34 ms)."""
+    w = w.contiguous()
+    if w.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._reorder_linear_weight(w, 1)
+    return torch.ops.mkldnn._reorder_linear_weight(w)
 
 
 def packs(dtype: torch.dtype) -> bool:
