@@ -44,6 +44,10 @@ ACTIVATION_ELEMS = (8.8, 4.4)  # saved elements per token per layer ≈ a·hidde
 LOGIT_COPIES = 3.5  # fp32 logits, log-softmax, its gradient, casts
 ADAPTER_INPUT_COPY = 1.1  # bf16 base + fp32 adapters: each adapted layer keeps an fp32 copy of its input
 AUTOCAST_TEMPS = 0.8  # adapter autocast: bf16 casts and adapter outputs kept for backward, × the fp32 input copies
+# fp32 base: what the adapters keep for backward beyond the activation factors above (fit on bf16 runs, where the
+# adapters' inputs are fp32 copies counted apart), × the same fp32 input bytes. Fit 2026-12-07 on LoRA in fp32 (the
+# auto precision of an AVX2-only EPYC, demo data, batch 8): 4,253 MB measured, 2,761 predicted without this term.
+FP32_ADAPTER_INPUTS = 2.0
 METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp32 adapter-input copies per token)
     # refit 2026-11-30 after the fused loss and adapter autocast (docs/methods.md, calibrate setting); dora and
     # qlora's per-token parts from the earlier two-point fit, rescaled.
@@ -202,6 +206,8 @@ def _memory_breakdown(cfg, method: Method, precision: str, c: dict, longest: int
     autocast = cfg.model.adapter_autocast and method.autocast
     if method.on_linear and precision == "bf16":
         adapter = input_copy * (AUTOCAST_TEMPS if autocast else ADAPTER_INPUT_COPY)
+    elif method.on_linear and precision == "fp32":
+        adapter = input_copy * FP32_ADAPTER_INPUTS
     else:
         adapter = 0.0
     w_factor, t_factor = METHOD_EXTRA.get(method.name, (0.0, 0.0))
