@@ -4,6 +4,7 @@ model at 1, 8 and 32 rows, and 8 rows on one adapter and on four adapters mixed 
     .venv/bin/python benchmarks/decode_step.py [--model smollm2-135m-instruct] [--precision bf16] [--profile]
     .venv/bin/python benchmarks/decode_step.py --apart     # adapters' A in the base matmul against A apart
     .venv/bin/python benchmarks/decode_step.py --unpacked --precision fp32   # packed weights against F.linear
+    .venv/bin/python benchmarks/decode_step.py --prefill --precision fp32    # prompts: lean loop against transformers
 
 Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in a cache of 8 slots, as
 `slmtune serve` keeps them. Each figure is the median of 40 steps after 40 warm-up steps, at ~60 cached positions;
@@ -11,7 +12,10 @@ Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in
 in one process, step by step in turn over the same rows: the adapters' stacked ``A`` packed into the base
 projections (the default) and multiplied apart (the step before 2026-12-07); ``--unpacked`` the same way the
 packed weights against the model's own through ``F.linear`` (fp32 on a CPU without fast bf16: the step before
-2026-12-07, second session). ``--decode int8`` times the int8 weights. The CPU is printed first.
+2026-12-07, second session). ``--decode int8`` times the int8 weights. ``--prefill`` times whole requests of one
+token through two batching engines, one prefilling through the lean loop and one through transformers' forward
+(``--decode transformers``), 1 and 8 prompts at once, in turn, and checks that both give the same greedy text.
+The CPU is printed first.
 """
 
 from __future__ import annotations
@@ -96,6 +100,56 @@ def adapters(rows: list[str | None]) -> str:
     return ", ".join(used) + (" + base" if None in rows and used else "") or "none"
 
 
+PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
+           "Explain in detail how a bicycle works, part by part.",
+           "Describe a walk through a busy market on a summer morning.",
+           "Tell me everything you know about the history of tea."]
+
+
+def prefill(args) -> None:
+    import queue
+
+    from slmtune.inference.batching import BatchEngine
+    from slmtune.inference.request import Finished
+    from slmtune.inference.sampling import SamplingParams
+    from slmtune.inference.serving import ModelServer
+    from slmtune.models.loading import load_base_model, load_tokenizer
+    from slmtune.models.registry import resolve
+
+    folder = resolve(args.model)
+    tok = load_tokenizer(folder)
+    engines = {"lean loop": BatchEngine(load_base_model(folder, args.precision), tok, name="lean", max_running=32),
+               "transformers' forward": BatchEngine(load_base_model(folder, args.precision), tok, name="tf",
+                                                    max_running=32, decode="transformers")}
+    if not engines["lean loop"].lean.prefills:
+        print("this model's lean step leaves prefill to transformers here (LeanDecoder.prefills)")
+
+    def run(engine, n: int, tokens: int) -> tuple[float, list[list[int]]]:
+        start, reqs = time.perf_counter(), []
+        for i in range(n):
+            ids = ModelServer.prompt_ids(tok, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+            events: queue.SimpleQueue = queue.SimpleQueue()
+            reqs.append((engine.submit(ids, SamplingParams(max_new_tokens=tokens), emit=events.put), events))
+        for _, events in reqs:
+            while not isinstance(events.get(timeout=600), Finished):
+                pass
+        return time.perf_counter() - start, [r.seqs[0].tokens for r, _ in reqs]
+
+    try:
+        print(f"| prompts | {' | '.join(engines)} |\n|---|---|---|")
+        for n in (1, 8):
+            times: dict[str, list[float]] = {k: [] for k in engines}
+            for _ in range(5):
+                for k, engine in engines.items():
+                    times[k].append(run(engine, n, 1)[0])
+            print(f"| {n} | " + " | ".join(f"{statistics.median(v) * 1e3:.0f} ms" for v in times.values()) + " |")
+        texts = [run(engine, len(PROMPTS), 48)[1] for engine in engines.values()]
+        print(f"\nthe same greedy tokens (48): {sum(a == b for a, b in zip(*texts))} of {len(PROMPTS)} prompts")
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -104,8 +158,12 @@ def main() -> None:
     ap.add_argument("--decode", choices=["auto", "int8"], default="auto", help="int8: the int8 weights")
     ap.add_argument("--apart", action="store_true", help="A in the base matmul against A apart, interleaved")
     ap.add_argument("--unpacked", action="store_true", help="packed weights against F.linear, interleaved")
+    ap.add_argument("--prefill", action="store_true", help="prefill: the lean loop against transformers' forward")
     args = ap.parse_args()
     print(f"{cpu()}; {args.model} in {args.precision}{', int8 weights' if args.decode == 'int8' else ''}\n")
+    if args.prefill:
+        prefill(args)
+        return
     if args.apart or args.unpacked:
         pair = ({"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)} if args.apart else
                 {"F.linear": decoder(args, pack=False), "packed": decoder(args)})

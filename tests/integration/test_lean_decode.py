@@ -1,6 +1,7 @@
 """The lean decode step (inference/decode.py) against transformers' forward, on the tiny seeded models: the same
-greedy tokens and log-probabilities in fp32 (plain, with per-row LoRA, Phi-3's fused layers), oneDNN-packed bf16
-projections bit-identical to ``F.linear`` (and with the adapters' ``A`` packed into them), the int8 weights close,
+greedy tokens and log-probabilities in fp32 (prefill and decode; plain, with per-row LoRA, Phi-3's fused layers),
+oneDNN-packed bf16 projections bit-identical to ``F.linear`` and packed fp32 ones within rounding of it (both with
+the adapters' ``A`` packed into them), the int8 weights close,
 weight changes in place followed, and models it does not cover left to transformers."""
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def _engine(base: str, precision: str, decode: str) -> tuple[BatchEngine, object
 
 @pytest.mark.parametrize("base", ["tiny-llama", "tiny-phi3"])
 def test_fp32_lean_step_gives_transformers_tokens_and_logprobs(base):
+    """In fp32 the lean loop prefills the prompts (six of different lengths at once, right-aligned) and decodes:
+    the same greedy tokens as transformers' forward, log-probabilities within 1e-4."""
     lean, tok = _engine(base, "fp32", "auto")
     plain, _ = _engine(base, "fp32", "transformers")
     try:
-        assert lean.lean is not None and plain.lean is None
+        assert lean.lean is not None and lean.lean.prefills and plain.lean is None
         assert _run(lean, tok) == _run(plain, tok)
         a, b = _run(lean, tok, tokens=4, logprobs=True), _run(plain, tok, tokens=4, logprobs=True)
         assert all(len(x) == 4 for x in a)
@@ -257,7 +260,7 @@ def test_int8_weights_stay_close_to_bf16():
         x, y = [], []
         for i in range(6):
             for engine, out in ((a, x), (b, y)):
-                # the first token comes from the prefill (transformers' forward, bf16 in both): the rest decoded
+                # the first token comes from the prefill (the same bf16 weights in both): the rest decoded
                 out.append(_run(engine, tok, k=1, tokens=4, logprobs=True, first=i)[0][1:])
         pairs = [(s, t) for xs, ys in zip(x, y) for s, t in zip(xs, ys)]
         assert len(pairs) >= 12

@@ -411,10 +411,11 @@ class BatchEngine:
 
     def _forward(self, rows: list[SequenceState], tokens: torch.Tensor, write_pos: torch.Tensor, slot0: int):
         self.cache.plan(slot0, write_pos)
-        if self.lean is not None and tokens.shape[1] == 1 and not (tokens < 0).any():
+        if self.lean is not None and (tokens.shape[1] == 1 or self.lean.prefills) and not (tokens < 0).any():
             self.adapters.lora.plan([s.adapter for s in rows], self.device)
             lo, hi = int(write_pos.min()), int(write_pos.max())
-            everything = lo == hi and not (self.window and hi >= self.window)  # every row sees 0..its position
+            # one query a row, every row at one position: each sees 0..its position
+            everything = tokens.shape[1] == 1 and lo == hi and not (self.window and hi >= self.window)
             out = self.lean.forward(tokens, write_pos, self.cache, None if everything else self._mask(write_pos),
                                     self.adapters.lora)
             self.steps += 1

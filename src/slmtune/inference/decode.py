@@ -6,7 +6,8 @@ as many Python calls per layer (hooks, keyword plumbing, the mask and cache inte
 layers: an RMS norm, **one** matmul for q/k/v (their weights fused into one tensor), rotary embedding on the joined
 q/k heads, the slot cache's write and grouped-query attention (keys and values kept in fp32 for a bf16 model: the
 one-query matmuls are 2-3x faster than in bf16), the output projection, an RMS norm, **one** matmul for gate/up,
-SiLU x up, the down projection. Prefill (many queries per row) stays on transformers' forward.
+SiLU x up, the down projection. Prefill (a prompt's chunk: many queries a row) runs the same loop with SDPA for
+the attention where ``LeanDecoder.prefills`` says so, else transformers' forward.
 
 The fused weights are not a copy: each model's own ``q_proj.weight`` / ``k_proj`` / ``v_proj`` (``gate_proj`` /
 ``up_proj``) becomes a view into the fused tensor, so prefill, decode and anything that changes the weights in
@@ -328,6 +329,12 @@ class LeanDecoder:
         self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode, self.pack)
                        for i, layer in enumerate(inner.layers)]
         self.head_proj = _Projection(self.head.weight, self.head.bias, mode, self.pack)
+        # Prompts' chunks (many queries a row) take this path too where that was measured faster than transformers'
+        # forward: unpacked weights (the same matmuls, less dispatch) and packed fp32 ones (an AVX2-only EPYC, fp32:
+        # one ~40-token prompt 132 against 156 ms, eight at once 717 against 719; decode_step.py --prefill).
+        # Packed bf16 weights are packed for one row; their prefill has not been measured, so it stays on
+        # transformers' forward.
+        self.prefills = not (self.pack and packs(torch.bfloat16) and self.head.weight.dtype == torch.bfloat16)
         self._fused: list[dict] = []
         self._fused_version = -1
 
@@ -363,12 +370,13 @@ class LeanDecoder:
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None,
                 lora=None) -> torch.Tensor:
-        """Logits ``[rows, vocab]`` (fp32) for one token per row: ``tokens`` and ``positions`` are ``[rows, 1]``;
-        ``cache`` has been planned for this step; ``mask`` is ``[rows, 1, 1, kv]`` or None when every row sees all
-        of ``0..position``."""
-        rows, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
-        x = F.embedding(tokens, self.embed)  # [rows, 1, hidden]
-        cos, sin = self.rotary(x, positions)  # [rows, 1, rotary dim]
+        """Logits ``[rows, vocab]`` (fp32) of each row's last query: ``tokens`` and ``positions`` are ``[rows, q]``
+        (one query a row in a decode step, a prompt's chunk in a prefill); ``cache`` has been planned for this
+        forward; ``mask`` is ``[rows, 1, q, kv]`` additive, or None when every query sees all of ``0..position``
+        (a decode step where every row is at the same position)."""
+        rows, q, heads, kv_heads, dim = tokens.shape[0], tokens.shape[1], self.heads, self.kv_heads, self.head_dim
+        x = F.embedding(tokens, self.embed)  # [rows, q, hidden]
+        cos, sin = self.rotary(x, positions)  # [rows, q, rotary dim]
         half = cos.shape[-1] // 2
         # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign goes into the table once per step
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None]
@@ -381,23 +389,29 @@ class LeanDecoder:
             adapters = fused[b.index] if fused is not None else None
             h = _rms_norm(x, b.norm1, b.eps1)
             qkv = self._project(b, adapters, "qkv", masks, h)
-            qk = qkv[..., :qn + kn].view(rows, 1, heads + kv_heads, dim)  # q and k heads side by side
+            qk = qkv[..., :qn + kn].view(rows, q, heads + kv_heads, dim)  # q and k heads side by side
             if partial:
                 r = cos.shape[-1]
                 rot = qk[..., :r]
                 qk = torch.cat((rot * cos + torch.cat((rot[..., half:], rot[..., :half]), -1) * sin, qk[..., r:]), -1)
             else:
                 qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
-            k = qk[:, :, heads:].transpose(1, 2)  # [rows, kv heads, 1, dim]
-            v = qkv[..., qn + kn:].view(rows, 1, kv_heads, dim).transpose(1, 2)
+            k = qk[:, :, heads:].transpose(1, 2)  # [rows, kv heads, q, dim]
+            v = qkv[..., qn + kn:].view(rows, q, kv_heads, dim).transpose(1, 2)
             keys, values = cache.layers[b.index].update(k, v)
-            qg = qk[:, 0, :heads].reshape(rows, kv_heads, groups, dim).to(keys.dtype)
-            scores = torch.matmul(qg, keys.transpose(-1, -2))
-            scores.mul_(b.scaling)
-            if mask is not None:
-                scores = scores + mask[:, :, :, :keys.shape[-2]]
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-            a = torch.matmul(probs, values).reshape(rows, 1, heads * dim).to(x.dtype)
+            if q == 1:  # two small batched matmuls, the query heads grouped by their key/value head
+                qg = qk[:, 0, :heads].reshape(rows, kv_heads, groups, dim).to(keys.dtype)
+                scores = torch.matmul(qg, keys.transpose(-1, -2))
+                scores.mul_(b.scaling)
+                if mask is not None:
+                    scores = scores + mask[:, :, :, :keys.shape[-2]]
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+                a = torch.matmul(probs, values).reshape(rows, 1, heads * dim).to(x.dtype)
+            else:  # a prompt's chunk: SDPA's blocked kernels (they never hold the q × kv scores whole)
+                qh = qk[:, :, :heads].transpose(1, 2).to(keys.dtype)  # [rows, heads, q, dim]
+                a = F.scaled_dot_product_attention(
+                    qh, keys, values, attn_mask=None if mask is None else mask[..., :keys.shape[-2]].to(keys.dtype),
+                    scale=b.scaling, enable_gqa=groups > 1).transpose(1, 2).reshape(rows, q, heads * dim).to(x.dtype)
             o = self._project(b, adapters, "o", masks, a)
             x = x + o
             h = _rms_norm(x, b.norm2, b.eps2)
@@ -405,5 +419,5 @@ class LeanDecoder:
             m = F.silu(gu[..., :b.inter]) * gu[..., b.inter:]
             d = self._project(b, adapters, "down", masks, m)
             x = x + d
-        x = _rms_norm(x, self.norm, self.eps)
+        x = _rms_norm(x[:, -1:], self.norm, self.eps)
         return self.head_proj(x[:, -1]).float()
