@@ -110,7 +110,7 @@ class _Projection:
     ``F.linear`` (checked bit for bit in the tests), 1.6× faster on 30 layers of the default model at one row,
     because the unpacked call reorders the weight on every call. fp32 (CPUs without fast bf16): within rounding of
     ``F.linear``'s MKL products (not the same bits; greedy tokens and log-probabilities checked against
-    transformers in the tests) and 1.2–1.4× faster at 1–32 rows on an AVX2-only AMD EPYC, where MKL's small-row
+    transformers in the tests) and 1.3–1.8× faster at 1–32 rows on an AVX2-only AMD EPYC, where MKL's small-row
     kernels are slow. Unpacked weights go through ``F.linear``. ``int8``: one bf16 scale per output channel,
     ``torch._weight_int8pack_mm``, for steps of up to ``int8_rows`` rows; its kernel is built for few rows (at 32
     clients it served 432 tokens/s against the packed bf16 weights' 609), so larger steps use the packed (or the
@@ -334,7 +334,7 @@ class LeanDecoder:
         # one ~40-token prompt 132 against 156 ms, eight at once 717 against 719; decode_step.py --prefill).
         # Packed bf16 weights are packed for one row; their prefill has not been measured, so it stays on
         # transformers' forward.
-        self.prefills = not (self.pack and packs(torch.bfloat16) and self.head.weight.dtype == torch.bfloat16)
+        self.prefills = not (self.head_proj.packed is not None and self.head.weight.dtype == torch.bfloat16)
         self._fused: list[dict] = []
         self._fused_version = -1
 
