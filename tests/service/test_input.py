@@ -5,6 +5,7 @@ visible to the very next request, and chat/job fields have bounds."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -89,12 +90,20 @@ def test_a_key_past_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_n
     srv = start_server("sqlite", tmp_path, workers=0, auth=True, rate_limit_rpm=30)  # a burst of 30, then 1 / 2 s
     try:
         busy, quiet = srv.new_key("busy"), srv.new_key("quiet")
+        client, start = srv.client(busy), time.monotonic()
         for _ in range(30):
-            assert srv.client(busy).models.list().data
-        with pytest.raises(openai.RateLimitError) as e:
-            srv.client(busy).models.list()
-        assert e.value.body["code"] == "rate_limit_exceeded" and "30 requests per minute" in e.value.body["message"]
-        assert 1 <= int(e.value.response.headers["retry-after"]) <= 2  # one request refills in 2 s
+            assert client.models.list().data
+        extra = 0  # on a slow machine the burst takes seconds: what refilled meanwhile may pass, nothing more
+        while True:
+            try:
+                client.models.list()
+            except openai.RateLimitError as refused:
+                e = refused
+                break
+            extra += 1
+            assert extra <= (time.monotonic() - start) / 2 + 1
+        assert e.body["code"] == "rate_limit_exceeded" and "30 requests per minute" in e.body["message"]
+        assert 1 <= int(e.response.headers["retry-after"]) <= 2  # one request refills in 2 s
         assert srv.client(quiet).models.list().data  # buckets are per key
         bad = httpx.get(srv.url + "/models", headers={"Authorization": "Bearer sk-slm-unknown"})
         assert bad.status_code == 401  # an unknown key is refused as such, never counted
