@@ -124,7 +124,7 @@ def test_port_in_use_is_a_clear_error_and_leaves_no_processes(tiny_config, tmp_p
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use"):
             slmtune.train(tiny_config(distributed={"strategy": "ddp", "nproc": 2, "master_port": port}))
-    assert not _our_workers()
+    assert not _our_workers(tmp_path)
 
 
 def test_a_failing_worker_ends_the_launch_with_its_error_and_no_orphans(tiny_config, tmp_path):
@@ -135,10 +135,12 @@ def test_a_failing_worker_ends_the_launch_with_its_error_and_no_orphans(tiny_con
     (tmp_path / "no-such-model").mkdir()
     with pytest.raises(LaunchError, match="no-such-model"):
         slmtune.train(cfg)
-    assert not _our_workers()
+    assert not _our_workers(tmp_path)
 
 
-def _our_workers() -> list[int]:
+def _our_workers(tmp_path) -> list[int]:
+    """Rank processes of this test's runs (their command line names a launch file under ``tmp_path``): another
+    test running beside this one (pytest-xdist) may have ranks of its own."""
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -146,7 +148,7 @@ def _our_workers() -> list[int]:
                 cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
             except OSError:
                 continue
-            if "slmtune.training.rank" in cmd:
+            if "slmtune.training.rank" in cmd and str(tmp_path) in cmd:
                 pids.append(int(d))
     return pids
 
@@ -192,4 +194,4 @@ def test_two_nodes_of_one_process_each_on_loopback(tiny_data, tmp_path):
     assert (tmp_path / "node0" / "adapter" / "adapter_model.safetensors").exists()
     assert len(losses(tmp_path / "node0")) == 8  # 32 examples, global batch 2 × 2 nodes
     assert not (tmp_path / "node1" / "adapter").exists()  # node 1 only computes; node 0 writes the run
-    assert not _our_workers()
+    assert not _our_workers(tmp_path)
