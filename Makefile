@@ -20,15 +20,19 @@ demo: setup
 	$(BIN)/slmtune models fetch smollm2-135m-instruct
 	$(BIN)/python examples/demo/demo.py
 
+# The suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py says how the work is shared), then the tests
+# marked serial alone (they restart a service the others use); the exit status is the first failure's.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q tests --durations=30
+	rc=0; $(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadscope -m "not serial" --durations=30 || rc=$$?; \
+	$(BIN)/python -m pytest -q tests -m serial --durations=5 || { s=$$?; [ $$rc -ne 0 ] || rc=$$s; }; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests -m "not real_model"
+	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadscope -m "not real_model and not serial"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

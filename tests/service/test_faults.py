@@ -99,6 +99,7 @@ def test_sigterm_to_the_server_then_to_a_worker_hands_the_job_back_each_time_and
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.serial  # it restarts the PostgreSQL cluster every other test shares
 @pytest.mark.skipif(not os.environ.get("SLMTUNE_TEST_POSTGRES_URL"), reason="needs PostgreSQL")
 def test_postgresql_restarted_mid_job_loses_no_event(tmp_path):
     version = sorted(os.listdir("/etc/postgresql"))[-1]
