@@ -1,6 +1,10 @@
 """The measured method table: every method on the default model, same data, same token budget.
 
-    .venv/bin/python benchmarks/methods.py [--steps 12] [--methods lora,dora,...]   # writes docs/methods.md
+    .venv/bin/python benchmarks/methods.py [--steps 12] [--methods lora,dora,...] [--write]
+
+Prints this run's table (Markdown). ``--write`` regenerates docs/methods.md from the saved rows of every setting
+(the calibration table and the held-out ones): only after a run of every method on the machine the planner is
+calibrated on, since it replaces the page, sections written by hand included.
 
 Each method runs in its own process (so peak RSS is that run's alone) on the demo data (examples/demo/), batch 8,
 ``--steps`` optimizer steps, and is evaluated on the held-out split. For every row the planner's prediction
@@ -78,6 +82,7 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--work", default="runs/bench-methods")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "methods.md"))
+    ap.add_argument("--write", action="store_true", help="regenerate --doc from the saved rows (replaces the page)")
     ap.add_argument("--setting", default="calibrate", choices=list(SETTINGS))
     ap.add_argument("--replan", action="store_true",
                     help="re-predict from the measurements saved in WORK/rows.json and rewrite the doc (no training)")
@@ -114,7 +119,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / f"rows-{args.setting}.json").write_text(json.dumps({"steps": args.steps, "base_eval": base_eval,
                                                                 "rows": rows}, indent=2))
-    write_doc(Path(args.doc), work)
+    print("\n".join(_table(rows, base_eval)))
+    if args.write:
+        write_doc(Path(args.doc), work)
 
 
 def _replan(work: Path, saved: dict, setting: str) -> None:
