@@ -71,6 +71,7 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a stable sort: each unit's tests keep their order
         items.sort(key=lambda item: -expected_seconds(work_unit(item.nodeid)))
 
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
