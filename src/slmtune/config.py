@@ -43,7 +43,8 @@ class ModelSection(_Section):
         "auto",
         description="'bf16': frozen base weights stored in bf16, trainable weights and optimizer state fp32; "
         "'bf16-mixed': fp32 weights with bf16 autocast; 'fp32'. 'auto': bf16 where the hardware has fast bf16 "
-        "matmuls (AMX/AVX512-BF16 CPUs, recent GPUs) and the method supports it, else fp32.",
+        "matmuls (AMX/AVX512-BF16 CPUs, recent GPUs) and the method supports it, else fp32 — unless, on a CPU, "
+        "the fp32 weights would take more than half the memory available (then bf16, with a warning).",
     )
     adapter_autocast: bool = Field(
         True, description="With precision 'bf16': run the adapters' matmuls in bf16 on the bf16 activations "

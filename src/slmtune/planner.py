@@ -230,8 +230,8 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     if method is not None and method != cfg.method.name:
         cfg.method = type(cfg.method).model_validate({"name": method})
     m = get(cfg.method.name)
-    precision = resolve_precision(cfg.model.precision, m.precisions)
     model_dir = resolve(cfg.model.name)
+    precision = resolve_precision(cfg.model.precision, m.precisions, model_dir)
     c = _counts(model_dir, cfg)
     data = _data_stats(cfg, load_tokenizer(model_dir))
     t = cfg.train

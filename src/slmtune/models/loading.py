@@ -55,10 +55,42 @@ def available_memory_mb() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / (1024 * 1024)
 
 
-def resolve_precision(precision: str, supported: tuple[str, ...] = ("fp32", "bf16")) -> str:
+# `auto` on a CPU without bf16 instructions keeps the base in fp32 (fastest there) only while its fp32 weights take at
+# most this share of the memory available: past it, bf16 (emulated, slower) halves them rather than run out of memory
+FP32_WEIGHTS_SHARE = 0.5
+
+
+def weights_mb(model_dir: str | Path, bytes_per_param: int = 4) -> float | None:
+    """The model's weights at ``bytes_per_param``, in MiB, from its safetensors headers (nothing is loaded); None
+    for a folder without safetensors files."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    params = 0
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            for name in fh.keys():
+                params += int(torch.Size(fh.get_slice(name).get_shape()).numel())
+    return params * bytes_per_param / 2**20
+
+
+def resolve_precision(precision: str, supported: tuple[str, ...] = ("fp32", "bf16"),
+                      model_dir: str | Path | None = None) -> str:
+    """What ``auto`` means here: bf16 where bf16 matmuls are fast, fp32 elsewhere — unless ``model_dir``'s fp32 weights
+    would take more than FP32_WEIGHTS_SHARE of the memory available on a CPU, where bf16 is what fits."""
     if precision != "auto":
         return precision
-    return "bf16" if "bf16" in supported and fast_bf16() else "fp32"
+    if "bf16" not in supported:
+        return "fp32"
+    if fast_bf16():
+        return "bf16"
+    if model_dir is not None and not torch.cuda.is_available():
+        fp32 = weights_mb(model_dir)
+        if fp32 is not None and fp32 > FP32_WEIGHTS_SHARE * available_memory_mb():
+            return "bf16"
+    return "fp32"
 
 
 def default_device() -> torch.device:

@@ -19,6 +19,7 @@ from slmtune.inference.judge import EngineJudge
 from slmtune.inference.rollout import EngineRollout
 from slmtune.methods import get as get_method
 from slmtune.models.loading import resolve_precision
+from slmtune.models.registry import resolve
 from slmtune.scenarios.catalog import LOWER_IS_BETTER, get
 from slmtune.scenarios.evaluate import evaluate_scenario
 from slmtune.scenarios.pipeline import evaluate_models, heldout_records, load_info, prepare
@@ -107,7 +108,7 @@ def _reinforce(cfg, *, resume: bool, sinks, progress: bool) -> TrainResult | Non
     method = get_method(cfg.method.name)
     if cfg.rl.rollout == "engine" and method.batchable and not method.quantized \
             and cfg.distributed.nproc * cfg.distributed.nnodes == 1:
-        precision = resolve_precision(cfg.model.precision, method.precisions)
+        precision = resolve_precision(cfg.model.precision, method.precisions, resolve(cfg.model.name))
         rollout = EngineRollout(cfg.model.name, "bf16" if precision.startswith("bf16") else precision,
                                 seed=cfg.train.seed)
     try:

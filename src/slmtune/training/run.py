@@ -30,11 +30,15 @@ from slmtune.display import ConsoleSink
 from slmtune.graders.grade import check_grader, read_graded_prompts
 from slmtune.methods import BuildContext, get
 from slmtune.models.loading import (
+    FP32_WEIGHTS_SHARE,
+    available_memory_mb,
     bitsandbytes_available,
+    fast_bf16,
     linear_names,
     load_base_model,
     load_tokenizer,
     resolve_precision,
+    weights_mb,
 )
 from slmtune.models.registry import resolve
 from slmtune.training import distributed, grpo
@@ -271,8 +275,8 @@ class Data:
 def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, rollout=None,
            scorer: Scorer | None = None) -> TrainResult:
     """One training run in this process (a rank of a multi-process run included)."""
-    method, strategy = resolve_run(cfg, run_dir, ckpt, bus)
     model_dir = resolve(cfg.model.name, progress=lambda s: bus.emit(ev.message(s)))
+    method, strategy = resolve_run(cfg, run_dir, ckpt, bus, model_dir)
     tokenizer = load_tokenizer(model_dir)
     data = setup_data(cfg, tokenizer, bus)  # before the weights: a bad file fails before any load
     judging = selection(cfg, data, scorer)
@@ -294,14 +298,20 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
     return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
 
 
-def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus):
+def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, model_dir: Path):
     """The method and the distributed strategy; "auto" precision and strategy resolved and written to
     config.yaml (rank 0)."""
     method = get(cfg.method.name)
     strategy = distributed.resolve_strategy(cfg)
     cfg.distributed.strategy = strategy
+    asked = cfg.model.precision
     cfg.model.precision = distributed.resolve_precision(
-        cfg, resolve_precision(cfg.model.precision, method.precisions), strategy)
+        cfg, resolve_precision(asked, method.precisions, model_dir), strategy)
+    if asked == "auto" and cfg.model.precision == "bf16" and not fast_bf16():
+        bus.emit(ev.message(
+            f"model.precision auto: bf16 base weights, as fp32 ones ({weights_mb(model_dir):,.0f} MB) would take more "
+            f"than {FP32_WEIGHTS_SHARE:.0%} of the memory available ({available_memory_mb():,.0f} MB); this "
+            "machine has no fast bf16, so steps are slower than in fp32 (model.precision: fp32 to insist)", "warn"))
     if distributed.rank() == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())  # fully resolved: "auto" is written as what it chose
     if ckpt:
