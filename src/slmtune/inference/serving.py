@@ -85,7 +85,7 @@ class ModelServer:
                  prefill_tokens: int = 512, metrics: ServingMetrics | None = None,
                  max_queued_per_project: int | None = None, decode: str = "auto"):
         self.device = torch.device(device) if device else default_device()
-        self.precision = resolve_precision(precision)
+        self.precision = precision  # as asked: `auto` is resolved for each model (its size counts on a CPU)
         self.decode = decode
         self.max_running, self.max_queued, self.prefill_tokens = max_running, max_queued, prefill_tokens
         self.max_queued_per_project = max_queued_per_project
@@ -105,6 +105,11 @@ class ModelServer:
         with self._lock:
             return self._locks.setdefault(key, threading.Lock())
 
+    def precision_for(self, model_dir) -> str:
+        """The precision this server loads ``model_dir`` in (``auto`` weighs the model's fp32 weights against the
+        memory available where bf16 is not fast: ``models.loading.resolve_precision``)."""
+        return resolve_precision(self.precision, model_dir=model_dir if self.device.type == "cpu" else None)
+
     def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
         return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
                            prefill_tokens=self.prefill_tokens, adapter_capacity=self.adapter_cache_size,
@@ -119,7 +124,7 @@ class ModelServer:
         key = str(Path(model_dir).resolve())
         with self._key_lock(key):
             if key not in self.bases:
-                model = load_base_model(model_dir, self.precision, self.device)
+                model = load_base_model(model_dir, self.precision_for(model_dir), self.device)
                 # two tokenizers: one renders prompts on the caller's side, one detokenizes on the engine thread
                 engine = self._engine(model, load_tokenizer(model_dir), base_id)
                 self.bases[key] = Prepared(engine, load_tokenizer(model_dir), None)
@@ -140,7 +145,7 @@ class ModelServer:
                 return self.own[(base_id, key)]
             kind = adapter_kind(path)
             model_dir = resolve(base_id)
-            base = load_base_model(model_dir, self.precision, self.device)
+            base = load_base_model(model_dir, self.precision_for(model_dir), self.device)
             peft = PeftModel.from_pretrained(base, str(path), autocast_adapter_dtype=False).eval()
             kw: dict = {}
             if kind in ("PROMPT_TUNING", "P_TUNING"):

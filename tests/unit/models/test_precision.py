@@ -30,7 +30,8 @@ def test_auto_is_bf16_exactly_where_the_cpu_has_amx_or_avx512_bf16():
 def test_auto_keeps_fp32_only_while_its_weights_fit_and_says_so_when_it_falls_back(tiny_config, tmp_path,
                                                                                   monkeypatch):
     """Where bf16 is not fast, `auto` is fp32 while the fp32 weights take at most half the memory available; past
-    that a training run gets bf16 (what fits) and a message saying why and how to insist on fp32."""
+    that the server loads the model in bf16 and a training run gets bf16 (what fits) with a message saying why and
+    how to insist on fp32."""
     import json
 
     import slmtune
@@ -51,6 +52,10 @@ def test_auto_keeps_fp32_only_while_its_weights_fit_and_says_so_when_it_falls_ba
     assert loading.resolve_precision("auto", model_dir=folder) == "bf16"
     assert loading.resolve_precision("auto", supported=("fp32",), model_dir=folder) == "fp32"
     assert loading.resolve_precision("fp32", model_dir=folder) == "fp32"
+    from slmtune.inference.serving import ModelServer
+
+    assert ModelServer().precision_for(folder) == "bf16"  # `slmtune serve` loads each model by the same rule
+    assert ModelServer(precision="fp32").precision_for(folder) == "fp32"
 
     result = slmtune.train(tiny_config(model={"precision": "auto"}, train={"max_steps": 2}))
     assert result.status == "succeeded"
