@@ -108,7 +108,7 @@ class ModelServer:
     def precision_for(self, model_dir) -> str:
         """The precision this server loads ``model_dir`` in (``auto`` weighs the model's fp32 weights against the
         memory available where bf16 is not fast: ``models.loading.resolve_precision``)."""
-        return resolve_precision(self.precision, model_dir=model_dir if self.device.type == "cpu" else None)
+        return resolve_precision(self.precision, model_dir=model_dir)
 
     def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
         return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
