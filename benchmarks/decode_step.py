@@ -5,6 +5,8 @@ model at 1, 8 and 32 rows, and 8 rows on one adapter and on four adapters mixed 
     .venv/bin/python benchmarks/decode_step.py --apart     # adapters' A in the base matmul against A apart
     .venv/bin/python benchmarks/decode_step.py --unpacked --precision fp32   # packed weights against F.linear
     .venv/bin/python benchmarks/decode_step.py --prefill --precision fp32    # prompts: lean loop against transformers
+    .venv/bin/python benchmarks/decode_step.py --fp16 --precision fp32       # fp16 weights against packed fp32
+    .venv/bin/python benchmarks/decode_step.py --agreement --precision fp32  # fp16 / int8 greedy text against fp32
 
 Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in a cache of 8 slots, as
 `slmtune serve` keeps them. Each figure is the median of 40 steps after 40 warm-up steps, at ~60 cached positions;
@@ -12,9 +14,13 @@ Adapters are LoRA r 16 on every linear layer of the decoder (random weights), in
 in one process, step by step in turn over the same rows: the adapters' stacked ``A`` packed into the base
 projections (the default) and multiplied apart (the step before 2026-12-07); ``--unpacked`` the same way the
 packed weights against the model's own through ``F.linear`` (fp32 on a CPU without fast bf16: the step before
-2026-12-07, second session). ``--decode int8`` times the int8 weights. ``--prefill`` times whole requests of one
+2026-12-07, second session); ``--fp16`` fbgemm's fp16 weights against the model's own (packed fp32 on a CPU
+without fast bf16). ``--decode int8`` / ``fp16`` times those weights alone. ``--prefill`` times whole requests of one
 token through two batching engines, one prefilling through the lean loop and one through transformers' forward
 (``--decode transformers``), 1 and 8 prompts at once, in turn, and checks that both give the same greedy text.
+``--agreement`` decodes the 8 chat prompts of ``serving.py`` greedily (64 tokens, one request at a time) with the
+model's own weights and with fp16 and int8 ones, and says how often the text is the same, where the first
+different token comes, and how far the chosen tokens' log-probabilities move before it.
 The CPU is printed first.
 """
 
@@ -49,8 +55,9 @@ def random_adapter(model, rank: int = 16) -> dict[str, torch.Tensor]:
     return weights
 
 
-def decoder(args, widen: bool = True, pack: bool | None = None):
-    """The model, its lean decode step and 4 random adapters loaded (r 16, every linear layer, a cache of 8)."""
+def decoder(args, widen: bool = True, pack: bool | None = None, weights: str | None = None):
+    """The model, its lean decode step (``weights``: as ``--decode`` says) and 4 random adapters loaded (r 16, every
+    linear layer, a cache of 8)."""
     from slmtune.inference.decode import LeanDecoder
     from slmtune.inference.lora_batch import BatchedLoRA
     from slmtune.models.loading import load_base_model
@@ -58,7 +65,8 @@ def decoder(args, widen: bool = True, pack: bool | None = None):
 
     torch.manual_seed(0)
     model = load_base_model(resolve(args.model), args.precision)
-    lean = LeanDecoder(model, weights="int8" if args.decode == "int8" else "model", pack=pack)
+    weights = weights or ("model" if args.decode == "auto" else args.decode)
+    lean = LeanDecoder(model, weights=weights, pack=pack)
     if not widen:
         for block in lean.blocks:
             for proj in block.proj.values():
@@ -144,23 +152,75 @@ def prefill(args) -> None:
             engine.shutdown()
 
 
+def agreement(args) -> None:
+    import queue
+
+    from serving import PROMPTS  # benchmarks/serving.py's chat prompts
+
+    from slmtune.inference.batching import BatchEngine
+    from slmtune.inference.sampling import SamplingParams
+    from slmtune.inference.serving import ModelServer, collect
+    from slmtune.models.loading import load_base_model, load_tokenizer
+    from slmtune.models.registry import resolve
+
+    folder = resolve(args.model)
+    tok = load_tokenizer(folder)
+
+    def greedy(decode: str) -> list[tuple[list[int], list[float]]]:
+        engine = BatchEngine(load_base_model(folder, args.precision), tok, name=decode, max_running=8, decode=decode)
+        out = []
+        try:
+            for prompt in PROMPTS:  # one at a time: the same rows in every step whatever the weights
+                ids = ModelServer.prompt_ids(tok, [{"role": "user", "content": prompt}])
+                events: queue.SimpleQueue = queue.SimpleQueue()
+                req = engine.submit(ids, SamplingParams(max_new_tokens=64, logprobs=True), emit=events.put)
+                got = collect(req, events.get, timeout=600)
+                out.append((req.seqs[0].tokens, [lp["logprob"] for lp in got.choices[0].logprobs]))
+        finally:
+            engine.shutdown()
+        return out
+
+    reference = greedy("auto")
+    print("| weights | same greedy text (64 tokens) | first different token (mean, of those that differ) "
+          "| largest log-prob move before it |\n|---|---|---|---|")
+    for decode in ("fp16", "int8"):
+        got = greedy(decode)
+        same, firsts, moves = 0, [], []
+        for (a, la), (b, lb) in zip(reference, got):
+            n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            same += a == b
+            if a != b:
+                firsts.append(n)
+            moves += [abs(x - y) for x, y in zip(la[:n], lb[:n])]
+        first = f"{statistics.mean(firsts):.1f}" if firsts else "—"
+        print(f"| {decode} | {same} of {len(PROMPTS)} | {first} | {max(moves, default=0):.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--decode", choices=["auto", "int8"], default="auto", help="int8: the int8 weights")
+    ap.add_argument("--decode", choices=["auto", "fp16", "int8"], default="auto",
+                    help="fp16 / int8: those weights (auto: the model's own)")
     ap.add_argument("--apart", action="store_true", help="A in the base matmul against A apart, interleaved")
     ap.add_argument("--unpacked", action="store_true", help="packed weights against F.linear, interleaved")
+    ap.add_argument("--fp16", action="store_true", help="fp16 weights against the model's own, interleaved")
     ap.add_argument("--prefill", action="store_true", help="prefill: the lean loop against transformers' forward")
+    ap.add_argument("--agreement", action="store_true", help="fp16 and int8 greedy text against the model's own")
     args = ap.parse_args()
-    print(f"{cpu()}; {args.model} in {args.precision}{', int8 weights' if args.decode == 'int8' else ''}\n")
+    print(f"{cpu()}; {args.model} in {args.precision}"
+          f"{'' if args.decode == 'auto' else f', {args.decode} weights'}\n")
     if args.prefill:
         prefill(args)
         return
-    if args.apart or args.unpacked:
+    if args.agreement:
+        agreement(args)
+        return
+    if args.apart or args.unpacked or args.fp16:
         pair = ({"A apart": decoder(args, widen=False), "A in the base matmul": decoder(args)} if args.apart else
-                {"F.linear": decoder(args, pack=False), "packed": decoder(args)})
+                {"F.linear": decoder(args, pack=False), "packed": decoder(args)} if args.unpacked else
+                {"the model's own": decoder(args, weights="model"), "fp16": decoder(args, weights="fp16")})
         print(f"| rows | adapters | {' | '.join(pair)} |\n|---|---|---|---|")
         cases = CASES[3:] + [("1", ["a0"]), ("32", ["a0"] * 32), CASES[1]] if args.apart else CASES
         for label, rows in cases:

@@ -1,8 +1,9 @@
 """The lean decode step (inference/decode.py) against transformers' forward, on the tiny seeded models: the same
 greedy tokens and log-probabilities in fp32 (prefill and decode; plain, with per-row LoRA, Phi-3's fused layers),
 oneDNN-packed bf16 projections bit-identical to ``F.linear`` and packed fp32 ones within rounding of it (both with
-the adapters' ``A`` packed into them), the int8 weights close,
-weight changes in place followed, and models it does not cover left to transformers."""
+the adapters' ``A`` packed into them), fbgemm's fp16 weights within fp16 rounding of fp32 (and what ``slmtune serve``
+picks by itself on CPUs without fast bf16), the int8 weights close, weight changes in place followed, and models it
+does not cover left to transformers."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from slmtune.inference.batching import BatchEngine
 from slmtune.inference.decode import (
     LeanDecoder,
     _Projection,
+    fp16_available,
     int8_available,
     lean_decoder,
     packs,
+    prefers_fp16,
     unsupported,
 )
 from slmtune.inference.request import Finished
@@ -271,6 +274,82 @@ def test_int8_weights_stay_close_to_bf16():
     finally:
         a.shutdown()
         b.shutdown()
+
+
+needs_fp16 = pytest.mark.skipif(fp16_available() is not None, reason="no fbgemm fp16 kernel in this torch build")
+
+
+@needs_fp16
+def test_fp16_projection_rounds_only_the_weights():
+    """fbgemm's fp16 matrix: the product of the fp16-rounded weights with the fp32 input, summed in fp32 (within
+    float rounding of that, at the row counts of decode steps and prompts), bias included; not fp32's bits."""
+    torch.manual_seed(0)
+    w, bias = torch.randn(96, 64), torch.randn(96)
+    proj = _Projection(w, bias, "fp16")
+    for shape in [(1, 1, 64), (8, 1, 64), (32, 1, 64), (3, 7, 64)]:
+        x = torch.randn(*shape)
+        got = proj(x)
+        assert got.dtype == torch.float32 and got.shape == (*shape[:-1], 96)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, w.half().float(), bias), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(got, torch.nn.functional.linear(x, w, bias))
+    x = torch.randn(2, 1, 64, dtype=torch.bfloat16)  # a bf16 model asked for fp16 weights: bf16 in, bf16 out
+    assert proj(x).dtype == torch.bfloat16
+
+
+@needs_fp16
+def test_fp16_weights_decode_close_to_fp32_with_and_without_adapters(tmp_path):
+    """The lean step with fp16 weights against fp32 on one fp32 model, mixed adapters and the base in one batch
+    (the adapters' own matmuls stay fp32): the same greedy tokens for most steps, the chosen tokens'
+    log-probabilities within 0.02 while the tokens agree, and not fp32's numbers."""
+    server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "fp16")}
+    ads = [("ft:tiny-llama:t:a0", make_adapter("tiny-llama", tmp_path / "a0", 3)),
+           ("ft:tiny-llama:t:a1", make_adapter("tiny-llama", tmp_path / "a1", 4))]
+    who = [None, ads[0], ads[1], ads[0], None, ads[1]]
+    try:
+        got = {}
+        for d, srv in server.items():
+            pending = []
+            for i, a in enumerate(who):
+                events: queue.SimpleQueue = queue.SimpleQueue()
+                req = srv.submit(srv.prepare_sync("tiny-llama", a), _msgs(i),
+                                 SamplingParams(max_new_tokens=12, logprobs=True), emit=events.put)
+                pending.append((req, events))
+            got[d] = [collect(req, events.get, timeout=60).choices[0].logprobs for req, events in pending]
+        assert server["fp16"].engine("tiny-llama").lean.weights == "fp16"
+        assert server["auto"].engine("tiny-llama").lean.weights == "model"
+        pairs, gaps = 0, []
+        for x, y in zip(got["auto"], got["fp16"]):
+            for s, t in zip(x, y):
+                pairs += 1
+                if s["token"] != t["token"]:
+                    break
+                gaps.append(abs(s["logprob"] - t["logprob"]))
+        assert len(gaps) >= 0.75 * pairs
+        assert 0 < max(gaps) < 0.02
+    finally:
+        for srv in server.values():
+            srv.shutdown()
+
+
+@needs_fp16
+def test_serve_picks_fp16_weights_only_where_auto_serves_fp32_on_a_cpu_without_fast_bf16(monkeypatch):
+    """``slmtune serve`` with precision and decode both ``auto``: fp16 weights for an fp32 model on a CPU without
+    fast bf16; the model's own weights where the precision was asked for (fp32: PyTorch's numbers), where the CPU
+    has fast bf16, or where the decode was asked for."""
+    from slmtune.inference import decode
+
+    fp32 = load_base_model(resolve("tiny-llama"), "fp32")
+    monkeypatch.setattr(decode, "cpu_bf16", lambda: False)
+    assert prefers_fp16(fp32)
+    assert ModelServer().decode_for(fp32) == "fp16"
+    assert ModelServer(precision="fp32").decode_for(fp32) == "auto"
+    assert ModelServer(decode="int8").decode_for(fp32) == "int8"
+    assert not prefers_fp16(load_base_model(resolve("tiny-llama"), "bf16"))
+    monkeypatch.setattr(decode, "available_memory_mb", lambda: 0.1)  # no room for the fp16 copy
+    assert ModelServer().decode_for(fp32) == "auto"
+    monkeypatch.undo()
+    monkeypatch.setattr(decode, "cpu_bf16", lambda: True)
+    assert ModelServer().decode_for(fp32) == "auto"
 
 
 def test_models_it_does_not_cover_stay_on_transformers():

@@ -16,10 +16,18 @@ Projections multiply by a copy in oneDNN's packed layout (``_Projection``): bf16
 fp32 ones where it has not (AVX2-only CPUs, where ``auto`` serves fp32). Per-row LoRA adapters (``lora_batch``) are
 added per projection group by one packed pair of matmuls (``_FusedLoRA``).
 
+fp16 weights (``weights="fp16"``, ``slmtune serve --decode fp16``; what ``slmtune serve`` picks by itself where
+``auto`` serves an fp32 model on a CPU without fast bf16, :func:`prefers_fp16`): each projection and the output
+head as fbgemm's packed fp16 matrix, multiplied with fp32 activations and fp32 sums
+(``torch.ops.quantized.linear_dynamic_fp16``, AVX2/F16C kernels). A decode step reads every weight once, so half
+the bytes is what one chat needs on a memory-bound CPU: on an AVX2-only EPYC, 30 layers' projections at one row
+19 ms against 36 packed fp32, 31 against 56 at 8 rows, still ahead at 320 (docs/serving.md). Only the weights are
+rounded (to 11 significant bits: closer to fp32 than the bf16 that ``auto`` serves on CPUs with fast bf16); the
+agreement with fp32 is measured and stated, and ``--precision fp32`` keeps PyTorch's fp32 numbers.
+
 int8 weights (``weights="int8"``, ``slmtune serve --decode int8``): each projection and the output head also as
-int8 with one bf16 scale per output channel, multiplied by ``torch._weight_int8pack_mm`` in steps of few rows. A
-decode step reads every weight once, so halving the bytes read is what one chat needs on a memory-bound CPU. Not
-exact: the agreement is measured (docs/serving.md), so it is an opt-in.
+int8 with one bf16 scale per output channel, multiplied by ``torch._weight_int8pack_mm`` in steps of few rows.
+Further from exact than fp16: the agreement is measured (docs/serving.md), so it is an opt-in.
 
 Written by hand because neither transformers nor PEFT has a decode path without per-module dispatch, and
 ``torch.compile`` of one layer of this step measured no faster (docs/serving.md).
@@ -75,20 +83,31 @@ def _fuse(parent: torch.nn.Module, names: list[str]) -> tuple[torch.Tensor, torc
     return weight, bias
 
 
-DECODE_PATHS = ("auto", "transformers", "int8")
+DECODE_PATHS = ("auto", "transformers", "fp16", "int8")
 
 
 def lean_decoder(model, decode: str = "auto") -> LeanDecoder | None:
-    """The decode path for ``model``: ``auto`` takes the lean one where it covers the model (else transformers'
-    forward, None), ``transformers`` always the latter, ``int8`` the lean one with int8 weights (an error where it
-    cannot be had)."""
+    """The decode path for ``model``: ``auto`` takes the lean one on the model's own weights where it covers the
+    model (else transformers' forward, None), ``transformers`` always the latter, ``fp16`` / ``int8`` the lean one
+    with those weights (an error where it cannot be had)."""
     if decode not in DECODE_PATHS:
         raise ValueError(f"decode must be one of {', '.join(DECODE_PATHS)}, not {decode!r}")
     if decode == "transformers":
         return None
     if decode == "auto":
         return None if unsupported(model) else LeanDecoder(model)
-    return LeanDecoder(model, weights="int8")
+    return LeanDecoder(model, weights=decode)
+
+
+def prefers_fp16(model) -> bool:
+    """Whether the fp16 weights are the faster form for ``model`` here, the choice ``slmtune serve`` makes when both
+    its precision and its decode are ``auto``: an fp32 model on a CPU without fast bf16 (AVX2-only ones, AVX512
+    ones without BF16: where ``auto`` resolved to fp32), on the lean path, with fbgemm's kernels in this torch build
+    and room for the fp16 copy (``_copy_fits``)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return bool(weights) and weights[0].dtype == torch.float32 and weights[0].device.type == "cpu" \
+        and not cpu_bf16() and unsupported(model) is None and fp16_available() is None \
+        and _copy_fits(model, bytes_per_param=2)
 
 
 # The most rows a step multiplies by the int8 weights; larger steps use the other form. Packed bf16 weights
@@ -115,6 +134,8 @@ class _Projection:
     ``torch._weight_int8pack_mm``, for steps of up to ``int8_rows`` rows; its kernel is built for few rows (at 32
     clients it served 432 tokens/s against the packed bf16 weights' 609), so larger steps use the packed (or the
     model's own) weights, kept beside the int8 ones; against fp32 ones it stays ahead up to ``INT8_MAX_ROWS_FP32``.
+    ``fp16``: fbgemm's packed fp16 matrix (bias folded in), fp32 activations and sums, at every row count (it
+    measured faster than packed fp32 from 1 to 320 rows); the only copy, so no fp32 one is packed beside it.
 
     ``widen(a)``: the packed copy then also holds the rows of ``a`` (the stacked LoRA ``A`` matrices that read the
     same input) after the weight's own, so one call gives both the projection and every adapter's ``A x``
@@ -139,7 +160,10 @@ class _Projection:
             scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
             self.q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
-        if self.pack and w.device.type == "cpu" and packs(w.dtype):
+        if self.mode == "fp16":
+            self.packed = torch.ops.quantized.linear_prepack_fp16(w.float(), None if self.bias is None
+                                                                  else self.bias.detach().float())
+        elif self.pack and w.device.type == "cpu" and packs(w.dtype):
             self.packed = _pack(w)
         self.int8_rows = INT8_MAX_ROWS if self.packed is not None and w.dtype == torch.bfloat16 else INT8_MAX_ROWS_FP32
 
@@ -155,7 +179,9 @@ class _Projection:
         return F.linear(x, self.weight, self.bias)
 
     def widenable(self) -> bool:
-        """Whether the weight is multiplied packed (what :meth:`widen` extends)."""
+        """Whether the weight is multiplied packed for oneDNN (what :meth:`widen` extends). Not fbgemm's fp16
+        matrix: packing it takes ~5× oneDNN's time (1.7 s for the default model's layers on an AVX2 EPYC), and a
+        widening happens on the engine's thread whenever the loaded adapters change, so there ``A`` stays apart."""
         return self.packed is not None and self.mode == "model"
 
     def widen(self, a: torch.Tensor) -> None:
@@ -170,6 +196,9 @@ class _Projection:
 
     def wide(self, x: torch.Tensor) -> torch.Tensor:
         """The packed product, widened or not: ``[..., out_features + extra]``."""
+        if self.mode == "fp16":
+            out = torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
+            return out if x.dtype == torch.float32 else out.to(x.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
 
 
@@ -202,6 +231,15 @@ def int8_available() -> str | None:
     return None
 
 
+def fp16_available() -> str | None:
+    """Why fbgemm's fp16 weight kernel cannot be used here (None: it can): x86 builds of torch have it."""
+    try:
+        _Projection(torch.randn(16, 32), None, "fp16")(torch.randn(2, 32))
+    except (RuntimeError, AttributeError) as e:
+        return f"torch.ops.quantized.linear_dynamic_fp16 (fbgemm) is not available on this build ({e})"
+    return None
+
+
 class _FusedLoRA:
     """The loaded adapters of the layers that read one input (q/k/v, or gate/up, or one layer alone): their ``A``s
     stacked (all slots) and their ``B``s placed block-diagonally at each layer's output columns, both packed like
@@ -229,7 +267,7 @@ class _FusedLoRA:
         self.a = None
         if base.widenable():
             base.widen(a)
-        else:  # unpacked weights (F.linear) or int8 ones: A apart
+        else:  # unpacked weights (F.linear), int8 or fp16 ones: A apart (the adapters' own dtype, packed or not)
             self.a = _Projection(a, None, "model", base.pack)  # x @ Aᵀ
         self.b = _Projection(b.t().contiguous(), None, "model", base.pack)  # h @ B
 
@@ -289,14 +327,14 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return torch.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
-def _copy_fits(model) -> bool:
+def _copy_fits(model, bytes_per_param: int = 4) -> bool:
     """Whether a packed copy of ``model``'s linear weights may be made: always for bf16 ones (half of fp32's bytes;
-    what serving bf16 has always cost), for fp32 ones where it takes at most ``FP32_PACK_SHARE`` of the memory
-    available now."""
+    what serving bf16 has always cost), for fp32 ones where the copy (``bytes_per_param`` a weight: 4 for packed
+    fp32, 2 for fp16) takes at most ``FP32_PACK_SHARE`` of the memory available now."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not weights or weights[0].dtype != torch.float32:
         return True
-    size = sum(w.numel() * w.element_size() for w in weights)
+    size = sum(w.numel() for w in weights) * bytes_per_param
     return size <= FP32_PACK_SHARE * available_memory_mb() * 1024 * 1024
 
 
@@ -309,9 +347,11 @@ class LeanDecoder:
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the lean decode path does not cover {reason}")
-        if weights not in ("model", "int8"):
-            raise ValueError(f"decode weights must be 'model' or 'int8', not {weights!r}")
+        if weights not in ("model", "int8", "fp16"):
+            raise ValueError(f"decode weights must be 'model', 'fp16' or 'int8', not {weights!r}")
         if weights == "int8" and (why := int8_available()):
+            raise ValueError(why)
+        if weights == "fp16" and (why := fp16_available()):
             raise ValueError(why)
         config = model.config
         self.model = model
@@ -323,7 +363,7 @@ class LeanDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        mode = "int8" if weights == "int8" else "model"
+        mode = weights
         self.weights = weights
         self.pack = _copy_fits(model) if pack is None else pack
         self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode, self.pack)
@@ -332,6 +372,7 @@ class LeanDecoder:
         # Prompts' chunks (many queries a row) take this path too where that was measured faster than transformers'
         # forward: unpacked weights (the same matmuls, less dispatch) and packed fp32 ones (an AVX2-only EPYC, fp32:
         # one ~40-token prompt 132 against 156 ms, eight at once 717 against 719; decode_step.py --prefill).
+        # fbgemm's fp16 matrices too (320 rows: 30 layers 570 against packed fp32's 607 ms, the same EPYC).
         # Packed bf16 weights are packed for one row; their prefill has not been measured, so it stays on
         # transformers' forward.
         self.prefills = not (self.head_proj.packed is not None and self.head.weight.dtype == torch.bfloat16)

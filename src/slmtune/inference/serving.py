@@ -28,6 +28,7 @@ import torch
 from slmtune.data.tools import dumps, render
 from slmtune.inference.batching import BatchEngine
 from slmtune.inference.constraints import Grammar, build
+from slmtune.inference.decode import prefers_fp16
 from slmtune.inference.lora_batch import unmixable
 from slmtune.inference.metrics import ServingMetrics
 from slmtune.inference.request import Delta, Failed, Finished, GenerationRequest, Overloaded, PromptTooLong
@@ -110,11 +111,19 @@ class ModelServer:
         memory available where bf16 is not fast: ``models.loading.resolve_precision``)."""
         return resolve_precision(self.precision, model_dir=model_dir)
 
+    def decode_for(self, model) -> str:
+        """The decode path this server runs ``model`` with: as asked, except that where both the precision and the
+        decode are ``auto``, an fp32 model on a CPU without fast bf16 decodes with fp16 weights and fp32 sums
+        (``inference.decode.prefers_fp16``: half the bytes a token; ``--precision fp32`` keeps fp32's numbers)."""
+        if self.decode == "auto" and self.precision == "auto" and prefers_fp16(model):
+            return "fp16"
+        return self.decode
+
     def _engine(self, model, tokenizer, name: str, **kw) -> BatchEngine:
         return BatchEngine(model, tokenizer, name=name, max_running=self.max_running, max_queued=self.max_queued,
                            prefill_tokens=self.prefill_tokens, adapter_capacity=self.adapter_cache_size,
                            metrics=self.metrics, max_queued_per_project=self.max_queued_per_project,
-                           decode=self.decode, **kw)
+                           decode=self.decode_for(model), **kw)
 
     def _base(self, base_id: str) -> Prepared:
         # keyed by the model folder: an id and its cache path (adapters often name the path) share one engine

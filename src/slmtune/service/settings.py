@@ -87,9 +87,11 @@ class Settings(BaseSettings):
                                         "gets 429 (other projects still get in).")
     serve_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Chat weights: auto (bf16 where "
                                                              "the CPU/GPU has fast bf16), bf16 or fp32.")
-    serve_decode: Literal["auto", "transformers", "int8"] = Field(
-        "auto", description="Chat decode step: auto (slmtune's lean step for Llama-style models, else transformers'), "
-        "transformers, or int8 (the lean step with int8 weights: faster, not bit-identical).")
+    serve_decode: Literal["auto", "transformers", "fp16", "int8"] = Field(
+        "auto", description="Chat decode step: auto (slmtune's lean step for Llama-style models, else transformers'; "
+        "with precision auto, an fp32 model on a CPU without fast bf16 decodes with fp16 weights and fp32 sums), "
+        "transformers, fp16 (the lean step with fp16 weights: half the bytes, close to fp32) or int8 (int8 "
+        "weights: further from exact).")
     test_models: bool = Field(False, description="Offer the tiny in-process test models (tests only).")
 
     def __init__(self, **values):
