@@ -3,16 +3,19 @@
     .venv/bin/python benchmarks/serving.py [--levels 1,8,32] [--tokens 64] [--only slmtune,llama-f16,...] [--out FILE]
 
 Every server runs as its own process on loopback, started and stopped by this script, on the default model
-(`smollm2-135m-instruct`, from the cache): `slmtune serve` with its default decode step, with transformers' forward
-(`--decode transformers`, the step before the lean one) and with int8 weights (`--decode int8`); `transformers serve
+(`smollm2-135m-instruct`, from the cache): `slmtune serve` with its defaults, with transformers' forward
+(`--decode transformers`, the step before the lean one), with int8 weights (`--decode int8`) and in exact fp32
+(`--precision fp32`: on a CPU without fast bf16 the default before it decoded with fp16 weights); `transformers serve
 --continuous-batching` on the model folder (fp32); `llama-server` built from the llama-cpp-python sdist
 (`benchmarks/llama_server.py`, cached) on `slmtune export gguf`'s f16 and q8_0 files, with as many slots as the
 highest level of clients. For each level of concurrency, that many clients (asyncio + httpx,
 streaming) send greedy chats of `--tokens` tokens back to back; the script reports aggregate completion tokens/s,
 time to first token and whole-request latency (p50/p99). Then a mixed run that neither anchor can do: 4 tuned LoRA
 adapters and the base behind one `slmtune serve` (`--adapter NAME=DIR`), requests round-robin over the five,
-against all requests on one adapter. Last, whether each server gives transformers' fp32 greedy text for each
-prompt (slmtune also in fp32). Prints Markdown tables (docs/serving.md) and writes the rows as JSON to --out.
+against all requests on one adapter (on the defaults and on `--precision fp32`). Last, whether each server gives
+transformers' fp32 greedy text for each prompt (slmtune also in fp32; without transformers in the run, the anchor
+is `slmtune serve --precision fp32`'s text). Prints Markdown tables (docs/serving.md) and writes the rows as JSON
+to --out.
 """
 
 from __future__ import annotations
@@ -146,7 +149,10 @@ def table(rows: list[dict]) -> str:
                           for r in rows)
 
 
-SERVERS = ("slmtune", "slmtune-transformers", "slmtune-int8", "transformers", "llama-f16", "llama-q8_0")
+# slmtune's variants: their flags
+SLMTUNE = {"slmtune": [], "slmtune-fp32": ["--precision", "fp32"], "slmtune-transformers": ["--decode", "transformers"],
+           "slmtune-int8": ["--decode", "int8"]}
+SERVERS = (*SLMTUNE, "transformers", "llama-f16", "llama-q8_0")
 
 
 def main() -> None:
@@ -176,12 +182,11 @@ def main() -> None:
     servers = []  # (label, command, port, model name in requests, keep-alive)
     for name in only:
         port = free_port()
-        if name.startswith("slmtune"):
-            decode = {"slmtune": "auto", "slmtune-transformers": "transformers", "slmtune-int8": "int8"}[name]
-            label = "slmtune serve" + ("" if decode == "auto" else f" --decode {decode}")
+        if name in SLMTUNE:
+            label = " ".join(["slmtune serve", *SLMTUNE[name]])
             cmd = [str(bin_dir / "slmtune"), "serve", "--no-auth", "--no-worker", "--port", str(port),
-                   "--decode", decode, "--data-dir", str(tmp / f"svc-{decode}")]
-            if name == "slmtune":
+                   *SLMTUNE[name], "--data-dir", str(tmp / f"svc-{name}")]
+            if name in ("slmtune", "slmtune-fp32"):
                 cmd += [f"--adapter=tuned{i}={d}" for i, d in enumerate(adapters)]
             servers.append((label, cmd, port, MODEL, True))
         elif name == "transformers":
@@ -216,13 +221,13 @@ def main() -> None:
                     texts[label] = r["texts"]
                 rows.append({"server": label, **{k: v for k, v in r.items() if k != "texts"}})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-            if label == "slmtune serve" and adapters:
+            if label in ("slmtune serve", "slmtune serve --precision fp32") and adapters:
                 asyncio.run(level(url, ["tuned0"], 2, 1, 8))  # loads the adapters
                 asyncio.run(level(url, [f"tuned{i}" for i in range(4)], 4, 1, 8))
                 for tag, models in (("one adapter", ["tuned0"]),
                                     ("4 adapters + base", [MODEL] + [f"tuned{i}" for i in range(4)])):
                     r = asyncio.run(level(url, models, 8, 4, args.tokens))
-                    rows.append({"server": f"slmtune serve, {tag}", **{k: v for k, v in r.items()
+                    rows.append({"server": f"{label}, {tag}", **{k: v for k, v in r.items()
                                                                        if k != "texts"}})
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
         finally:
@@ -242,11 +247,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     print("\n" + table(rows))
-    anchor = texts.get("transformers serve --continuous-batching")
+    anchor = texts.get("transformers serve --continuous-batching", texts.get("slmtune serve --precision fp32"))
     for name, got in texts.items():
         if anchor is not None and got is not anchor:
             same = sum(x == y for x, y in zip(got, anchor))
-            print(f"{name}: the same greedy text as transformers (fp32) for {same} of {len(anchor)} prompts")
+            print(f"{name}: the same greedy text as the anchor (fp32) for {same} of {len(anchor)} prompts")
             rows.append({"server": name, "same_text_as_anchor": same, "of": len(anchor)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))

@@ -299,8 +299,8 @@ def test_fp16_projection_rounds_only_the_weights():
 @needs_fp16
 def test_fp16_weights_decode_close_to_fp32_with_and_without_adapters(tmp_path):
     """The lean step with fp16 weights against fp32 on one fp32 model, mixed adapters and the base in one batch
-    (the adapters' own matmuls stay fp32): the same greedy tokens for most steps, the chosen tokens'
-    log-probabilities within 0.02 while the tokens agree, and not fp32's numbers."""
+    (the adapters' ``A`` and ``B`` as fp16 matrices too): the same greedy tokens for most steps, the chosen
+    tokens' log-probabilities within 0.02 while the tokens agree, and not fp32's numbers."""
     server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "fp16")}
     ads = [("ft:tiny-llama:t:a0", make_adapter("tiny-llama", tmp_path / "a0", 3)),
            ("ft:tiny-llama:t:a1", make_adapter("tiny-llama", tmp_path / "a1", 4))]
@@ -315,7 +315,9 @@ def test_fp16_weights_decode_close_to_fp32_with_and_without_adapters(tmp_path):
                                  SamplingParams(max_new_tokens=12, logprobs=True), emit=events.put)
                 pending.append((req, events))
             got[d] = [collect(req, events.get, timeout=60).choices[0].logprobs for req, events in pending]
-        assert server["fp16"].engine("tiny-llama").lean.weights == "fp16"
+        lean = server["fp16"].engine("tiny-llama").lean
+        assert lean.weights == "fp16"
+        assert {f.b.mode for per in lean._fused for f in per.values() if f is not None} == {"fp16"}
         assert server["auto"].engine("tiny-llama").lean.weights == "model"
         pairs, gaps = 0, []
         for x, y in zip(got["auto"], got["fp16"]):
