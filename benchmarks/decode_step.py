@@ -19,8 +19,9 @@ without fast bf16). ``--decode int8`` / ``fp16`` times those weights alone. ``--
 token through two batching engines, one prefilling through the lean loop and one through transformers' forward
 (``--decode transformers``), 1 and 8 prompts at once, in turn, and checks that both give the same greedy text.
 ``--agreement`` decodes the 8 chat prompts of ``serving.py`` greedily (64 tokens, one request at a time) with the
-model's own weights and with fp16 and int8 ones, and says how often the text is the same, where the first
-different token comes, and how far the chosen tokens' log-probabilities move before it.
+model's own weights and with fp16 and int8 ones (and, for ``--precision fp32``, the model in bf16), and says how
+often the text is the same, where the first different token comes, and how far the chosen tokens'
+log-probabilities move before it.
 The CPU is printed first.
 """
 
@@ -166,8 +167,8 @@ def agreement(args) -> None:
     folder = resolve(args.model)
     tok = load_tokenizer(folder)
 
-    def greedy(decode: str) -> list[tuple[list[int], list[float]]]:
-        engine = BatchEngine(load_base_model(folder, args.precision), tok, name=decode, max_running=8, decode=decode)
+    def greedy(decode: str, precision: str) -> list[tuple[list[int], list[float]]]:
+        engine = BatchEngine(load_base_model(folder, precision), tok, name=decode, max_running=8, decode=decode)
         out = []
         try:
             for prompt in PROMPTS:  # one at a time: the same rows in every step whatever the weights
@@ -180,11 +181,12 @@ def agreement(args) -> None:
             engine.shutdown()
         return out
 
-    reference = greedy("auto")
+    reference = greedy("auto", args.precision)
     print("| weights | same greedy text (64 tokens) | first different token (mean, of those that differ) "
           "| largest log-prob move before it |\n|---|---|---|---|")
-    for decode in ("fp16", "int8"):
-        got = greedy(decode)
+    others = [("fp16", args.precision), ("int8", args.precision)] + [("auto", "bf16")] * (args.precision == "fp32")
+    for decode, precision in others:
+        got = greedy(decode, precision)
         same, firsts, moves = 0, [], []
         for (a, la), (b, lb) in zip(reference, got):
             n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -193,7 +195,8 @@ def agreement(args) -> None:
                 firsts.append(n)
             moves += [abs(x - y) for x, y in zip(la[:n], lb[:n])]
         first = f"{statistics.mean(firsts):.1f}" if firsts else "—"
-        print(f"| {decode} | {same} of {len(PROMPTS)} | {first} | {max(moves, default=0):.4f} |")
+        label = "the model in bf16" if precision != args.precision else decode
+        print(f"| {label} | {same} of {len(PROMPTS)} | {first} | {max(moves, default=0):.4f} |")
 
 
 def main() -> None:
