@@ -128,6 +128,14 @@ def llamafactory_venv() -> Path:
     return cli
 
 
+def lf_bf16() -> bool:
+    """Whether LLaMA-Factory's best configuration here is bf16: where the CPU has bf16 instructions (the rule of
+    slmtune's own ``auto``); on the others oneDNN emulates bf16 at a fraction of fp32's speed."""
+    from slmtune.models.loading import fast_bf16
+
+    return fast_bf16()
+
+
 def run_llamafactory(train: Path, steps: int, out: Path) -> dict:
     """`llamafactory-cli train` on benchmarks/llamafactory/lora_sft.yaml; tokens/s from its own count of
     non-padding input tokens (``include_num_input_tokens_seen: non_padding``) over its train_runtime."""
@@ -144,7 +152,8 @@ def run_llamafactory(train: Path, steps: int, out: Path) -> dict:
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                  "system_tag": "system"}}}))
     config = (ROOT / "benchmarks" / "llamafactory" / "lora_sft.yaml").read_text().format(
-        model=resolve(MODEL), dataset_dir=data_dir, output_dir=out / "adapter", steps=steps)
+        model=resolve(MODEL), dataset_dir=data_dir, output_dir=out / "adapter", steps=steps,
+        bf16=str(lf_bf16()).lower())
     (out / "lora_sft.yaml").write_text(config)
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
                         "VIRTUAL_ENV": str(LF_VENV), "PATH": f"{LF_VENV / 'bin'}:{os.environ['PATH']}"}
@@ -215,8 +224,8 @@ def main() -> None:
             long_data(work / "long.jsonl")}
     if args.set:
         sets = {k: v for k, v in sets.items() if k.startswith(args.set)}
-    lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration (bf16, no gradient checkpointing, "
-                "length grouping)")
+    lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration ({'bf16' if lf_bf16() else 'fp32'}, "
+                "no gradient checkpointing, length grouping)")
     runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {})]
     if not args.no_llamafactory:
         runs.append((lf_label, "lf", {}))
