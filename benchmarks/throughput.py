@@ -5,7 +5,8 @@
 Each run is a separate process (peak RSS is its own): the default model, LoRA r 16 / alpha 32 on all linear
 layers, batch 8, the same number of optimizer steps on the same examples, learning rate 1e-3. The baseline is
 what a user copies from the TRL docs: `SFTTrainer(model=path, train_dataset=..., peft_config=LoraConfig(...),
-args=SFTConfig(...))` with library defaults otherwise (fp32, LoRA dropout 0.05, loss on every token, no packing).
+args=SFTConfig(...))` with library defaults otherwise (bf16 autocast — fp32 on a CPU without bf16 instructions,
+where bf16 is emulated —, LoRA dropout 0.05, loss on every token, no packing).
 The second baseline is LLaMA-Factory (installed by this script into a venv of its own under ~/.cache/slmtune-bench,
 its pins apart from ours) on the same job in its best CPU configuration, benchmarks/llamafactory/lora_sft.yaml.
 Every adapter is then scored by the same evaluation (assistant tokens of the held-out split).
@@ -69,8 +70,11 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
     from slmtune.models.registry import resolve
 
     ds = load_dataset("json", data_files=str(train), split="train")
+    # bf16 is TRL's default (autocast); on a CPU without bf16 instructions it runs emulated at a small fraction of
+    # fp32's speed (the probe above), where nobody would keep it: fp32 there, as LLaMA-Factory's run
     args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
-                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=1024)
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=1024,
+                     bf16=lf_bf16())
     trainer = SFTTrainer(model=str(resolve(MODEL)), train_dataset=ds, args=args,
                          peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
@@ -129,8 +133,9 @@ def llamafactory_venv() -> Path:
 
 
 def lf_bf16() -> bool:
-    """Whether LLaMA-Factory's best configuration here is bf16: where the CPU has bf16 instructions (the rule of
-    slmtune's own ``auto``); on the others oneDNN emulates bf16 at a fraction of fp32's speed."""
+    """Whether the baselines run bf16 here (LLaMA-Factory's best configuration, TRL's default): where the CPU has
+    bf16 instructions (the rule of slmtune's own ``auto``); on the others bf16 is emulated at a fraction of fp32's
+    speed."""
     from slmtune.models.loading import fast_bf16
 
     return fast_bf16()
@@ -226,7 +231,7 @@ def main() -> None:
         sets = {k: v for k, v in sets.items() if k.startswith(args.set)}
     lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration ({'bf16' if lf_bf16() else 'fp32'}, "
                 "no gradient checkpointing, length grouping)")
-    runs = [("TRL SFTTrainer + PEFT, defaults", "trl", {})]
+    runs = [(f"TRL SFTTrainer + PEFT, defaults{'' if lf_bf16() else ' but fp32 (bf16 is emulated here)'}", "trl", {})]
     if not args.no_llamafactory:
         runs.append((lf_label, "lf", {}))
     runs.append(("slmtune defaults", "slm", {}))

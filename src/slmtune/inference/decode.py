@@ -357,6 +357,8 @@ class LeanDecoder:
             raise ValueError(why)
         if weights == "fp16" and (why := fp16_available()):
             raise ValueError(why)
+        if weights == "fp16" and (device := model.lm_head.weight.device).type != "cpu":
+            raise ValueError(f"fp16 decode weights are fbgemm's, a CPU kernel; this model is on {device}")
         config = model.config
         self.model = model
         inner = model.model
