@@ -109,30 +109,38 @@ def test_other_llama_style_architectures(arch):
             engine.shutdown()
 
 
-def test_per_row_lora_on_the_lean_step(tmp_path):
-    """Mixed adapters and the base in one batch: the same tokens as transformers' forward with the same hooks."""
-    server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "transformers")}
+def _mixed_batch(tmp_path, decodes: tuple[str, ...]) -> tuple[dict, dict]:
+    """Six requests in one batch, two LoRA adapters and the base mixed, through one fp32 ``ModelServer`` per decode
+    path: per path, each request's (tokens, logprob dicts), and the base engine's lean step."""
+    server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in decodes}
     ads = [("ft:tiny-llama:t:a0", make_adapter("tiny-llama", tmp_path / "a0", 3)),
            ("ft:tiny-llama:t:a1", make_adapter("tiny-llama", tmp_path / "a1", 4))]
     who = [None, ads[0], ads[1], ads[0], None, ads[1]]
+    got, lean = {}, {}
     try:
-        got = {}
         for d, srv in server.items():
             pending = []
             for i, a in enumerate(who):
                 events: queue.SimpleQueue = queue.SimpleQueue()
-                req = srv.submit(srv.prepare_sync("tiny-llama", a), _msgs(i), SamplingParams(max_new_tokens=12),
-                                 emit=events.put)
+                req = srv.submit(srv.prepare_sync("tiny-llama", a), _msgs(i),
+                                 SamplingParams(max_new_tokens=12, logprobs=True), emit=events.put)
                 pending.append((req, events))
-            for req, events in pending:
-                collect(req, events.get, timeout=60)
-            got[d] = [req.seqs[0].tokens for req, _ in pending]
-        assert server["auto"].engine("tiny-llama").lean is not None
-        assert got["auto"] == got["transformers"]
-        assert len({tuple(t) for t in got["auto"]}) > 2, "the adapters should change the answers"
+            done = [(req, collect(req, events.get, timeout=60)) for req, events in pending]
+            got[d] = [(req.seqs[0].tokens, c.choices[0].logprobs) for req, c in done]
+            lean[d] = srv.engine("tiny-llama").lean
     finally:
         for srv in server.values():
             srv.shutdown()
+    return got, lean
+
+
+def test_per_row_lora_on_the_lean_step(tmp_path):
+    """Mixed adapters and the base in one batch: the same tokens as transformers' forward with the same hooks."""
+    got, lean = _mixed_batch(tmp_path, ("auto", "transformers"))
+    assert lean["auto"] is not None
+    tokens = {d: [t for t, _ in rows] for d, rows in got.items()}
+    assert tokens["auto"] == tokens["transformers"]
+    assert len({tuple(t) for t in tokens["auto"]}) > 2, "the adapters should change the answers"
 
 
 def test_fused_projections_share_the_models_weights():
@@ -301,36 +309,18 @@ def test_fp16_weights_decode_close_to_fp32_with_and_without_adapters(tmp_path):
     """The lean step with fp16 weights against fp32 on one fp32 model, mixed adapters and the base in one batch
     (the adapters' ``A`` and ``B`` as fp16 matrices too): the same greedy tokens for most steps, the chosen
     tokens' log-probabilities within 0.02 while the tokens agree, and not fp32's numbers."""
-    server = {d: ModelServer(precision="fp32", max_running=8, decode=d) for d in ("auto", "fp16")}
-    ads = [("ft:tiny-llama:t:a0", make_adapter("tiny-llama", tmp_path / "a0", 3)),
-           ("ft:tiny-llama:t:a1", make_adapter("tiny-llama", tmp_path / "a1", 4))]
-    who = [None, ads[0], ads[1], ads[0], None, ads[1]]
-    try:
-        got = {}
-        for d, srv in server.items():
-            pending = []
-            for i, a in enumerate(who):
-                events: queue.SimpleQueue = queue.SimpleQueue()
-                req = srv.submit(srv.prepare_sync("tiny-llama", a), _msgs(i),
-                                 SamplingParams(max_new_tokens=12, logprobs=True), emit=events.put)
-                pending.append((req, events))
-            got[d] = [collect(req, events.get, timeout=60).choices[0].logprobs for req, events in pending]
-        lean = server["fp16"].engine("tiny-llama").lean
-        assert lean.weights == "fp16"
-        assert {f.b.mode for per in lean._fused for f in per.values() if f is not None} == {"fp16"}
-        assert server["auto"].engine("tiny-llama").lean.weights == "model"
-        pairs, gaps = 0, []
-        for x, y in zip(got["auto"], got["fp16"]):
-            for s, t in zip(x, y):
-                pairs += 1
-                if s["token"] != t["token"]:
-                    break
-                gaps.append(abs(s["logprob"] - t["logprob"]))
-        assert len(gaps) >= 0.75 * pairs
-        assert 0 < max(gaps) < 0.02
-    finally:
-        for srv in server.values():
-            srv.shutdown()
+    got, lean = _mixed_batch(tmp_path, ("auto", "fp16"))
+    assert lean["fp16"].weights == "fp16" and lean["auto"].weights == "model"
+    assert {f.b.mode for per in lean["fp16"]._fused for f in per.values() if f is not None} == {"fp16"}
+    pairs, gaps = 0, []
+    for (_, x), (_, y) in zip(got["auto"], got["fp16"]):
+        for s, t in zip(x, y):
+            pairs += 1
+            if s["token"] != t["token"]:
+                break
+            gaps.append(abs(s["logprob"] - t["logprob"]))
+    assert len(gaps) >= 0.75 * pairs
+    assert 0 < max(gaps) < 0.02
 
 
 @needs_fp16
