@@ -109,14 +109,23 @@ def adapters(rows: list[str | None]) -> str:
     return ", ".join(used) + (" + base" if None in rows and used else "") or "none"
 
 
-def prefill(args) -> None:
+def submit(engine, tok, prompt: str, params):
+    """One user turn as a request on ``engine``: the request, and the ``get`` of the queue its events go to."""
     import queue
 
+    from slmtune.inference.serving import ModelServer
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    ids = ModelServer.prompt_ids(tok, [{"role": "user", "content": prompt}])
+    return engine.submit(ids, params, emit=events.put), events.get
+
+
+def prefill(args) -> None:
     from serving import PROMPTS  # benchmarks/serving.py's chat prompts
 
     from slmtune.inference.batching import BatchEngine
     from slmtune.inference.sampling import SamplingParams
-    from slmtune.inference.serving import ModelServer, collect
+    from slmtune.inference.serving import collect
     from slmtune.models.loading import load_base_model, load_tokenizer
     from slmtune.models.registry import resolve
 
@@ -131,11 +140,9 @@ def prefill(args) -> None:
     def run(engine, n: int, tokens: int) -> tuple[float, list[list[int]]]:
         start, reqs = time.perf_counter(), []
         for i in range(n):
-            ids = ModelServer.prompt_ids(tok, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
-            events: queue.SimpleQueue = queue.SimpleQueue()
-            reqs.append((engine.submit(ids, SamplingParams(max_new_tokens=tokens), emit=events.put), events))
-        for req, events in reqs:
-            collect(req, events.get, timeout=600)
+            reqs.append(submit(engine, tok, PROMPTS[i % len(PROMPTS)], SamplingParams(max_new_tokens=tokens)))
+        for req, get in reqs:
+            collect(req, get, timeout=600)
         return time.perf_counter() - start, [r.seqs[0].tokens for r, _ in reqs]
 
     try:
@@ -154,13 +161,11 @@ def prefill(args) -> None:
 
 
 def agreement(args) -> None:
-    import queue
-
     from serving import PROMPTS  # benchmarks/serving.py's chat prompts
 
     from slmtune.inference.batching import BatchEngine
     from slmtune.inference.sampling import SamplingParams
-    from slmtune.inference.serving import ModelServer, collect
+    from slmtune.inference.serving import collect
     from slmtune.models.loading import load_base_model, load_tokenizer
     from slmtune.models.registry import resolve
 
@@ -172,10 +177,8 @@ def agreement(args) -> None:
         out = []
         try:
             for prompt in PROMPTS:  # one at a time: the same rows in every step whatever the weights
-                ids = ModelServer.prompt_ids(tok, [{"role": "user", "content": prompt}])
-                events: queue.SimpleQueue = queue.SimpleQueue()
-                req = engine.submit(ids, SamplingParams(max_new_tokens=64, logprobs=True), emit=events.put)
-                got = collect(req, events.get, timeout=600)
+                req, get = submit(engine, tok, prompt, SamplingParams(max_new_tokens=64, logprobs=True))
+                got = collect(req, get, timeout=600)
                 out.append((req.seqs[0].tokens, [lp["logprob"] for lp in got.choices[0].logprobs]))
         finally:
             engine.shutdown()

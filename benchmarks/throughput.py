@@ -74,7 +74,7 @@ def run_trl(train: Path, steps: int, out: Path) -> dict:
     # fp32's speed (the probe above), where nobody would keep it: fp32 there, as LLaMA-Factory's run
     args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=1024,
-                     bf16=lf_bf16())
+                     bf16=baselines_bf16())
     trainer = SFTTrainer(model=str(resolve(MODEL)), train_dataset=ds, args=args,
                          peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
@@ -132,7 +132,7 @@ def llamafactory_venv() -> Path:
     return cli
 
 
-def lf_bf16() -> bool:
+def baselines_bf16() -> bool:
     """Whether the baselines run bf16 here (LLaMA-Factory's best configuration, TRL's default): where the CPU has
     bf16 instructions (the rule of slmtune's own ``auto``); on the others bf16 is emulated at a fraction of fp32's
     speed."""
@@ -158,7 +158,7 @@ def run_llamafactory(train: Path, steps: int, out: Path) -> dict:
                  "system_tag": "system"}}}))
     config = (ROOT / "benchmarks" / "llamafactory" / "lora_sft.yaml").read_text().format(
         model=resolve(MODEL), dataset_dir=data_dir, output_dir=out / "adapter", steps=steps,
-        bf16=str(lf_bf16()).lower())
+        bf16=str(baselines_bf16()).lower())
     (out / "lora_sft.yaml").write_text(config)
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
                         "VIRTUAL_ENV": str(LF_VENV), "PATH": f"{LF_VENV / 'bin'}:{os.environ['PATH']}"}
@@ -229,9 +229,10 @@ def main() -> None:
             long_data(work / "long.jsonl")}
     if args.set:
         sets = {k: v for k, v in sets.items() if k.startswith(args.set)}
-    lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration ({'bf16' if lf_bf16() else 'fp32'}, "
+    bf16 = baselines_bf16()
+    lf_label = (f"LLaMA-Factory {LF_VERSION} LoRA, its best CPU configuration ({'bf16' if bf16 else 'fp32'}, "
                 "no gradient checkpointing, length grouping)")
-    runs = [(f"TRL SFTTrainer + PEFT, defaults{'' if lf_bf16() else ' but fp32 (bf16 is emulated here)'}", "trl", {})]
+    runs = [(f"TRL SFTTrainer + PEFT, defaults{'' if bf16 else ' but fp32 (bf16 is emulated here)'}", "trl", {})]
     if not args.no_llamafactory:
         runs.append((lf_label, "lf", {}))
     runs.append(("slmtune defaults", "slm", {}))

@@ -369,12 +369,11 @@ class LeanDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        mode = weights
-        self.weights = weights
+        self.weights = weights  # each projection's mode: "model", "fp16" or "int8"
         self.pack = _copy_fits(model) if pack is None else pack
-        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, mode, self.pack)
+        self.blocks = [_Block(layer, i, self.heads, self.kv_heads, self.head_dim, weights, self.pack)
                        for i, layer in enumerate(inner.layers)]
-        self.head_proj = _Projection(self.head.weight, self.head.bias, mode, self.pack)
+        self.head_proj = _Projection(self.head.weight, self.head.bias, weights, self.pack)
         # Prompts' chunks (many queries a row) take this path too where that was measured faster than transformers'
         # forward: unpacked weights (the same matmuls, less dispatch) and packed fp32 ones (an AVX2-only EPYC, fp32:
         # one ~40-token prompt 132 against 156 ms, eight at once 717 against 719; decode_step.py --prefill).
