@@ -4,7 +4,8 @@
 device (no weights loaded) and the method applied to it. Memory is weights + trainable state (fp32 weight, grad
 and two AdamW moments) + activations of the longest batch + logits + a fixed runtime overhead. Throughput is the
 run's FLOPs per token divided by this machine's measured matmul speed (a short probe, cached in
-``$SLMTUNE_HOME/probe.json``) times an efficiency factor. The runtime overhead, the activation factor and the
+``$SLMTUNE_HOME/probe.json``) times an efficiency factor (its own for bf16 on CPUs with AMX, whose matmuls outrun
+the rest of a step). The runtime overhead, the activation factor and the
 efficiency factors are calibrated against ``benchmarks/methods.py`` on this project's machine; docs/methods.md
 prints predicted against measured for every method.
 """
@@ -27,6 +28,7 @@ from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, BuildContext, Method, get
 from slmtune.models.loading import (
     available_memory_mb,
+    cpu_amx,
     linear_names,
     load_tokenizer,
     quiet_transformers,
@@ -58,6 +60,13 @@ METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp
 # (training/attention.py): LoRA on the demo and long sets measured 657 and 697 tokens/s where 0.423 predicted 572
 # and 556 (docs/benchmarks.md)
 EFFICIENCY = {"fp32": 0.97, "bf16": 0.50, "bf16-mixed": 0.30}
+# The same where the CPU has AMX. Its bf16 matmuls probe at 1.8-2.5 TFLOP/s on two cores, 2-3x an AVX512-BF16
+# EPYC's, but the rest of a step (norms, activations, attention softmax, LoRA's small matmuls, the optimizer:
+# memory- and dispatch-bound) runs no faster, so a step reaches a far smaller share of that peak. Fit 2026-12-07 on
+# LoRA, demo data, batch 8 on two AMX Xeons: 548 tokens/s (median of 9 runs) against a 2.23 TFLOP/s probe (0.17),
+# and 339 against 1.82 on a slower instance (0.13); 0.15 predicts them at -12% and +16% (the 0.50 above: +190%).
+# bf16-mixed scaled by the same ratio (not measured).
+EFFICIENCY_AMX = {"bf16": 0.15, "bf16-mixed": 0.09}
 METHOD_SPEED = {  # work beyond the FLOP count (small fp32 matmuls, weight materialisation), relative to lora
     "dora": 0.77, "qlora": 0.96, "ia3": 1.15, "prompt_tuning": 0.83, "prefix_tuning": 1.02, "p_tuning": 0.83,
     "adalora": 0.87, "loha": 0.63, "lokr": 0.66, "vera": 0.50,
@@ -112,6 +121,11 @@ def probe(force: bool = False) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(data, indent=2))
     return out
+
+
+def efficiency(precision: str) -> float:
+    """The share of the probed matmul FLOP/s a training step reaches in ``precision`` on this CPU."""
+    return EFFICIENCY_AMX.get(precision, EFFICIENCY[precision]) if cpu_amx() else EFFICIENCY[precision]
 
 
 def _cpu_model() -> str:
@@ -247,7 +261,7 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     if t.gradient_checkpointing:
         flops += fwd
     peak_flops = probe()[precision]
-    speed = EFFICIENCY[precision] * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
+    speed = efficiency(precision) * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
     steps_per_epoch = math.ceil(math.ceil(data["examples"] / (t.batch_size * nproc)) / t.grad_accum)
     steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * tokens_mean)
