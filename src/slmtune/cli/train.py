@@ -143,7 +143,8 @@ def plan_cmd(
     out.print(table)
     for note in dict.fromkeys(n for p in plans for n in p.notes):  # the config's notes, once each
         out.print(f"[yellow]note:[/] {note}")
-    out.print("[dim]Calibrated on 2-core AMX, AVX512-BF16 and AVX2 CPUs (docs/methods.md shows predicted vs measured).[/]")
+    out.print("[dim]Calibrated on 2-core AMX, AVX512-BF16 and AVX2 CPUs "
+              "(docs/methods.md shows predicted vs measured).[/]")
 
 
 def _dry_run(cfg) -> None:
