@@ -4,10 +4,10 @@
 device (no weights loaded) and the method applied to it. Memory is weights + trainable state (fp32 weight, grad
 and two AdamW moments) + activations of the longest batch + logits + a fixed runtime overhead. Throughput is the
 run's FLOPs per token divided by this machine's measured matmul speed (a short probe, cached in
-``$SLMTUNE_HOME/probe.json``) times an efficiency factor (its own for bf16 on CPUs with AMX, whose matmuls outrun
-the rest of a step). The runtime overhead, the activation factor and the
-efficiency factors are calibrated against ``benchmarks/methods.py`` on this project's machine; docs/methods.md
-prints predicted against measured for every method.
+``$SLMTUNE_HOME/probe.json``) times an efficiency factor (its own for bf16 where AMX is at work, whose matmuls
+outrun the rest of a step); each plan states the error measured on this class of CPU. The runtime overhead, the
+activation factor and the efficiency factors are calibrated against ``benchmarks/methods.py`` on this project's
+machines; docs/methods.md prints predicted against measured for every method.
 """
 
 from __future__ import annotations
@@ -60,13 +60,28 @@ METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp
 # (training/attention.py): LoRA on the demo and long sets measured 657 and 697 tokens/s where 0.423 predicted 572
 # and 556 (docs/benchmarks.md)
 EFFICIENCY = {"fp32": 0.97, "bf16": 0.50, "bf16-mixed": 0.30}
-# The same where the CPU has AMX. Its bf16 matmuls probe at 1.8-2.5 TFLOP/s on two cores, 2-3x an AVX512-BF16
-# EPYC's, but the rest of a step (norms, activations, attention softmax, LoRA's small matmuls, the optimizer:
-# memory- and dispatch-bound) runs no faster, so a step reaches a far smaller share of that peak. Fit 2026-12-07 on
-# LoRA, demo data, batch 8 on two AMX Xeons: 548 tokens/s (median of 9 runs) against a 2.23 TFLOP/s probe (0.17),
-# and 339 against 1.82 on a slower instance (0.13); 0.15 predicts them at -12% and +16% (the 0.50 above: +190%).
-# bf16-mixed scaled by the same ratio (not measured).
+# The same where AMX is at work (``cpu_class``): its bf16 matmuls probe at 1.8-2.5 TFLOP/s on two cores, 2-3x an
+# AVX512-BF16 CPU's, but the rest of a step (norms, activations, attention softmax, LoRA's small matmuls, the
+# optimizer: memory- and dispatch-bound) runs no faster, so a step reaches a far smaller share of that peak. Fit
+# 2026-12-07 on LoRA, demo data, batch 8 on two AMX Xeons: 548 tokens/s (median of 9 runs) against a 2.23 TFLOP/s
+# probe (0.17), and 339 against 1.82 on a slower instance (0.13); 0.15 predicts them at -12% and +16% (the 0.50
+# above: +190%). An AMX-flagged Xeon whose probe gave 0.91 TFLOP/s (2026-11-30, docs/methods.md' first table: AMX
+# not in use there) fit 0.42, which is why the class asks the probe, not only the flags. bf16-mixed scaled by the
+# same ratio (not measured).
 EFFICIENCY_AMX = {"bf16": 0.15, "bf16-mixed": 0.09}
+# bf16 matmul FLOP/s a thread above which AMX's tiles are at work: 1.1 TFLOP/s a thread on the AMX Xeons above,
+# 0.45-0.5 on AVX512-BF16 (an AMD EPYC, and the AMX-flagged Xeon whose AMX was not in use)
+AMX_PROBE_PER_THREAD = 0.8e12
+# How far the predicted tokens/s were from measured runs (predicted / measured - 1, in %), per class of CPU
+# (``cpu_class``) and precision: stated with every plan (``Plan.notes``) so the figure reads as what it is.
+# From docs/methods.md and docs/benchmarks.md, LoRA (and full) on the default model, 2 cores.
+SPEED_ERROR = {
+    ("amx", "bf16"): (-12, 16),  # two AMX Xeons, demo data, batch 8 (2026-12-07)
+    ("amx", "fp32"): (34, 34),  # full fine-tuning on the first of them (benchmarks/methods.py, 2026-12-07)
+    ("avx512_bf16", "bf16"): (-6, 3),  # an AMD EPYC, demo and 4-turn data (2026-12-06)
+    ("avx512", "fp32"): (41, 55),  # a Xeon whose hypervisor hides AVX512-BF16 and AMX (2026-12-07)
+    ("avx2", "fp32"): (17, 38),  # an AVX2-only AMD EPYC, batch 8 and batch 4 (2026-12-07)
+}
 METHOD_SPEED = {  # work beyond the FLOP count (small fp32 matmuls, weight materialisation), relative to lora
     "dora": 0.77, "qlora": 0.96, "ia3": 1.15, "prompt_tuning": 0.83, "prefix_tuning": 1.02, "p_tuning": 0.83,
     "adalora": 0.87, "loha": 0.63, "lokr": 0.66, "vera": 0.50,
@@ -125,7 +140,40 @@ def probe(force: bool = False) -> dict:
 
 def efficiency(precision: str) -> float:
     """The share of the probed matmul FLOP/s a training step reaches in ``precision`` on this CPU."""
-    return EFFICIENCY_AMX.get(precision, EFFICIENCY[precision]) if cpu_amx() else EFFICIENCY[precision]
+    return EFFICIENCY_AMX.get(precision, EFFICIENCY[precision]) if cpu_class() == "amx" else EFFICIENCY[precision]
+
+
+def cpu_class() -> str:
+    """The class of CPU the speed factors and their measured errors are kept per: ``amx`` (the flags, and a bf16
+    probe fast enough that AMX's tiles are at work), ``avx512_bf16``, ``avx512``, ``avx2`` or ``other``."""
+    cpu = torch.cpu
+
+    def amx() -> bool:
+        return cpu_amx() and probe()["bf16"] / torch.get_num_threads() >= AMX_PROBE_PER_THREAD
+
+    checks = (("amx", amx), ("avx512_bf16", getattr(cpu, "_is_avx512_bf16_supported", None)),
+              ("avx512", getattr(cpu, "_is_avx512_supported", None)),
+              ("avx2", getattr(cpu, "_is_avx2_supported", None)))
+    for name, has in checks:
+        try:
+            if has is not None and has():
+                return name
+        except RuntimeError:
+            continue
+    return "other"
+
+
+def speed_note(precision: str) -> str:
+    """What the predicted tokens/s is worth on this CPU: the error measured on its class, or that none was."""
+    cls = cpu_class()
+    err = SPEED_ERROR.get((cls, precision))
+    if err is None:
+        return (f"tokens/s: not yet checked against a real run on this class of CPU ({cls}, {precision}); on the "
+                "classes that were, predictions ran from 12% low to 55% high (docs/methods.md)")
+    low, high = err
+    spread = f"{low:+d}%" if low == high else f"{low:+d}% to {high:+d}%"
+    return f"tokens/s: on this class of CPU ({cls}, {precision}) predictions were {spread} off measured runs " \
+           "(docs/methods.md)"
 
 
 def _cpu_model() -> str:
@@ -270,6 +318,7 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     fits = peak <= limit
     reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
     notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
+    notes.append(speed_note(precision))
     if t.objective == "grpo":
         notes.append("train.objective grpo: only the training passes are modelled, not sampling rl.group_size "
                      "completions a prompt each step, which usually takes most of the time (docs/rft.md)")
