@@ -28,7 +28,6 @@ from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, BuildContext, Method, get
 from slmtune.models.loading import (
     available_memory_mb,
-    cpu_amx,
     linear_names,
     load_tokenizer,
     quiet_transformers,
@@ -138,9 +137,9 @@ def probe(force: bool = False) -> dict:
     return out
 
 
-def efficiency(precision: str) -> float:
-    """The share of the probed matmul FLOP/s a training step reaches in ``precision`` on this CPU."""
-    return EFFICIENCY_AMX.get(precision, EFFICIENCY[precision]) if cpu_class() == "amx" else EFFICIENCY[precision]
+def efficiency(precision: str, cls: str) -> float:
+    """The share of the probed matmul FLOP/s a training step reaches in ``precision`` on a CPU of class ``cls``."""
+    return EFFICIENCY_AMX.get(precision, EFFICIENCY[precision]) if cls == "amx" else EFFICIENCY[precision]
 
 
 def cpu_class() -> str:
@@ -148,28 +147,24 @@ def cpu_class() -> str:
     probe fast enough that AMX's tiles are at work), ``avx512_bf16``, ``avx512``, ``avx2`` or ``other``."""
     cpu = torch.cpu
 
-    def amx() -> bool:
-        return cpu_amx() and probe()["bf16"] / torch.get_num_threads() >= AMX_PROBE_PER_THREAD
-
-    checks = (("amx", amx), ("avx512_bf16", getattr(cpu, "_is_avx512_bf16_supported", None)),
-              ("avx512", getattr(cpu, "_is_avx512_supported", None)),
-              ("avx2", getattr(cpu, "_is_avx2_supported", None)))
-    for name, has in checks:
+    def has(flag: str) -> bool:
         try:
-            if has is not None and has():
-                return name
+            return bool(getattr(cpu, f"_is_{flag}_supported", lambda: False)())
         except RuntimeError:
-            continue
-    return "other"
+            return False
+
+    if has("amx_tile") and probe()["bf16"] / torch.get_num_threads() >= AMX_PROBE_PER_THREAD:
+        return "amx"
+    return next((flag for flag in ("avx512_bf16", "avx512", "avx2") if has(flag)), "other")
 
 
-def speed_note(precision: str) -> str:
-    """What the predicted tokens/s is worth on this CPU: the error measured on its class, or that none was."""
-    cls = cpu_class()
+def speed_note(precision: str, cls: str) -> str:
+    """What the predicted tokens/s is worth on a CPU of class ``cls``: the error measured there, or that none was."""
     err = SPEED_ERROR.get((cls, precision))
     if err is None:
+        low, high = min(e[0] for e in SPEED_ERROR.values()), max(e[1] for e in SPEED_ERROR.values())
         return (f"tokens/s: not yet checked against a real run on this class of CPU ({cls}, {precision}); on the "
-                "classes that were, predictions ran from 12% low to 55% high (docs/methods.md)")
+                f"classes that were, predictions ran from {-low}% low to {high}% high (docs/methods.md)")
     low, high = err
     spread = f"{low:+d}%" if low == high else f"{low:+d}% to {high:+d}%"
     return f"tokens/s: on this class of CPU ({cls}, {precision}) predictions were {spread} off measured runs " \
@@ -309,7 +304,8 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     if t.gradient_checkpointing:
         flops += fwd
     peak_flops = probe()[precision]
-    speed = efficiency(precision) * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
+    cls = cpu_class()
+    speed = efficiency(precision, cls) * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
     steps_per_epoch = math.ceil(math.ceil(data["examples"] / (t.batch_size * nproc)) / t.grad_accum)
     steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * tokens_mean)
@@ -318,7 +314,7 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     fits = peak <= limit
     reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
     notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
-    notes.append(speed_note(precision))
+    notes.append(speed_note(precision, cls))
     if t.objective == "grpo":
         notes.append("train.objective grpo: only the training passes are modelled, not sampling rl.group_size "
                      "completions a prompt each step, which usually takes most of the time (docs/rft.md)")

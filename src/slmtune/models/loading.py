@@ -36,15 +36,6 @@ def cpu_bf16() -> bool:
         return False
 
 
-def cpu_amx() -> bool:
-    """True where the CPU has AMX tiles (Sapphire Rapids and later Xeons): its bf16 matmuls run at 2-3x an
-    AVX512-BF16 CPU's, while the memory-bound rest of a training step does not (``planner.efficiency``)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def fast_bf16() -> bool:
     """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16."""
     if torch.cuda.is_available():
