@@ -8,7 +8,9 @@ calibrated on, since it replaces the page, sections written by hand included.
 
 Each method runs in its own process (so peak RSS is that run's alone) on the demo data (examples/demo/), batch 8,
 ``--steps`` optimizer steps, and is evaluated on the held-out split. For every row the planner's prediction
-(``slmtune.plan``) is printed beside the measurement with the relative error.
+(``slmtune.plan``) is printed beside the measurement with the relative error, twice: the probe's estimate (the
+class factors this table calibrates: ``calibrated=False``), and, made before the run, the prediction from the
+earlier runs of this benchmark on this machine (their speeds are kept in WORK/speeds.jsonl; '-' for the first).
 """
 
 from __future__ import annotations
@@ -92,8 +94,12 @@ def main() -> None:
         emit(run_one(args.one, args.steps, work / args.one, args.setting))
         return
 
+    import os
+
     import slmtune
 
+    # the children log their speeds here (inherited): the benchmark's runs calibrate its later rows, not the user's
+    os.environ["SLMTUNE_SPEED_LOG"] = str((work / "speeds.jsonl").resolve())
     base_eval = None
     rows = []
     if args.replan:
@@ -101,17 +107,20 @@ def main() -> None:
         return
     for method in args.methods.split(","):
         t = time.perf_counter()
+        ahead = slmtune.plan(config(method, args.steps, work / method, args.setting))  # from the earlier runs
         row, proc = run_child([__file__, "--one", method, "--steps", str(args.steps), "--work", str(work),
                                "--setting", args.setting])
         if proc.returncode != 0 or row is None:
             print(f"{method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
             rows.append({"method": method, "error": last_error(proc)})
             continue
-        plan = slmtune.plan(config(method, args.steps, work / method, args.setting))
+        plan = slmtune.plan(config(method, args.steps, work / method, args.setting), calibrated=False)
         row["pred_peak_rss_mb"] = plan.peak_memory_mb
         row["pred_tokens_per_second"] = plan.tokens_per_second
+        row["cal_tokens_per_second"] = ahead.tokens_per_second if ahead.calibration_runs else None
         rows.append(row)
-        print(f"{method:14s} {row['tokens_per_second']:7.0f} tok/s (pred {plan.tokens_per_second:5.0f})  "
+        cal = f", from runs {row['cal_tokens_per_second']:5.0f}" if ahead.calibration_runs else ""
+        print(f"{method:14s} {row['tokens_per_second']:7.0f} tok/s (pred {plan.tokens_per_second:5.0f}{cal})  "
               f"RSS {row['peak_rss_mb']:6.0f} MB (pred {plan.peak_memory_mb:6.0f})  valid_loss {row['valid_loss']:.3f}"
               f"  [{time.perf_counter() - t:.0f}s]", flush=True)
     if base_eval is None:
@@ -129,35 +138,42 @@ def _replan(work: Path, saved: dict, setting: str) -> None:
 
     for row in saved["rows"]:
         if "error" not in row:
-            p = slmtune.plan(config(row["method"], saved["steps"], work / row["method"], setting))
+            p = slmtune.plan(config(row["method"], saved["steps"], work / row["method"], setting), calibrated=False)
             row["pred_peak_rss_mb"], row["pred_tokens_per_second"] = p.peak_memory_mb, p.tokens_per_second
 
 
 def _table(rows: list[dict], base_eval: float | None) -> list[str]:
     lines = [
         "| method | precision | trainable params | % of model | peak RSS MB | tokens/s | eval loss | artifact MB | "
-        "planner RSS MB (err) | planner tokens/s (err) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "planner RSS MB (err) | planner tokens/s (err) | from earlier runs (err) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    errs_m, errs_t = [], []
+    errs_m, errs_t, errs_c = [], [], []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | | | |")
+            lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | | | | |")
             continue
         em = (r["pred_peak_rss_mb"] - r["peak_rss_mb"]) / r["peak_rss_mb"]
         et = (r["pred_tokens_per_second"] - r["tokens_per_second"]) / r["tokens_per_second"]
         errs_m.append(abs(em))
         errs_t.append(abs(et))
+        cal = r.get("cal_tokens_per_second")
+        ec = None if cal is None else (cal - r["tokens_per_second"]) / r["tokens_per_second"]
+        if ec is not None:
+            errs_c.append(abs(ec))
         lines.append(
             f"| `{r['method']}` | {r['precision']} | {r['trainable_params']:,} | "
             f"{100 * r['trainable_params'] / r['total_params']:.2f} | {r['peak_rss_mb']:.0f} | "
             f"{r['tokens_per_second']:.0f} | {r['valid_loss']:.3f} | {r['artifact_mb']:.1f} | "
-            f"{r['pred_peak_rss_mb']:.0f} ({100 * em:+.0f}%) | {r['pred_tokens_per_second']:.0f} ({100 * et:+.0f}%) |"
+            f"{r['pred_peak_rss_mb']:.0f} ({100 * em:+.0f}%) | {r['pred_tokens_per_second']:.0f} ({100 * et:+.0f}%) | "
+            + ("- |" if ec is None else f"{cal:.0f} ({100 * ec:+.0f}%) |")
         )
     if errs_m:
         lines += ["", f"Planner error over these rows: peak memory mean {100 * sum(errs_m) / len(errs_m):.0f}% "
                   f"(max {100 * max(errs_m):.0f}%), tokens/s mean {100 * sum(errs_t) / len(errs_t):.0f}% "
-                  f"(max {100 * max(errs_t):.0f}%)."]
+                  f"(max {100 * max(errs_t):.0f}%)"
+                  + (f"; from earlier runs on this machine: tokens/s mean {100 * sum(errs_c) / len(errs_c):.0f}% "
+                     f"(max {100 * max(errs_c):.0f}%) over {len(errs_c)} rows." if errs_c else ".")]
     return lines
 
 

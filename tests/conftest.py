@@ -14,6 +14,9 @@ import pytest
 from tests.helpers import FACTS, chat_record, write_jsonl
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# training runs log their speed for the planner (training/speed.py): not into the user's log from tests, and no
+# plan in a test is calibrated by another test's run (a test that wants the log points this at its own file)
+os.environ["SLMTUNE_SPEED_LOG"] = ""
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest-xdist workers on a 2-core machine: one thread each (and for the processes they
     # start), not two threads each fighting for the same cores

@@ -2,19 +2,22 @@
 
 ``slmtune plan CONFIG`` / ``slmtune.plan(config)``. Parameter counts are exact: the model is built on the ``meta``
 device (no weights loaded) and the method applied to it. Memory is weights + trainable state (fp32 weight, grad
-and two AdamW moments) + activations of the longest batch + logits + a fixed runtime overhead. Throughput is the
-run's FLOPs per token divided by this machine's measured matmul speed (a short probe, cached in
-``$SLMTUNE_HOME/probe.json``) times an efficiency factor (its own for bf16 where AMX is at work, whose matmuls
-outrun the rest of a step); each plan states the error measured on this class of CPU. The runtime overhead, the
+and two AdamW moments) + activations of the longest batch + logits + a fixed runtime overhead. Throughput is a
+FLOP rate divided by the run's FLOPs per token (``training/speed.py``). Where the model has been trained on this
+machine before, the rate is the one those runs reached (every run logs it: ``calibration``), and the plan says so.
+Before that it is this machine's measured matmul speed (a short probe, cached in ``$SLMTUNE_HOME/probe.json``)
+times an efficiency factor (its own for bf16 where AMX is at work, whose matmuls outrun the rest of a step), and
+the plan states the error measured on this class of CPU. The runtime overhead, the
 activation factor and the efficiency factors are calibrated against ``benchmarks/methods.py`` on this project's
 machines; docs/methods.md prints predicted against measured for every method.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
-import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,15 +28,10 @@ from slmtune import paths
 from slmtune.config import TrainConfig, coerce_config
 from slmtune.data.sources import stream_source
 from slmtune.data.tokenize import encode_example
-from slmtune.methods import METHODS, BuildContext, Method, get
-from slmtune.models.loading import (
-    available_memory_mb,
-    linear_names,
-    load_tokenizer,
-    quiet_transformers,
-    resolve_precision,
-)
+from slmtune.methods import METHODS, Method, get
+from slmtune.models.loading import available_memory_mb, load_tokenizer, resolve_precision
 from slmtune.models.registry import resolve
+from slmtune.training import speed
 from slmtune.training.head_loss import CHUNK_ROWS
 
 MB = 1024 * 1024
@@ -104,6 +102,7 @@ class Plan:
     fits: bool
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    calibration_runs: int = 0  # earlier runs on this machine its tokens/s comes from (0: the probe's estimate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,8 +110,9 @@ class Plan:
 
 # --- machine probe -----------------------------------------------------------------------------------------------
 def probe(force: bool = False) -> dict:
-    """Measured matmul FLOP/s in fp32 and bf16 with the current thread count (cached per CPU and threads)."""
-    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|threads={torch.get_num_threads()}"
+    """Measured matmul FLOP/s in fp32 and bf16 with the current thread count (cached per machine: CPU model and
+    flags, threads)."""
+    key = speed.machine_key()
     cache = paths.home() / "probe.json"
     data = json.loads(cache.read_text()) if cache.exists() else {}
     if key in data and not force:
@@ -171,50 +171,54 @@ def speed_note(precision: str, cls: str) -> str:
            "(docs/methods.md)"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+# --- this machine's own runs -------------------------------------------------------------------------------------
+CALIBRATION_RUNS = 5  # a calibrated prediction is the median of this many newest matching runs
+
+
+@dataclass
+class Calibration:
+    """The FLOP rate earlier runs of a model reached on this machine (``speed.remember`` logs every run's), as a
+    LoRA-equivalent rate (``METHOD_SPEED`` divided out), and the runs it comes from."""
+
+    flops_per_second: float
+    runs: list[dict]
+
+    def note(self) -> str:
+        """The plan's note: which runs its tokens/s comes from, what they measured and how far apart they were (the
+        same for every method planned from the same runs, so ``slmtune plan`` prints it once)."""
+        kinds = collections.Counter(f"{r['method']}, batch {r['batch_size']}" for r in self.runs)
+        which = "; ".join(k + (f" ×{n}" if n > 1 else "") for k, n in kinds.items())
+        tps = [r["tokens_per_second"] for r in self.runs]
+        if len(self.runs) == 1:
+            return f"tokens/s: from an earlier run of this model on this machine ({which}: {tps[0]:,.0f} tokens/s)"
+        rates = [r["flops_per_second"] / METHOD_SPEED.get(r["method"], 1.0) for r in self.runs]
+        return (f"tokens/s: from {len(self.runs)} earlier runs of this model on this machine ({which}: "
+                f"{min(tps):,.0f}-{max(tps):,.0f} tokens/s, FLOP rates {100 * (max(rates) / min(rates) - 1):.0f}% "
+                "apart)")
+
+
+def calibration(precision: str, method: str, model_dir: Path, batch_size: int,
+                gradient_checkpointing: bool) -> Calibration | None:
+    """The FLOP rate of this model's earlier runs on this machine in ``precision``: of those with the same method,
+    batch size and checkpointing where there are any, else the same method, else any method (None: no run).
+    Other models' runs do not count: a larger model's matmuls reach a higher rate."""
+    runs = [r for r in speed.records(speed.machine_key())
+            if r.get("precision") == precision and r.get("model") == str(model_dir)]
+    scopes = (
+        lambda r: r.get("method") == method and r.get("batch_size") == batch_size
+        and r.get("gradient_checkpointing") == gradient_checkpointing,
+        lambda r: r.get("method") == method,
+        lambda r: True,
+    )
+    for match in scopes:
+        chosen = [r for r in runs if match(r)][-CALIBRATION_RUNS:]
+        if chosen:
+            rate = statistics.median(r["flops_per_second"] / METHOD_SPEED.get(r["method"], 1.0) for r in chosen)
+            return Calibration(rate, chosen)
+    return None
 
 
 # --- model and data facts -----------------------------------------------------------------------------------------
-def _meta_model(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    quiet_transformers()
-    cfg = AutoConfig.from_pretrained(str(model_dir))
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(cfg), cfg
-
-
-def _counts(model_dir: Path, cfg: TrainConfig) -> dict:
-    model, mcfg = _meta_model(model_dir)
-    total = sum(p.numel() for p in model.parameters())
-    lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    method = get(cfg.method.name)
-    method_cfg = cfg.method
-    if getattr(method_cfg, "init", "default") != "default":
-        method_cfg = method_cfg.model_copy(update={"init": "default"})  # pissa/olora need real weights (SVD)
-    peft_config = method.build(method_cfg, BuildContext(linear_names=linear_names(model), total_steps=100))
-    if peft_config is None:
-        trainable = total
-    else:
-        from peft import get_peft_model
-
-        try:
-            pm = get_peft_model(model, peft_config)
-            trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
-        except Exception:  # noqa: BLE001 - a method that cannot initialise on meta: count LoRA-like
-            trainable = int(0.03 * total)
-    return {"total": total, "linear": lin, "trainable": trainable, "hidden": mcfg.hidden_size,
-            "intermediate": getattr(mcfg, "intermediate_size", 4 * mcfg.hidden_size),
-            "layers": mcfg.num_hidden_layers, "vocab": mcfg.vocab_size}
-
-
 def _data_stats(cfg: TrainConfig, tokenizer) -> dict:
     d = cfg.data
     sources = [(d.train, 1.0)] if d.train else [(m.path, m.weight) for m in d.mix]
@@ -281,15 +285,17 @@ def _memory_breakdown(cfg, method: Method, precision: str, c: dict, longest: int
 
 
 def plan(config, *, method: str | None = None, memory_limit_mb: float | None = None,
-         price_per_hour: float | None = None, nproc: int = 1) -> Plan:
-    """Predict memory, speed, time and cost of ``config`` (optionally with another ``method``)."""
+         price_per_hour: float | None = None, nproc: int = 1, calibrated: bool = True) -> Plan:
+    """Predict memory, speed, time and cost of ``config`` (optionally with another ``method``). Its tokens/s comes
+    from earlier runs of the model on this machine where there are any (``calibration``; ``calibrated=False``
+    ignores them), else from the matmul probe and the factor of this class of CPU."""
     cfg = coerce_config(config).model_copy(deep=True)
     if method is not None and method != cfg.method.name:
         cfg.method = type(cfg.method).model_validate({"name": method})
     m = get(cfg.method.name)
     model_dir = resolve(cfg.model.name)
     precision = resolve_precision(cfg.model.precision, m.precisions, model_dir)
-    c = _counts(model_dir, cfg)
+    c = speed.counts(model_dir, cfg.method)
     data = _data_stats(cfg, load_tokenizer(model_dir))
     t = cfg.train
 
@@ -297,38 +303,35 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     peak = sum(breakdown.values())
 
     # speed
-    tokens_mean = data["mean"]
-    n_mm = c["linear"] + (c["vocab"] * c["hidden"])  # the head is a matmul even when tied to the embedding
-    fwd = 2 * n_mm + 4 * c["layers"] * tokens_mean * c["hidden"]
-    flops = 3 * fwd if m.every_weight else 2 * fwd + 6 * c["trainable"]
-    if t.gradient_checkpointing:
-        flops += fwd
-    peak_flops = probe()[precision]
+    flops = speed.flops_per_token(c, data["mean"], m.every_weight, t.gradient_checkpointing)
     cls = cpu_class()
-    speed = efficiency(precision, cls) * peak_flops / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
+    estimate = efficiency(precision, cls) * probe()[precision] / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
+    cal = calibration(precision, m.name, model_dir, t.batch_size, t.gradient_checkpointing) if calibrated else None
+    tps = cal.flops_per_second * METHOD_SPEED.get(m.name, 1.0) / flops * nproc if cal else estimate
     steps_per_epoch = math.ceil(math.ceil(data["examples"] / (t.batch_size * nproc)) / t.grad_accum)
     steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
-    tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * tokens_mean)
-    wall = tokens_total / speed + 10.0  # + model load and first-step warm-up
+    tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * data["mean"])
+    wall = tokens_total / tps + 10.0  # + model load and first-step warm-up
     limit = memory_limit_mb if memory_limit_mb is not None else available_memory_mb()
     fits = peak <= limit
     reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
     notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
-    notes.append(speed_note(precision, cls))
+    notes.append(cal.note() if cal else speed_note(precision, cls))
     if t.objective == "grpo":
         notes.append("train.objective grpo: only the training passes are modelled, not sampling rl.group_size "
                      "completions a prompt each step, which usually takes most of the time (docs/rft.md)")
     return Plan(method=m.name, precision=precision, total_params=c["total"], trainable_params=c["trainable"],
                 peak_memory_mb=round(peak, 1), memory_breakdown_mb={k: round(v, 1) for k, v in breakdown.items()},
-                tokens_per_second=round(speed, 1), tokens_total=tokens_total, steps=steps, wall_seconds=round(wall, 1),
+                tokens_per_second=round(tps, 1), tokens_total=tokens_total, steps=steps, wall_seconds=round(wall, 1),
                 cost=round(wall / 3600 * price_per_hour, 4) if price_per_hour is not None else None, fits=fits,
-                reason=reason, notes=notes)
+                reason=reason, notes=notes, calibration_runs=len(cal.runs) if cal else 0)
 
 
 def plan_methods(config, *, memory_limit_mb: float | None = None, price_per_hour: float | None = None,
-                 methods: list[str] | None = None) -> list[Plan]:
+                 methods: list[str] | None = None, calibrated: bool = True) -> list[Plan]:
     """Plans for every method (or ``methods``), those that fit first, fastest (cheapest) first."""
     plans = []
     for name in methods or list(METHODS):
-        plans.append(plan(config, method=name, memory_limit_mb=memory_limit_mb, price_per_hour=price_per_hour))
+        plans.append(plan(config, method=name, memory_limit_mb=memory_limit_mb, price_per_hour=price_per_hour,
+                          calibrated=calibrated))
     return sorted(plans, key=lambda p: (not p.fits, p.wall_seconds))

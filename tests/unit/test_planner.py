@@ -63,6 +63,59 @@ def test_bf16_speed_where_amx_is_at_work_is_predicted_from_its_own_efficiency_an
     assert any("not yet checked" in n for n in plan(bf16).notes)
 
 
+def test_after_a_run_the_plan_predicts_this_machine_from_what_it_measured_and_says_so(cfg, tmp_path, monkeypatch):
+    """The probe and a class factor were off by -1% on one AVX2 EPYC and +17..+38% on another: a run of the model
+    on this very machine is the better witness. After one real run, planning the same job predicts the speed that
+    run measured; another batch size or method is predicted from its FLOP rate; the note says which runs it came
+    from; `calibrated=False` gives the probe's estimate; other machines' records and broken lines do not count."""
+    import json
+    import statistics
+
+    from slmtune.events import read_events
+    from slmtune.training import speed
+
+    log = tmp_path / "speeds.jsonl"
+    monkeypatch.setenv("SLMTUNE_SPEED_LOG", str(log))
+    job = {**cfg, "train": {**cfg["train"], "max_steps": 6}}
+    before = plan(job)
+    assert not any("earlier run" in n for n in before.notes)
+
+    slmtune.train(job)
+    [record] = speed.records()
+    steps = [e.data["tokens_per_second"] for e in read_events(tmp_path / "run" / "events.jsonl")
+             if e.type == "metrics" and "train_loss" in e.data]
+    assert record["tokens_per_second"] == pytest.approx(statistics.median(steps[speed.STEADY_AFTER:]), rel=1e-3)
+
+    after = plan(job)
+    assert after.tokens_per_second == pytest.approx(record["tokens_per_second"], rel=0.02)
+    assert after.calibration_runs == 1 and before.calibration_runs == 0
+    assert any(f"from an earlier run of this model on this machine (lora, batch 4: {record['tokens_per_second']:,.0f} "
+               "tokens/s)" in n for n in after.notes)
+    assert plan(job, calibrated=False).tokens_per_second == before.tokens_per_second
+
+    wider = plan({**job, "train": {**job["train"], "batch_size": 8}})  # FLOPs per token do not depend on the batch
+    assert wider.tokens_per_second == pytest.approx(after.tokens_per_second, rel=1e-3)
+    full = plan(job, method="full")  # every weight's gradient: more FLOPs a token at the same rate
+    assert wider.notes == full.notes == after.notes and full.calibration_runs == 1
+    assert full.tokens_per_second < after.tokens_per_second
+
+    from tests.helpers import run_cli
+
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))  # JSON is YAML
+    shown = run_cli("plan", str(path), "--method", "lora", "--method", "full")
+    assert shown.returncode == 0, shown.stderr
+    words = " ".join(shown.stdout.split())  # however the console wrapped it
+    assert words.count("from an earlier run of this model on this machine") == 1  # one note for both methods
+    plain = run_cli("plan", str(path), "--method", "lora", "--uncalibrated", "--json")
+    assert json.loads(plain.stdout)[0]["calibration_runs"] == 0
+
+    elsewhere = {**record, "machine": "another machine", "flops_per_second": 1.0}
+    log.write_text(log.read_text() + "{not json\n" + json.dumps(elsewhere) + "\n")
+    assert plan(job).tokens_per_second == after.tokens_per_second
+    assert len(speed.records()) == 2 and len(speed.records(speed.machine_key())) == 1
+
+
 def test_ranking_puts_what_does_not_fit_last_with_a_reason(cfg):
     plans = plan_methods(cfg, memory_limit_mb=10_000, price_per_hour=2.0, methods=["lora", "full", "ia3"])
     assert all(p.fits for p in plans) and plans == sorted(plans, key=lambda p: p.wall_seconds)

@@ -111,12 +111,17 @@ def plan_cmd(
     set_: SetOpt = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory limit (default: what this machine has free).")] = None,
     price_per_hour: Annotated[float | None, typer.Option(help="Machine price, for the cost column.")] = None,
+    uncalibrated: Annotated[bool, typer.Option(
+        "--uncalibrated", help="Predict tokens/s from the matmul probe and this class of CPU, not from the speeds "
+        "earlier runs of the model measured on this machine.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Predict peak memory, tokens/s, wall time and cost for each method, before training. Takes the flags
     `slmtune train` takes.
 
-    Methods that fit the memory limit come first, fastest first; the others say why they do not fit.
+    Methods that fit the memory limit come first, fastest first; the others say why they do not fit. Once the model
+    has been trained on this machine, tokens/s comes from the speeds those runs measured ($SLMTUNE_SPEED_LOG,
+    default $SLMTUNE_HOME/speeds.jsonl); a note under the table says which.
     """
     from slmtune.planner import plan_methods
 
@@ -126,7 +131,7 @@ def plan_cmd(
     cfg = build(config, flags, set_)
     with err.status("planning (builds the model on the meta device, probes matmul speed once)"):
         plans = plan_methods(cfg, memory_limit_mb=memory_gb * 1024 if memory_gb else None,
-                             price_per_hour=price_per_hour, methods=method)
+                             price_per_hour=price_per_hour, methods=method, calibrated=not uncalibrated)
     if as_json:
         print(json.dumps([p.to_dict() for p in plans], indent=2))
         return
@@ -143,8 +148,8 @@ def plan_cmd(
     out.print(table)
     for note in dict.fromkeys(n for p in plans for n in p.notes):  # the config's notes, once each
         out.print(f"[yellow]note:[/] {note}")
-    out.print("[dim]Calibrated on 2-core AMX, AVX512-BF16 and AVX2 CPUs "
-              "(docs/methods.md shows predicted vs measured).[/]")
+    out.print("[dim]Memory and the first estimate of speed calibrated on 2-core AMX, AVX512-BF16 and AVX2 CPUs "
+              "(docs/methods.md shows predicted vs measured); speed then from this machine's own runs.[/]")
 
 
 def _dry_run(cfg) -> None:

@@ -264,6 +264,8 @@ class JobPlan(BaseModel):
     fits: bool
     reason: str = Field(description="Why it does not fit (empty when it fits).")
     notes: list[str]
+    calibration_runs: int = Field(0, description="How many earlier runs of the model on this machine tokens_per_second "
+                                                 "comes from (0: estimated from a matmul probe and the class of CPU).")
 
 
 class JobError(BaseModel):

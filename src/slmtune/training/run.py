@@ -41,7 +41,7 @@ from slmtune.models.loading import (
     weights_mb,
 )
 from slmtune.models.registry import resolve
-from slmtune.training import distributed, grpo
+from slmtune.training import distributed, grpo, speed
 from slmtune.training.attention import use_train_attention
 from slmtune.training.head_loss import unsupported_reason
 from slmtune.training.preference import REFERENCE_FREE, build_preference_trainer
@@ -295,7 +295,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
     if status == RunStatus.SUCCEEDED and cfg.train.keep == "best":
         keep_best(trainer, callback, run_dir, bus)
     artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == RunStatus.SUCCEEDED else None
-    return finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
+    result = finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
+    if strategy == "none":
+        remember_speed(cfg, method, model_dir, data, callback, bus)
+    return result
 
 
 def resolve_run(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, model_dir: Path):
@@ -617,6 +620,17 @@ def fit(trainer, callback, ckpt, data: Data) -> tuple[str, float]:
         trainer.evaluate()
         callback.flush()
     return status, runtime
+
+
+def remember_speed(cfg: TrainConfig, method, model_dir: Path, data: Data, callback, bus: ev.EventBus) -> None:
+    """Log the FLOP rate this run reached on this machine, which the planner predicts this model's next runs from
+    (training/speed.py). A failure here is the log's, not the run's: it is reported and the run stands."""
+    lengths = [min(e.n_tokens, cfg.data.max_seq_length) for e in data.train_set]
+    try:
+        speed.remember(cfg, method, model_dir, sum(lengths) / max(1, len(lengths)), callback.step_rates)
+    except (OSError, ValueError, RuntimeError) as e:
+        bus.emit(ev.message(f"could not log this run's speed for the planner ({speed.log_path()}): {e}",
+                            level="warn"))
 
 
 def save(trainer, method, strategy: str, run_dir: Path, tokenizer) -> Path:

@@ -273,6 +273,7 @@ class EventCallback(TrainerCallback):
         self._last_t = None
         self._last_tokens = 0
         self._last_trained = 0
+        self.step_rates: list[float] = []  # tokens/s of each logged step (training/speed.py keeps the steady one)
         self._old_handler = None
         self.last_eval: dict = {}
 
@@ -333,6 +334,7 @@ class EventCallback(TrainerCallback):
             tps = (seen - self._last_tokens) / dt * args.world_size
             trained_tps = (t.trained_tokens - self._last_trained) / dt * args.world_size
             self._last_t, self._last_tokens, self._last_trained = now, seen, t.trained_tokens
+            self.step_rates.append(tps)
             self.flush()
             # preference trainers log rewards/chosen … (as <objective>_reward_chosen: dpo_reward_margins, …); GRPO
             # logs reward, reward_std and rewards/<grader>/mean
