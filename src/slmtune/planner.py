@@ -47,6 +47,15 @@ AUTOCAST_TEMPS = 0.8  # adapter autocast: bf16 casts and adapter outputs kept fo
 # adapters' inputs are fp32 copies counted apart), × the same fp32 input bytes. Fit 2026-12-07 on LoRA in fp32 (the
 # auto precision of an AVX2-only EPYC, demo data, batch 8): 4,253 MB measured, 2,761 predicted without this term.
 FP32_ADAPTER_INPUTS = 2.0
+# Gradient checkpointing: the share of the activations (and adapter inputs) the process still holds. Live memory
+# would be the layers' checkpoints and one layer's recomputed activations (1/30 of them on the default model, ~5%
+# with the checkpoints), but glibc's malloc keeps what the recomputation frees: its mmap threshold rises to the
+# size of the freed blocks, which then come from heap arenas that fragment. A LoRA step at 16 × 149 tokens in fp32:
+# +3,355 MB with checkpointing against +8,644 MB without (+825 / +3,737 with MALLOC_MMAP_THRESHOLD_=65536, which
+# halves the speed: 70-80 against 135-171 tokens/s). Fit 2026-12-07 on LoRA fp32 on an AVX2-only EPYC, demo data,
+# batch 4 and 16 (1,834 and 4,024 MB measured; the formula for live memory predicted 1,237 and 1,503); not
+# checked in bf16.
+GC_RSS_SHARE = 0.47
 METHOD_EXTRA = {  # temporaries: (× fp32 size of the adapted weights, × the fp32 adapter-input copies per token)
     # refit 2026-11-30 after the fused loss and adapter autocast (docs/methods.md, calibrate setting); dora and
     # qlora's per-token parts from the earlier two-point fit, rescaled.
@@ -254,7 +263,7 @@ def _memory_breakdown(cfg, method: Method, precision: str, c: dict, longest: int
     act_bytes = 2 if precision in ("bf16", "bf16-mixed") else 4
     per_token = c["layers"] * (ACTIVATION_ELEMS[0] * c["hidden"] + ACTIVATION_ELEMS[1] * c["intermediate"])
     if t.gradient_checkpointing:
-        per_token = c["layers"] * c["hidden"] + per_token / c["layers"]
+        per_token *= GC_RSS_SHARE
     activations = tokens_peak * per_token * act_bytes
     if t.fused_loss and not method.prompt_learning:  # chunks of head logits; full: an fp32 head gradient too
         logits = CHUNK_ROWS * c["vocab"] * 4 * 2 + (c["vocab"] * c["hidden"] * 4 if method.every_weight else 0)
@@ -263,7 +272,7 @@ def _memory_breakdown(cfg, method: Method, precision: str, c: dict, longest: int
     adapted_fp32 = (c["linear"] - c["vocab"] * c["hidden"]) * 4  # the adapted layers (the head is not adapted)
     input_copy = tokens_peak * c["layers"] * (6 * c["hidden"] + c["intermediate"]) * 4  # fp32 inputs of adapted layers
     if t.gradient_checkpointing:
-        input_copy /= c["layers"]  # recomputed layer by layer in the backward pass
+        input_copy *= GC_RSS_SHARE
     autocast = cfg.model.adapter_autocast and method.autocast
     if method.on_linear and precision == "bf16":
         adapter = input_copy * (AUTOCAST_TEMPS if autocast else ADAPTER_INPUT_COPY)
