@@ -114,6 +114,8 @@ def test_after_a_run_the_plan_predicts_this_machine_from_what_it_measured_and_sa
     log.write_text(log.read_text() + "{not json\n" + json.dumps(elsewhere) + "\n")
     assert plan(job).tokens_per_second == after.tokens_per_second
     assert len(speed.records()) == 2 and len(speed.records(speed.machine_key())) == 1
+    monkeypatch.setattr(speed, "LOG_TAIL_BYTES", len(json.dumps(elsewhere)) + 10)  # a plan reads the newest only
+    assert [r["machine"] for r in speed.records()] == ["another machine"]
 
 
 def test_ranking_puts_what_does_not_fit_last_with_a_reason(cfg):

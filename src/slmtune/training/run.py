@@ -296,7 +296,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt, bus: ev.EventBus, judge=None, 
         keep_best(trainer, callback, run_dir, bus)
     artifact = save(trainer, method, strategy, run_dir, tokenizer) if status == RunStatus.SUCCEEDED else None
     result = finish(cfg, trainer, callback, run_dir, status, runtime, artifact, strategy, bus)
-    if strategy == "none":
+    if strategy == "none" and cfg.train.objective == "sft":  # GRPO's steps are mostly sampling, DPO's two passes
         remember_speed(cfg, method, model_dir, data, callback, bus)
     return result
 

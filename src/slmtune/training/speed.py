@@ -28,6 +28,7 @@ from slmtune.models.loading import linear_names, quiet_transformers
 STEADY_AFTER = 2  # logged steps skipped before a run's rate counts (first-step warm-up, allocator growth)
 MIN_STEADY = 2  # steady steps a run needs for its rate to be recorded
 SPEED_LOG = "speeds.jsonl"
+LOG_TAIL_BYTES = 1 << 20  # what a plan reads of the log: its newest ~3,000 runs, however long the log grows
 NUMBERS = ("flops_per_second", "tokens_per_second", "batch_size")  # a record without them is skipped
 
 
@@ -143,12 +144,20 @@ def remember(cfg, method, model_dir: Path, tokens_mean: float, step_rates: list[
 
 
 def records(machine: str | None = None) -> list[dict]:
-    """The log's records (oldest first), of ``machine`` only when given; unreadable lines are skipped."""
+    """The log's newest records (its last ``LOG_TAIL_BYTES``; oldest first), of ``machine`` only when given;
+    unreadable lines are skipped."""
     path = log_path()
     if path is None or not path.exists():
         return []
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - LOG_TAIL_BYTES))
+        tail = f.read().decode(errors="replace")
+    lines = tail.splitlines()
+    if size > LOG_TAIL_BYTES:
+        lines = lines[1:]  # the first is cut
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in lines:
         try:
             r = json.loads(line)
         except ValueError:
