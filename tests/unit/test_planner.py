@@ -111,7 +111,8 @@ def test_after_a_run_the_plan_predicts_this_machine_from_what_it_measured_and_sa
     assert json.loads(plain.stdout)[0]["calibration_runs"] == 0
 
     elsewhere = {**record, "machine": "another machine", "flops_per_second": 1.0}
-    log.write_text(log.read_text() + "{not json\n" + json.dumps(elsewhere) + "\n")
+    mangled = {**record, "method": ["lora"]}  # valid JSON, wrong shape: skipped, not a crash
+    log.write_text(log.read_text() + "{not json\n" + json.dumps(mangled) + "\n" + json.dumps(elsewhere) + "\n")
     assert plan(job).tokens_per_second == after.tokens_per_second
     assert len(speed.records()) == 2 and len(speed.records(speed.machine_key())) == 1
     monkeypatch.setattr(speed, "LOG_TAIL_BYTES", len(json.dumps(elsewhere)) + 10)  # a plan reads the newest only

@@ -29,7 +29,8 @@ STEADY_AFTER = 2  # logged steps skipped before a run's rate counts (first-step 
 MIN_STEADY = 2  # steady steps a run needs for its rate to be recorded
 SPEED_LOG = "speeds.jsonl"
 LOG_TAIL_BYTES = 1 << 20  # what a plan reads of the log: its newest ~3,000 runs, however long the log grows
-NUMBERS = ("flops_per_second", "tokens_per_second", "batch_size")  # a record without them is skipped
+NUMBERS = ("flops_per_second", "tokens_per_second", "batch_size")  # a record without these is skipped
+STRINGS = ("machine", "model", "method", "precision")  # (the log is a file anyone may edit)
 
 
 def machine_key() -> str:
@@ -162,7 +163,8 @@ def records(machine: str | None = None) -> list[dict]:
             r = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(r, dict) or not all(isinstance(r.get(k), (int, float)) for k in NUMBERS):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), (int, float)) for k in NUMBERS) \
+                or not all(isinstance(r.get(k), str) for k in STRINGS):
             continue
         if r["flops_per_second"] > 0 and (machine is None or r.get("machine") == machine):
             out.append(r)
