@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -93,8 +94,6 @@ def main() -> None:
     if args.one:
         emit(run_one(args.one, args.steps, work / args.one, args.setting))
         return
-
-    import os
 
     import slmtune
 

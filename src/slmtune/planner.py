@@ -29,7 +29,7 @@ from slmtune.config import TrainConfig, coerce_config
 from slmtune.data.sources import stream_source
 from slmtune.data.tokenize import encode_example
 from slmtune.methods import METHODS, Method, get
-from slmtune.models.loading import available_memory_mb, load_tokenizer, resolve_precision
+from slmtune.models.loading import available_memory_mb, cpu_has, load_tokenizer, resolve_precision
 from slmtune.models.registry import resolve
 from slmtune.training import speed
 from slmtune.training.head_loss import CHUNK_ROWS
@@ -154,17 +154,9 @@ def efficiency(precision: str, cls: str) -> float:
 def cpu_class() -> str:
     """The class of CPU the speed factors and their measured errors are kept per: ``amx`` (the flags, and a bf16
     probe fast enough that AMX's tiles are at work), ``avx512_bf16``, ``avx512``, ``avx2`` or ``other``."""
-    cpu = torch.cpu
-
-    def has(flag: str) -> bool:
-        try:
-            return bool(getattr(cpu, f"_is_{flag}_supported", lambda: False)())
-        except RuntimeError:
-            return False
-
-    if has("amx_tile") and probe()["bf16"] / torch.get_num_threads() >= AMX_PROBE_PER_THREAD:
+    if cpu_has("amx_tile") and probe()["bf16"] / torch.get_num_threads() >= AMX_PROBE_PER_THREAD:
         return "amx"
-    return next((flag for flag in ("avx512_bf16", "avx512", "avx2") if has(flag)), "other")
+    return next((flag for flag in ("avx512_bf16", "avx512", "avx2") if cpu_has(flag)), "other")
 
 
 def speed_note(precision: str, cls: str) -> str:
@@ -200,7 +192,7 @@ class Calibration:
         tps = [r["tokens_per_second"] for r in self.runs]
         if len(self.runs) == 1:
             return f"tokens/s: from an earlier run of this model on this machine ({which}: {tps[0]:,.0f} tokens/s)"
-        rates = [r["flops_per_second"] / METHOD_SPEED.get(r["method"], 1.0) for r in self.runs]
+        rates = [_lora_rate(r) for r in self.runs]
         return (f"tokens/s: from {len(self.runs)} earlier runs of this model on this machine ({which}: "
                 f"{min(tps):,.0f}-{max(tps):,.0f} tokens/s, FLOP rates {100 * (max(rates) / min(rates) - 1):.0f}% "
                 "apart)")
@@ -222,9 +214,13 @@ def calibration(precision: str, method: str, model_dir: Path, batch_size: int,
     for match in scopes:
         chosen = [r for r in runs if match(r)][-CALIBRATION_RUNS:]
         if chosen:
-            rate = statistics.median(r["flops_per_second"] / METHOD_SPEED.get(r["method"], 1.0) for r in chosen)
-            return Calibration(rate, chosen)
+            return Calibration(statistics.median(_lora_rate(r) for r in chosen), chosen)
     return None
+
+
+def _lora_rate(run: dict) -> float:
+    """A logged run's FLOP rate as LoRA's would be (its method's ``METHOD_SPEED`` divided out)."""
+    return run["flops_per_second"] / METHOD_SPEED.get(run["method"], 1.0)
 
 
 # --- model and data facts -----------------------------------------------------------------------------------------
@@ -313,10 +309,13 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
 
     # speed
     flops = speed.flops_per_token(c, data["mean"], m.every_weight, t.gradient_checkpointing)
-    cls = cpu_class()
-    estimate = efficiency(precision, cls) * probe()[precision] / flops * METHOD_SPEED.get(m.name, 1.0) * nproc
     cal = calibration(precision, m.name, model_dir, t.batch_size, t.gradient_checkpointing) if calibrated else None
-    tps = cal.flops_per_second * METHOD_SPEED.get(m.name, 1.0) / flops * nproc if cal else estimate
+    if cal:  # this machine's runs: no probe, no class factor
+        rate, speed_said = cal.flops_per_second, cal.note()
+    else:
+        cls = cpu_class()
+        rate, speed_said = efficiency(precision, cls) * probe()[precision], speed_note(precision, cls)
+    tps = rate * METHOD_SPEED.get(m.name, 1.0) / flops * nproc
     steps_per_epoch = math.ceil(math.ceil(data["examples"] / (t.batch_size * nproc)) / t.grad_accum)
     steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     tokens_total = int(steps * t.batch_size * t.grad_accum * nproc * data["mean"])
@@ -325,7 +324,7 @@ def plan(config, *, method: str | None = None, memory_limit_mb: float | None = N
     fits = peak <= limit
     reason = "" if fits else f"needs ~{peak:,.0f} MB, {limit:,.0f} MB available"
     notes = ["data size assumed (no data.train file)"] if data["assumed"] else []
-    notes.append(cal.note() if cal else speed_note(precision, cls))
+    notes.append(speed_said)
     if t.objective == "grpo":
         notes.append("train.objective grpo: only the training passes are modelled, not sampling rl.group_size "
                      "completions a prompt each step, which usually takes most of the time (docs/rft.md)")

@@ -22,6 +22,15 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def cpu_has(flag: str) -> bool:
+    """Whether the CPU has an instruction set, as torch's CPU capability check names it (``amx_tile``,
+    ``avx512_bf16``, ``avx512``, ``avx2``, …); False where this torch cannot tell."""
+    try:
+        return bool(getattr(torch.cpu, f"_is_{flag}_supported", lambda: False)())
+    except RuntimeError:
+        return False
+
+
 def cpu_bf16() -> bool:
     """True where this torch has oneDNN and the CPU has bf16 matmul instructions (AMX or AVX512-BF16).
 
@@ -29,11 +38,7 @@ def cpu_bf16() -> bool:
     matmul at 0.06 TFLOP/s against 0.32 in fp32 on a Xeon whose hypervisor hides AMX and AVX512-BF16): oneDNN's own
     answer (``_is_mkldnn_bf16_supported``) says yes there, so the instructions are asked for instead.
     """
-    try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-    except (AttributeError, RuntimeError):
-        return False
+    return torch.backends.mkldnn.is_available() and (cpu_has("avx512_bf16") or cpu_has("amx_tile"))
 
 
 def fast_bf16() -> bool:

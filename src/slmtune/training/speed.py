@@ -11,6 +11,7 @@ planner computes from it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,9 +34,9 @@ NUMBERS = ("flops_per_second", "tokens_per_second", "batch_size")  # a record wi
 STRINGS = ("machine", "model", "method", "precision")  # (the log is a file anyone may edit)
 
 
-def machine_key() -> str:
-    """What a measured speed is kept per: CPU model, a digest of its flags (two instances sold under one model name,
-    e.g. "AMD EPYC", differ in AVX512-BF16), torch's thread count, and the GPU where one is used."""
+@functools.cache
+def _cpu_identity() -> str:
+    """CPU model and a digest of its flags, from /proc/cpuinfo (read once a process: they do not change)."""
     model, flags = "unknown", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -45,7 +46,13 @@ def machine_key() -> str:
                 flags = " ".join(sorted(line.split(":", 1)[1].split()))
     except OSError:
         pass
-    key = f"{model}|flags={hashlib.sha256(flags.encode()).hexdigest()[:12]}|threads={torch.get_num_threads()}"
+    return f"{model}|flags={hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+
+
+def machine_key() -> str:
+    """What a measured speed is kept per: CPU model, a digest of its flags (two instances sold under one model name,
+    e.g. "AMD EPYC", differ in AVX512-BF16), torch's thread count, and the GPU where one is used."""
+    key = f"{_cpu_identity()}|threads={torch.get_num_threads()}"
     if torch.cuda.is_available():
         key += f"|gpu={torch.cuda.get_device_name()}"
     return key
@@ -124,11 +131,12 @@ def steady_rate(step_rates: list[float]) -> float | None:
 
 
 def remember(cfg, method, model_dir: Path, tokens_mean: float, step_rates: list[float]) -> dict | None:
-    """Append this run's FLOP rate to the machine's log (a single-process SFT run with enough steady steps only);
-    returns the record, or None when there was nothing to keep. ``cfg.model.precision`` is the resolved one."""
+    """Append this run's FLOP rate to the machine's log (the engine calls it for single-process SFT runs); returns
+    the record, or None when there was nothing to keep (too few steady steps, no log). ``cfg.model.precision`` is
+    the resolved one."""
     path = log_path()
     tps = steady_rate(step_rates)
-    if path is None or tps is None or cfg.train.objective != "sft" or tokens_mean <= 0:
+    if path is None or tps is None or tokens_mean <= 0:
         return None
     c = counts(model_dir, cfg.method)
     per_token = flops_per_token(c, tokens_mean, method.every_weight, cfg.train.gradient_checkpointing)
@@ -144,17 +152,28 @@ def remember(cfg, method, model_dir: Path, tokens_mean: float, step_rates: list[
     return record
 
 
+_READ: dict = {}  # the last parse of the log: (path, mtime, size, tail bytes) -> its records
+
+
 def records(machine: str | None = None) -> list[dict]:
     """The log's newest records (its last ``LOG_TAIL_BYTES``; oldest first), of ``machine`` only when given;
-    unreadable lines are skipped."""
+    unreadable lines are skipped. Parsed again only when the file has changed (``slmtune plan`` asks once a
+    method)."""
     path = log_path()
     if path is None or not path.exists():
         return []
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, LOG_TAIL_BYTES)
+    if key not in _READ:
+        _READ.clear()
+        _READ[key] = _parse(path, st.st_size)
+    return [r for r in _READ[key] if machine is None or r["machine"] == machine]
+
+
+def _parse(path: Path, size: int) -> list[dict]:
     with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
         f.seek(max(0, size - LOG_TAIL_BYTES))
-        tail = f.read().decode(errors="replace")
-    lines = tail.splitlines()
+        lines = f.read(LOG_TAIL_BYTES).decode(errors="replace").splitlines()
     if size > LOG_TAIL_BYTES:
         lines = lines[1:]  # the first is cut
     out = []
@@ -166,6 +185,6 @@ def records(machine: str | None = None) -> list[dict]:
         if not isinstance(r, dict) or not all(isinstance(r.get(k), (int, float)) for k in NUMBERS) \
                 or not all(isinstance(r.get(k), str) for k in STRINGS):
             continue
-        if r["flops_per_second"] > 0 and (machine is None or r.get("machine") == machine):
+        if r["flops_per_second"] > 0:
             out.append(r)
     return out
